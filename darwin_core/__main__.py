@@ -1,0 +1,3 @@
+from darwin_core.cli import main
+
+raise SystemExit(main())
