@@ -1,0 +1,154 @@
+"""The child's model card, generated from what the run measured (never from hand-typed numbers).
+
+The card is built with `huggingface_hub.ModelCard`/`ModelCardData` so the Hub reads its metadata:
+`base_model` lists both parents and `base_model_relation: merge` makes the Hub's model tree show
+the child under both. Every number comes from the inputs (the run's report, health check and
+recipe); a section whose data is absent says so instead of being filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+CARD_TAGS = ("merge", "evolutionary-merge", "darwin")
+
+
+@dataclass
+class HeldoutRow:
+    """One line of the held-out table: scores on data the search never saw, child vs each parent."""
+
+    task: str
+    n_items: int
+    child: float
+    father: float
+    mother: float
+    ci_vs_father: tuple[float, float]
+    ci_vs_mother: tuple[float, float]
+    p_vs_father: float
+    p_vs_mother: float
+
+
+@dataclass
+class CardInputs:
+    father: str
+    mother: str
+    recipe_yaml: str
+    recipe_hash: str
+    method: str
+    father_license: str | None = None
+    mother_license: str | None = None
+    repo_id: str | None = None
+    genome: list[tuple[str, float]] = field(default_factory=list)
+    genome_space: str | None = None
+    heldout: list[HeldoutRow] = field(default_factory=list)
+    search_best: float | None = None
+    generations: int | None = None
+    candidates: int | None = None
+    health_verdict: str | None = None
+    health_findings: list[str] = field(default_factory=list)
+    pictures: list[tuple[str, str]] = field(default_factory=list)  # (caption, relative path in the repo)
+    genealogy: list[str] = field(default_factory=list)  # ancestors of the parents, oldest first
+    reproduce_command: str | None = None
+
+
+def resolve_license(father_license: str | None, mother_license: str | None) -> tuple[str | None, list[str]]:
+    """The child's license and the warnings a user must see before publishing."""
+    if father_license and mother_license and father_license != mother_license:
+        warning = (
+            f"The parents' licenses differ ({father_license} vs {mother_license}): "
+            "check that both allow a merged model before publishing; the card says 'other'."
+        )
+        return "other", [warning]
+    chosen = father_license or mother_license
+    if chosen is None:
+        return None, ["Neither parent declares a license: set one before publishing."]
+    if not (father_license and mother_license):
+        return chosen, [f"Only one parent declares a license ({chosen}); check the other parent's terms."]
+    return chosen, []
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _heldout_table(rows: list[HeldoutRow]) -> str:
+    if not rows:
+        return "No held-out evaluation was recorded for this child.\n"
+    lines = [
+        "| task | items | child | father | mother | child − father (95% CI) | p (McNemar) | child − mother (95% CI) | p (McNemar) |",
+        "|---|---:|---:|---:|---:|---|---:|---|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.task} | {r.n_items} | {_pct(r.child)} | {_pct(r.father)} | {_pct(r.mother)} "
+            f"| {_pct(r.child - r.father)} [{_pct(r.ci_vs_father[0])}, {_pct(r.ci_vs_father[1])}] | {r.p_vs_father:.3g} "
+            f"| {_pct(r.child - r.mother)} [{_pct(r.ci_vs_mother[0])}, {_pct(r.ci_vs_mother[1])}] | {r.p_vs_mother:.3g} |"
+        )
+    return "\n".join(lines) + "\n\nScores are accuracies in percent on the held-out split; intervals are paired bootstrap 95% intervals of the difference.\n"
+
+
+def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
+    name = inputs.repo_id or "This child"
+    parts: list[str] = [
+        f"# {name.split('/')[-1]}\n",
+        f"Bred with Darwin by recombining the weights of two parents (no training): "
+        f"father **{inputs.father}**, mother **{inputs.mother}**, merge method `{inputs.method}`.\n",
+    ]
+    for warning in license_warnings:
+        parts.append(f"> **License:** {warning}\n")
+    parts.append("## Parents\n")
+    parts.append("| role | model | license |\n|---|---|---|\n")
+    parts.append(f"| father | [{inputs.father}](https://huggingface.co/{inputs.father}) | {inputs.father_license or 'unknown'} |\n")
+    parts.append(f"| mother | [{inputs.mother}](https://huggingface.co/{inputs.mother}) | {inputs.mother_license or 'unknown'} |\n")
+    if inputs.genealogy:
+        parts.append("\n### Genealogy\n")
+        parts.append(" → ".join(inputs.genealogy + [inputs.repo_id or "this child"]) + "\n")
+    parts.append("\n## Held-out results\n")
+    parts.append(_heldout_table(inputs.heldout))
+    if inputs.search_best is not None:
+        searched = f"{inputs.candidates} candidates over {inputs.generations} generations" if inputs.candidates else "the search"
+        parts.append(f"\nBest search-split fitness: {inputs.search_best:.4f} ({searched}).\n")
+    parts.append("\n## Health check\n")
+    if inputs.health_verdict is None:
+        parts.append("No health check was run for this child.\n")
+    else:
+        parts.append(f"Verdict: **{inputs.health_verdict}**\n")
+        parts.extend(f"- {finding}\n" for finding in inputs.health_findings)
+    if inputs.genome:
+        parts.append(f"\n## Genome ({inputs.genome_space or 'genome'})\n")
+        parts.append("| dimension | value |\n|---|---:|\n")
+        parts.extend(f"| {dim} | {value:.4f} |\n" for dim, value in inputs.genome)
+    if inputs.pictures:
+        parts.append("\n## Pictures\n")
+        parts.extend(f"![{caption}]({path})\n" for caption, path in inputs.pictures)
+    parts.append("\n## Recipe\n")
+    parts.append(f"Recipe hash `{inputs.recipe_hash}`: the same recipe on the same parents gives bit-identical weights.\n")
+    parts.append(f"\n```yaml\n{inputs.recipe_yaml.rstrip()}\n```\n")
+    parts.append("\n## Usage\n")
+    repo = inputs.repo_id or "path/to/child"
+    parts.append(
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n```\n'
+    )
+    if inputs.reproduce_command:
+        parts.append(f"\n## Reproduce\n\n```bash\n{inputs.reproduce_command}\n```\n")
+    return "".join(parts)
+
+
+def build_card(inputs: CardInputs) -> tuple[ModelCard, list[str]]:
+    """The card and the license warnings to show beside it (the UI shows them before a push)."""
+    license_id, warnings = resolve_license(inputs.father_license, inputs.mother_license)
+    extra: dict[str, Any] = {"base_model_relation": "merge"}
+    data = ModelCardData(
+        base_model=[inputs.father, inputs.mother],
+        library_name="transformers",
+        license=license_id,
+        tags=list(CARD_TAGS),
+        **extra,
+    )
+    content = f"---\n{data.to_yaml()}\n---\n\n{card_markdown_body(inputs, warnings)}"
+    return ModelCard(content), warnings
