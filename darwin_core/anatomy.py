@@ -1,0 +1,153 @@
+"""What each tensor is: ``classify(name) -> TensorRole(layer, role, tower)``.
+
+The genome speaks in layers and roles ("attention of block 3 at 20 % mother"), checkpoints speak in tensor
+names. This module is the translation, driven by the pattern tables in `anatomy_tables` (architectures are
+data) with a keyword fallback for families no table row knows. It is a pure function of the name: the same
+name always gets the same role, whichever model it comes from, so the father's and the mother's tensors line up.
+
+Roles: ``embed`` (token/position embeddings, Gemma per-layer-input embeddings), ``lm_head``, ``final_norm``,
+``attn`` (q/k/v/o, fused qkv, q/k norms), ``linear_attn`` (GatedDeltaNet / Mamba mixers), ``ffn``
+(gate/up/down, fused gate_up), ``router``, ``experts``, ``shared_expert``, ``norm`` (block norms), ``other``.
+Towers: ``language`` (bred), ``vision`` / ``audio`` (encoders and projectors of multimodal checkpoints, copied
+from the father; always role ``other``, layer ``None``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from darwin_core import anatomy_tables as tables
+from darwin_core.errors import DarwinError
+
+ROLES = tables.ROLES
+TOWERS = tables.TOWERS
+
+_TOWERS = tuple((re.compile(pattern), tower) for pattern, tower in tables.TOWER_PATTERNS)
+_PREFIXES = tuple(re.compile(pattern) for pattern in tables.LANGUAGE_PREFIXES)
+_AUX = tuple(re.compile(pattern) for pattern in tables.AUX_HEADS)
+_LAYER = re.compile(tables.LAYER_RE)
+_LAYER_ROLES = tuple((re.compile(pattern), role) for pattern, role in tables.LAYER_ROLES)
+_MODEL_ROLES = tuple((re.compile(pattern), role) for pattern, role in tables.MODEL_ROLES)
+_KEYWORDS = tuple((re.compile(pattern), role) for pattern, role in tables.KEYWORD_ROLES)
+
+
+class TensorRole(NamedTuple):
+    """Where a tensor sits: decoder layer index (None outside the block stack), role, tower."""
+
+    layer: int | None
+    role: str
+    tower: str
+
+
+class NameParts(NamedTuple):
+    """A tensor name taken apart: ``prefix + canonical`` is the name; ``local`` is the part inside its block.
+
+    ``canonical`` drops the wrapper prefix (``model.language_model.layers.3.mlp.up_proj.weight`` and
+    ``model.layers.3.mlp.up_proj.weight`` both → ``layers.3.mlp.up_proj.weight``), which is how the same
+    tensor is matched between a multimodal checkpoint and a text-only one. ``local`` (``mlp.up_proj.weight``)
+    matches tensors across layers and across architectures (cross-architecture FFN breeding).
+    """
+
+    tower: str
+    prefix: str
+    canonical: str
+    layer: int | None
+    local: str
+    aux: bool  # inside an auxiliary head (e.g. Qwen3.5 multi-token prediction, ``mtp.*``)
+
+
+@lru_cache(maxsize=65536)
+def split_name(name: str) -> NameParts:
+    """Take a tensor name apart into tower, wrapper prefix, canonical name, layer index and in-block name."""
+    for pattern, tower in _TOWERS:
+        if pattern.search(name):
+            return NameParts(tower, "", name, None, name, False)
+    for pattern in _AUX:
+        match = pattern.match(name)
+        if match:
+            return NameParts("language", "", name, None, match["rest"], True)
+    prefix, canonical = "", name
+    for pattern in _PREFIXES:
+        match = pattern.match(name)
+        if match:
+            prefix, canonical = name[: match.end()], name[match.end():]
+            break
+    layer_match = _LAYER.match(canonical)
+    if layer_match:
+        return NameParts("language", prefix, canonical, int(layer_match["layer"]), layer_match["rest"], False)
+    # Generic fallback: a block index somewhere deeper (an unknown wrapper we did not strip).
+    deep = re.search(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.(.+)$", canonical)
+    if deep:
+        return NameParts("language", prefix, canonical, int(deep[1]), deep[2], False)
+    return NameParts("language", prefix, canonical, None, canonical, False)
+
+
+def _in_block_role(local: str) -> str:
+    for pattern, role in _LAYER_ROLES:
+        if pattern.search(local):
+            return role
+    for pattern, role in _KEYWORDS:
+        if pattern.search(local):
+            return role
+    return "other"
+
+
+@lru_cache(maxsize=65536)
+def classify(name: str) -> TensorRole:
+    """The (layer, role, tower) of a tensor name; see the module docstring for the roles."""
+    parts = split_name(name)
+    if parts.tower != "language":
+        return TensorRole(None, "other", parts.tower)
+    if parts.aux:
+        return TensorRole(None, _in_block_role(parts.local), "language")
+    if parts.layer is not None:
+        return TensorRole(parts.layer, _in_block_role(parts.local), "language")
+    for pattern, role in _MODEL_ROLES:
+        if pattern.search(parts.canonical):
+            return TensorRole(None, role, "language")
+    return TensorRole(None, "other", "language")
+
+
+def canonical_name(name: str) -> str:
+    """The name without its wrapper prefix (see `NameParts`)."""
+    return split_name(name).canonical
+
+
+def pair_names(father_names: Iterable[str], mother_names: Iterable[str]) -> dict[str, str | None]:
+    """For each of the father's tensors, the mother's tensor with the same canonical name (None if she lacks it).
+
+    Lets a multimodal checkpoint (``model.language_model.layers.…``) be bred with its text-only sibling
+    (``model.layers.…``): `hub.compatibility` calls such a pair "full" and says the names differ by prefix.
+    """
+    by_canonical = {split_name(name).canonical: name for name in mother_names}
+    return {name: by_canonical.get(split_name(name).canonical) for name in father_names}
+
+
+def summarize(names: Iterable[str]) -> dict[str, int]:
+    """Number of tensors per role, every role present (zeros included), in `ROLES` order (for the UI)."""
+    counts = dict.fromkeys(ROLES, 0)
+    for name in names:
+        counts[classify(name).role] += 1
+    return counts
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config: ``text_config`` of a multimodal config, else the config itself."""
+    for key in ("text_config", "llm_config", "language_config"):
+        sub = config.get(key)
+        if isinstance(sub, dict) and sub:
+            return sub
+    return config
+
+
+def layer_count(config: dict[str, Any]) -> int:
+    """Number of decoder layers of the language model (``text_config`` for multimodal checkpoints)."""
+    text = text_config(config)
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        value = text.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise DarwinError("The model's config.json does not say how many layers it has (no num_hidden_layers).")

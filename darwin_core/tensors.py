@@ -1,0 +1,667 @@
+"""Lazy tensor reading and crash-safe model writing: the only place that opens weight files.
+
+Merging a pair of 27B models must not hold three models in memory, so the reader hands out one tensor at a
+time (``safe_open`` per shard, kept open, loading straight onto the requested device), and the writer buffers
+at most one shard before flushing it. Everything else (merge kernels, MRI, health) works on tensors and never
+opens a file.
+
+The writer's contract is what makes a crash harmless: a child model only ever appears at its final path
+complete. It is written into a hidden temp folder beside the target (``.<name>.partial-<pid>``), and moved
+into place with one ``os.replace`` at the very end. Any exception removes the temp folder; a killed process
+leaves only that hidden folder, which no reader accepts as a model and which the next write to the same
+target removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from darwin_core.errors import DarwinError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+# Largest header the safetensors library accepts (100 MB); anything bigger is a corrupt file, not a model.
+_MAX_HEADER_BYTES = 100_000_000
+_PARTIAL_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
+
+# safetensors dtype strings <-> torch dtypes (the set safetensors itself knows; missing ones map to None).
+_ST_TO_TORCH: dict[str, torch.dtype | None] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "C64": torch.complex64,
+    "U64": getattr(torch, "uint64", None),
+    "U32": getattr(torch, "uint32", None),
+    "U16": getattr(torch, "uint16", None),
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F8_E4M3FNUZ": getattr(torch, "float8_e4m3fnuz", None),
+    "F8_E5M2": getattr(torch, "float8_e5m2", None),
+    "F8_E5M2FNUZ": getattr(torch, "float8_e5m2fnuz", None),
+    "F8_E8M0": getattr(torch, "float8_e8m0fnu", None),
+}
+_TORCH_TO_ST: dict[torch.dtype, str] = {dt: name for name, dt in _ST_TO_TORCH.items() if dt is not None}
+# Bytes per element for each safetensors dtype string (used for sizes without touching tensor data).
+DTYPE_BYTES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "C64": 8, "U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
+    "F8_E8M0": 1,
+}
+
+
+def torch_dtype(st_dtype: str) -> torch.dtype:
+    """The torch dtype for a safetensors dtype string ("BF16" → torch.bfloat16)."""
+    dtype = _ST_TO_TORCH.get(st_dtype)
+    if dtype is None:
+        raise DarwinError(f"Tensors of dtype {st_dtype} are not supported by this version of torch.")
+    return dtype
+
+
+def safetensors_dtype(dtype: torch.dtype) -> str:
+    """The safetensors dtype string for a torch dtype (torch.bfloat16 → "BF16")."""
+    try:
+        return _TORCH_TO_ST[dtype]
+    except KeyError:
+        raise DarwinError(f"Tensors of dtype {dtype} cannot be stored in safetensors.") from None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a safetensors header says about one tensor: enough for sizes and compatibility, no data."""
+
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype string, e.g. "BF16"
+    nbytes: int
+    file: str  # file name (relative to the model folder) that holds the tensor
+
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensor infos (in storage order) and the ``__metadata__`` of one safetensors file, reading only its header.
+
+    Reads the 8-byte little-endian header length and the JSON header, never the tensor data, so it is cheap
+    even for a 5 GB shard. A file shorter than its header promises (an interrupted download) is refused.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            raw_len = handle.read(8)
+            if len(raw_len) != 8:
+                raise DarwinError(f"{path.name} is not a safetensors file (it is shorter than 8 bytes).")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+                raise DarwinError(f"{path.name} is not a valid safetensors file (its header is truncated or corrupt).")
+            header = json.loads(handle.read(header_len))
+    except FileNotFoundError:
+        raise DarwinError(f"The weight file {path.name} is missing from {path.parent}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DarwinError(f"{path.name} is not a valid safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise DarwinError(f"{path.name} is not a valid safetensors file (its header is not a JSON object).")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - header_len
+    entries: list[tuple[int, str, TensorInfo]] = []
+    for name, entry in header.items():
+        try:
+            begin, end = (int(x) for x in entry["data_offsets"])
+            info = TensorInfo(tuple(int(x) for x in entry["shape"]), str(entry["dtype"]), end - begin, path.name)
+        except (KeyError, TypeError, ValueError):
+            raise DarwinError(f"{path.name} is not a valid safetensors file (bad entry for {name}).") from None
+        if end > data_size:
+            raise DarwinError(f"{path.name} is truncated: tensor {name} ends past the end of the file.")
+        entries.append((begin, name, info))
+    entries.sort(key=lambda item: item[0])
+    return {name: info for _, name, info in entries}, {str(k): str(v) for k, v in metadata.items()}
+
+
+def is_partial_folder(path: str | os.PathLike[str]) -> bool:
+    """True for the hidden temp/backup folders the writer uses; they are never models."""
+    return _PARTIAL_RE.match(Path(path).name) is not None
+
+
+def weight_format(folder: str | os.PathLike[str]) -> str | None:
+    """"safetensors", "pickle" or None: which weights a model folder holds (safetensors wins when both)."""
+    folder = Path(folder)
+    if (folder / SAFETENSORS_INDEX).is_file() or any(folder.glob("*.safetensors")):
+        return "safetensors"
+    if (folder / PICKLE_INDEX).is_file() or _pickle_files(folder):
+        return "pickle"
+    return None
+
+
+def _pickle_files(folder: Path) -> list[str]:
+    """Pickle weight files by the names transformers uses (not training_args.bin and the like)."""
+    return sorted(p.name for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+
+
+class TensorReader:
+    """Read a model's tensors lazily, one at a time, from ``model.safetensors`` or a sharded index.
+
+    ``folder`` is a model folder (or one ``.safetensors`` file). Construction reads only headers, so names,
+    shapes, dtypes and sizes are known without loading anything; ``get`` loads one tensor onto ``device``
+    (default: the reader's device) through a ``safe_open`` handle per shard that stays open. Pickle weights
+    (``.bin``) are refused unless ``allow_pickle=True``; they are then loaded with
+    ``torch.load(weights_only=True, mmap=True)``, which cannot run code from the file.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], device: str | torch.device = "cpu", *,
+                 allow_pickle: bool = False) -> None:
+        self.path = Path(folder)
+        self.device = torch.device(device)
+        self._infos: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        self.format = "safetensors"
+        self._handles: dict[tuple[str, str], Any] = {}
+        self._pickled: dict[str, dict[str, torch.Tensor]] = {}
+        if is_partial_folder(self.path):
+            raise DarwinError(f"{self.path} is an unfinished write (a .partial folder), not a model.")
+        if self.path.is_file():
+            self.folder = self.path.parent
+            self._load_headers([self.path.name])
+            return
+        if not self.path.is_dir():
+            raise DarwinError(f"The model folder {self.path} does not exist.")
+        self.folder = self.path
+        index = self.folder / SAFETENSORS_INDEX
+        if index.is_file():
+            self._load_headers(*self._index_files(index))
+        elif (self.folder / SAFETENSORS_SINGLE).is_file():
+            self._load_headers([SAFETENSORS_SINGLE])
+        elif files := sorted(p.name for p in self.folder.glob("*.safetensors")):
+            self._load_headers(files)
+        elif weight_format(self.folder) == "pickle":
+            if not allow_pickle:
+                raise DarwinError(
+                    f"{self.folder.name} has only pickle weights (.bin), which can run code when loaded; "
+                    "use a safetensors copy or explicitly allow pickle weights."
+                )
+            self.format = "pickle"
+            self._load_pickles()
+        else:
+            raise DarwinError(f"No model weights (.safetensors) found in {self.folder}.")
+
+    # -- construction -------------------------------------------------------------------------------------
+    def _index_files(self, index: Path) -> tuple[list[str], dict[str, str]]:
+        """Shard files named by an index (first-appearance order) and its weight map; a missing shard is named."""
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DarwinError(f"{index.name} in {self.folder} is not a valid index (no weight_map).") from None
+        files = list(dict.fromkeys(weight_map.values()))
+        for file in files:
+            if not (self.folder / file).is_file():
+                raise DarwinError(f"The shard {file} listed in {index.name} is missing from {self.folder}.")
+        return files, weight_map
+
+    def _load_headers(self, files: list[str], expected: dict[str, str] | None = None) -> None:
+        for file in files:
+            infos, metadata = read_safetensors_header(self.folder / file)
+            for name, info in infos.items():
+                if name in self._infos:
+                    raise DarwinError(f"Tensor {name} appears in two weight files ({self._infos[name].file} and {file}).")
+                self._infos[name] = info
+            self.metadata.update(metadata)
+        if expected is not None:
+            for name, file in expected.items():
+                info = self._infos.get(name)
+                if info is None or info.file != file:
+                    raise DarwinError(f"Tensor {name} is listed in the index under {file} but is not in that shard.")
+
+    def _load_pickles(self) -> None:
+        index = self.folder / PICKLE_INDEX
+        if index.is_file():
+            files, _ = self._index_files(index)
+        elif (self.folder / PICKLE_SINGLE).is_file():
+            files = [PICKLE_SINGLE]
+        else:
+            files = _pickle_files(self.folder)
+        for file in files:
+            state = self._torch_load(self.folder / file)
+            self._pickled[file] = state
+            for name, tensor in state.items():
+                dtype = safetensors_dtype(tensor.dtype)
+                self._infos[name] = TensorInfo(tuple(tensor.shape), dtype, tensor.numel() * DTYPE_BYTES[dtype], file)
+
+    @staticmethod
+    def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any failure means "not loadable safely"
+            raise DarwinError(f"{path.name} could not be loaded safely as a weights-only pickle ({type(error).__name__}).") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise DarwinError(f"{path.name} is not a state dict of tensors.")
+        return state
+
+    # -- queries ------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Tensor names, shard by shard in storage order (reading in this order is sequential I/O)."""
+        return list(self._infos)
+
+    @property
+    def files(self) -> list[str]:
+        """Weight file names (relative to the folder), in order."""
+        return list(dict.fromkeys(info.file for info in self._infos.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return dict(self._infos)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._infos[name].shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch_dtype(self._infos[name].dtype)
+
+    def nbytes(self, name: str) -> int:
+        return self._infos[name].nbytes
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.nbytes for info in self._infos.values())
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(_numel(info.shape) for info in self._infos.values())
+
+    # -- loading ------------------------------------------------------------------------------------------
+    def get(self, name: str, device: str | torch.device | None = None) -> torch.Tensor:
+        """Load one tensor onto ``device`` (default: the reader's device)."""
+        info = self._infos.get(name)
+        if info is None:
+            raise KeyError(f"{name} is not a tensor of {self.folder}")
+        target = torch.device(device) if device is not None else self.device
+        if self.format == "pickle":
+            return self._pickled[info.file][name].to(target)
+        return self._handle(info.file, target).get_tensor(name)
+
+    def items(self, names: Iterable[str] | None = None,
+              device: str | torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) pairs, one tensor in memory at a time from the reader's side."""
+        for name in self.names if names is None else names:
+            yield name, self.get(name, device)
+
+    def _handle(self, file: str, device: torch.device) -> Any:
+        from safetensors import safe_open
+
+        key = (file, str(device))
+        handle = self._handles.get(key)
+        if handle is None:
+            device_arg = str(device)
+            if device.type == "cuda" and device.index is None:
+                device_arg = f"cuda:{torch.cuda.current_device()}"
+            try:
+                handle = safe_open(str(self.folder / file), framework="pt", device=device_arg)
+            except FileNotFoundError:
+                raise DarwinError(f"The weight file {file} is missing from {self.folder}.") from None
+            self._handles[key] = handle
+        return handle
+
+    def close(self) -> None:
+        """Drop the open shard handles (their memory maps close with them)."""
+        self._handles.clear()
+        self._pickled.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id still runs (a zombie, killed but not reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def clean_stale_partials(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp/backup folders left beside ``out_dir`` by writers that died; returns what was removed."""
+    out_dir = Path(out_dir)
+    removed = []
+    if not out_dir.parent.is_dir():
+        return removed
+    candidates = []
+    for candidate in out_dir.parent.glob(f".{_glob_escape(out_dir.name)}.*-*"):
+        match = _PARTIAL_RE.match(candidate.name)
+        if match is None or match["name"] != out_dir.name:
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        candidates.append((match["kind"] != "old", candidate))
+    for is_partial, candidate in sorted(candidates):
+        # A writer killed between its two renames leaves the previous model as `.old-<pid>` and no target:
+        # put the previous model back rather than lose it.
+        if not is_partial and not out_dir.exists():
+            os.replace(candidate, out_dir)
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: list[tuple[str, torch.Tensor]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write one safetensors file with tensors in the given order (stable-sorted by element size, largest first).
+
+    The format requires each tensor's data to follow the previous one without padding, so mixed dtypes are
+    ordered by element size (as safetensors itself does) to keep every tensor aligned; within one element size
+    the given order is kept. Bytes are a pure function of (names, dtypes, shapes, values, order).
+    """
+    ordered = sorted(tensors, key=lambda item: -item[1].element_size())
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for name, tensor in ordered:
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": safetensors_dtype(tensor.dtype), "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * ((8 - len(encoded) % 8) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for _, tensor in ordered:
+            handle.write(_tensor_bytes(tensor))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class ShardedWriter:
+    """Write a model folder (weights + config/tokenizer/recipe files) so that it appears complete or not at all.
+
+    Use as a context manager::
+
+        with ShardedWriter(out_dir, max_shard_bytes=5 * 10**9) as writer:
+            for name, tensor in merged:
+                writer.add(name, tensor)
+            writer.copy_file(father / "config.json")
+            writer.write_text("recipe.yaml", recipe_yaml)
+
+    Tensors go to shards in the order added; a shard is flushed to disk as soon as the next tensor would push
+    it past ``max_shard_bytes``, so at most one shard's worth of tensors is held. One shard → ``model.safetensors``;
+    several → ``model-0000k-of-0000N.safetensors`` plus ``model.safetensors.index.json`` (``metadata.total_size``,
+    ``weight_map``). An existing ``out_dir`` is refused unless ``overwrite=True``, and even then it is replaced
+    only once the new folder is complete. Don't modify a tensor after adding it: the writer keeps a reference
+    until its shard is flushed.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, max_shard_bytes: int = 5 * 10**9,
+                 overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
+        if max_shard_bytes <= 0:
+            raise ValueError("max_shard_bytes must be positive")
+        self.out_dir = Path(out_dir).absolute()
+        self.max_shard_bytes = max_shard_bytes
+        self.overwrite = overwrite
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.temp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
+        self._buffer: list[tuple[str, torch.Tensor]] = []
+        self._buffer_bytes = 0
+        self._shards: list[list[str]] = []
+        self._names: set[str] = set()
+        self._total_bytes = 0
+        self._files: set[str] = set()
+        self._open = False
+        self._done = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def __enter__(self) -> ShardedWriter:
+        try:
+            if self.out_dir.parent.is_dir():
+                clean_stale_partials(self.out_dir)  # may restore a previous model first: check the target after
+        except OSError as error:
+            raise self._os_error(error) from error
+        self._check_target()
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            if self.temp_dir.exists():
+                shutil.rmtree(self.temp_dir)
+            self.temp_dir.mkdir()
+        except OSError as error:
+            raise self._os_error(error) from error
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self._commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Throw away everything written so far; the target is left as it was."""
+        self._buffer.clear()
+        self._buffer_bytes = 0
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self._open = False
+
+    # -- adding content -----------------------------------------------------------------------------------
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue a tensor for the current shard; flushes the shard first if this tensor would overflow it."""
+        self._require_open()
+        if name in self._names:
+            raise ValueError(f"tensor {name} was added twice")
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        safetensors_dtype(tensor.dtype)  # refuse unsupported dtypes now, not at flush time
+        tensor = tensor.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.to("cpu")
+        tensor = tensor.contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        self._names.add(name)
+        self._buffer.append((name, tensor))
+        self._buffer_bytes += nbytes
+        self._total_bytes += nbytes
+
+    def copy_file(self, src_path: str | os.PathLike[str], name: str | None = None) -> None:
+        """Copy a side file (config, tokenizer, generation config, …) into the model folder."""
+        self._require_open()
+        src = Path(src_path)
+        target = self._side_path(name or src.name)
+        try:
+            shutil.copyfile(src, target)
+        except FileNotFoundError:
+            raise DarwinError(f"The file {src} to copy into the model does not exist.") from None
+        except OSError as error:
+            raise self._os_error(error) from error
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text file (recipe, card, config) into the model folder."""
+        self._require_open()
+        target = self._side_path(name)
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise self._os_error(error) from error
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [n for shard in self._shards for n in shard] + [n for n, _ in self._buffer]
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _require_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("ShardedWriter is used outside its `with` block")
+
+    def _check_target(self) -> None:
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            if not self.out_dir.is_dir():
+                raise DarwinError(f"{self.out_dir} exists and is not a folder.")
+            if not self.overwrite:
+                raise DarwinError(f"The output folder {self.out_dir} already exists; choose another or allow overwriting.")
+
+    def _side_path(self, name: str) -> Path:
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"{name!r} must be a relative path inside the model folder")
+        if rel.name == SAFETENSORS_INDEX or (rel.suffix == ".safetensors" and len(rel.parts) == 1):
+            raise ValueError(f"{name!r} would clash with the weight files the writer creates")
+        target = self.temp_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._files.add(rel.as_posix())
+        return target
+
+    def _shard_temp(self, index: int) -> Path:
+        return self.temp_dir / f".shard-{index:05d}.safetensors"
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        index = len(self._shards) + 1
+        try:
+            write_safetensors(self._shard_temp(index), self._buffer, self.metadata)
+        except OSError as error:
+            raise self._os_error(error) from error
+        self._shards.append([name for name, _ in self._buffer])
+        self._buffer = []
+        self._buffer_bytes = 0
+
+    def _commit(self) -> None:
+        self._require_open()
+        self._flush()
+        try:
+            count = len(self._shards)
+            if count == 1:
+                os.replace(self._shard_temp(1), self.temp_dir / SAFETENSORS_SINGLE)
+            elif count > 1:
+                weight_map: dict[str, str] = {}
+                for index, names in enumerate(self._shards, start=1):
+                    final = f"model-{index:05d}-of-{count:05d}.safetensors"
+                    os.replace(self._shard_temp(index), self.temp_dir / final)
+                    weight_map.update({name: final for name in names})
+                index_doc = {"metadata": {"total_size": self._total_bytes},
+                             "weight_map": dict(sorted(weight_map.items()))}
+                (self.temp_dir / SAFETENSORS_INDEX).write_text(json.dumps(index_doc, indent=2) + "\n")
+            _fsync_dir(self.temp_dir)
+            self._move_into_place()
+        except OSError as error:
+            raise self._os_error(error) from error
+        self._open = False
+        self._done = True
+
+    def _move_into_place(self) -> None:
+        backup = None
+        if self.out_dir.exists():
+            if not self.overwrite:
+                raise DarwinError(f"The output folder {self.out_dir} appeared while writing; nothing was replaced.")
+            backup = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(self.out_dir, backup)
+        try:
+            os.replace(self.temp_dir, self.out_dir)
+        except OSError:
+            if backup is not None:
+                os.replace(backup, self.out_dir)
+            raise
+        _fsync_dir(self.out_dir.parent)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+
+    def _os_error(self, error: OSError) -> DarwinError:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DarwinError(f"The disk is full while writing {self.out_dir.name}; nothing was written.")
+        return DarwinError(f"Cannot write {self.out_dir.name}: {error.strerror or error}.")
+
+
+def sha256_of_files(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 hex digest of every file under ``folder``, keyed by POSIX relative path, sorted.
+
+    Used to prove bit-identical children (same recipe, same parents → same digests) and for zoo.json.
+    """
+    folder = Path(folder)
+    digests = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(path, "rb") as handle:
+            digests[path.relative_to(folder).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digests
