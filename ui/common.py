@@ -1,0 +1,95 @@
+"""Small helpers every tab shares: where the app runs, how failures are shown, how numbers are written.
+
+The UI never shows a stack trace: a `DarwinError` is a sentence written for the user and is shown as is;
+anything else is a bug, so it is logged in full on the server and the page gets one line saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from darwin_core.errors import DarwinError
+
+LOG = logging.getLogger("darwin.ui")
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def on_space() -> bool:
+    """True on a Hugging Face Space (the runtime sets SPACE_ID); decides sign-in and the default mode."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def local_mode_default() -> bool:
+    """Local mode lets a user name folders on the machine that runs the app.
+
+    Off on a Space (a visitor must not read the server's disk), on everywhere else. DARWIN_LOCAL_MODE=1/0
+    overrides the guess, e.g. to turn local paths off on a self-hosted public server.
+    """
+    value = os.environ.get("DARWIN_LOCAL_MODE", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if value:
+        raise DarwinError(f"DARWIN_LOCAL_MODE must be 1 or 0, not {value!r}.")
+    return not on_space()
+
+
+def server_name_default() -> str:
+    """GRADIO_SERVER_NAME if set; else all interfaces on a Space (its proxy must reach us), loopback locally."""
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space() else "127.0.0.1")
+
+
+def error_markdown(error: BaseException) -> str:
+    """One visible line for a failure: the DarwinError's own sentence, or a short note for a bug."""
+    if isinstance(error, DarwinError):
+        return f"**⚠ {error}**"
+    return f"**⚠ Unexpected error ({type(error).__name__}): {error}.** The server log has the details."
+
+
+def guarded(action: Callable[[], T], what: str) -> tuple[T | None, str]:
+    """Run `action`; return (result, "") or (None, error_markdown) — the handler shows the message.
+
+    `what` names the action for the server log, so a bug report can be matched with its traceback.
+    """
+    try:
+        return action(), ""
+    except DarwinError as error:
+        return None, error_markdown(error)
+    except Exception as error:  # noqa: BLE001 — a bug must still not reach the page as a traceback
+        LOG.exception("unexpected error while %s", what)
+        return None, error_markdown(error)
+
+
+def human_bytes(count: int | None) -> str:
+    """Sizes as people read them (binary units, like `du -h`)."""
+    if count is None:
+        return "—"
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(count: int | None) -> str:
+    """Parameter counts in the K/M/B style model cards use, with the exact number beside it."""
+    if count is None:
+        return "—"
+    for scale, suffix in ((10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if count >= scale:
+            return f"{count / scale:.2f}{suffix} ({count:,})"
+    return f"{count:,}"
+
+
+def percent(value: float | None) -> str:
+    """Accuracies (0..1) as percentages with one decimal, or a dash when not measured."""
+    return "—" if value is None else f"{100 * value:.1f}%"

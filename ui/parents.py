@@ -1,0 +1,255 @@
+"""Parents tab: pick a father and a mother, see what each is, and whether they can be bred.
+
+Each parent is either one of the embedded demo parents (picked from a dropdown; the app ships them, so they
+are allowed on a Space too) or a Hub id / local folder typed in the text field (a typed value wins). What a
+model *is* (architecture, layers, hidden size, parameters, bytes, dtype) comes from `darwin_core.hub`, which
+reads the config and safetensors headers without downloading weights; the demo parents' held-out accuracies
+come from the zoo manifest, measured when the zoo was built. The UI only renders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from darwin_core import anatomy
+from darwin_core.errors import DarwinError
+from ui.common import guarded, human_bytes, human_count, percent
+from ui.session import with_token
+
+DEMO_PREFIX = "demo:"
+DEFAULT_FATHER = f"{DEMO_PREFIX}father"
+DEFAULT_MOTHER = f"{DEMO_PREFIX}mother"
+FACTS_HEADERS = ["", "Father", "Mother"]
+COMPAT_HEADERS = ["", "Father", "Mother", "Same"]
+
+
+@dataclass(frozen=True)
+class ParentFacts:
+    """What the tab shows about one parent; None / empty = not known (shown as a dash)."""
+
+    label: str
+    architecture: str | None
+    layers: int | None
+    hidden_size: int | None
+    parameters: int | None
+    bytes: int | None
+    dtype: str | None
+    heldout_accuracy: dict[str, float] = field(default_factory=dict)
+    composite: float | None = None
+
+
+# ------------------------------------------------------------------------------------------- demo zoo
+
+
+def load_demo_zoo(zoo_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The zoo manifest and the member folders (raises DarwinError when the zoo is missing or incomplete)."""
+    from darwin_core import zoo
+
+    root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
+    return zoo.load_zoo_manifest(root), zoo.zoo_paths(root)
+
+
+def demo_choices(manifest: dict[str, Any], folders: dict[str, Path]) -> list[tuple[str, str]]:
+    """Dropdown entries (label, value) for the demo models that ship as folders."""
+    models = manifest.get("models", {})
+    skills = manifest.get("skills", [])
+    choices = []
+    for name in folders:
+        entry = models.get(name, {})
+        best = [s for s in skills if entry.get("heldout_accuracy", {}).get(s) is not None]
+        note = f" — {entry.get('architecture', '?')}" + (f", {len(best)} skills measured" if best else "")
+        choices.append((f"demo {name}{note}", f"{DEMO_PREFIX}{name}"))
+    return choices
+
+
+def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
+    """A typed Hub id / path wins over the dropdown; neither is one clear sentence."""
+    typed = (typed or "").strip()
+    if typed:
+        return typed
+    if pick:
+        return pick
+    raise DarwinError(f"Pick a demo {role} or type a Hub id or local folder for the {role}.")
+
+
+# ------------------------------------------------------------------------------------------- resolving
+
+
+def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None):
+    """(ModelRef, ParentFacts) for a demo name ("demo:father") or a Hub id / local folder."""
+    from darwin_core import hub
+
+    if ref.startswith(DEMO_PREFIX):
+        name = ref[len(DEMO_PREFIX):]
+        manifest, folders = load_demo_zoo(zoo_dir)
+        if name not in folders:
+            raise DarwinError(f"There is no demo model called {name!r}; the demo parents are {', '.join(folders)}.")
+        # The demo folders ship with the app, so reading them is safe even where visitors' paths are refused.
+        model = hub.resolve_model(str(folders[name]), local_mode=True, token=None)
+        entry = manifest.get("models", {}).get(name, {})
+        return model, _facts(model, f"demo {name}", entry)
+    model = hub.resolve_model(ref, local_mode=local_mode, token=token)
+    return model, _facts(model, ref, {})
+
+
+def _facts(model: Any, label: str, zoo_entry: dict[str, Any]) -> ParentFacts:
+    """ParentFacts from a hub.ModelRef plus, for demo parents, the zoo manifest's measured accuracies."""
+    family = model.text_model_type
+    architecture = model.architecture if family == model.architecture else f"{model.architecture} ({family})"
+    return ParentFacts(
+        label=label,
+        architecture=architecture,
+        layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        parameters=model.parameters or None,
+        bytes=model.bytes or None,
+        dtype=stored_dtypes(model.tensors),
+        heldout_accuracy=dict(zoo_entry.get("heldout_accuracy") or {}),
+        composite=zoo_entry.get("composite"),
+    )
+
+
+def stored_dtypes(tensors: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
+    """The dtypes the weights are stored in, the one holding most parameters first ("BF16, F32")."""
+    counts: dict[str, int] = {}
+    for shape, dtype in tensors.values():
+        counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
+    return ", ".join(sorted(counts, key=lambda d: -counts[d])) or None
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def facts_table(father: ParentFacts, mother: ParentFacts) -> pd.DataFrame:
+    """One row per fact, one column per parent; accuracy rows for every skill either parent was measured on."""
+    rows: list[list[str]] = [
+        ["Model", father.label, mother.label],
+        ["Architecture", father.architecture or "—", mother.architecture or "—"],
+        ["Layers", _text(father.layers), _text(mother.layers)],
+        ["Hidden size", _text(father.hidden_size), _text(mother.hidden_size)],
+        ["Parameters", human_count(father.parameters), human_count(mother.parameters)],
+        ["Weights on disk", human_bytes(father.bytes), human_bytes(mother.bytes)],
+        ["Dtype", father.dtype or "—", mother.dtype or "—"],
+    ]
+    skills = list(dict.fromkeys([*father.heldout_accuracy, *mother.heldout_accuracy]))
+    for skill in skills:
+        rows.append([f"Held-out accuracy: {skill}", percent(father.heldout_accuracy.get(skill)), percent(mother.heldout_accuracy.get(skill))])
+    if father.composite is not None or mother.composite is not None:
+        rows.append(["Held-out composite (mean)", percent(father.composite), percent(mother.composite)])
+    return pd.DataFrame(rows, columns=FACTS_HEADERS)
+
+
+VERDICTS = {
+    "full": "Breedable: every tensor can be blended.",
+    "ffn_only": "Breedable for feed-forward weights only.",
+    "incompatible": "Not breedable.",
+}
+
+
+def compatibility_view(father: Any, mother: Any, compat: Any) -> tuple[pd.DataFrame, str]:
+    """What decides compatibility, side by side, and the verdict with hub.compatibility's reason."""
+    def row(name: str, a: Any, b: Any) -> list[str]:
+        return [name, _text(a), _text(b), "yes" if a == b else "no"]
+
+    languages = [sum(1 for n in ref.tensors if anatomy.classify(n).tower == "language") for ref in (father, mother)]
+    rows = [
+        row("Family", father.text_model_type, mother.text_model_type),
+        row("Layers", father.num_layers, mother.num_layers),
+        row("Hidden size", father.hidden_size, mother.hidden_size),
+        row("Vocabulary", father.vocab_size, mother.vocab_size),
+        row("Language-model tensors", *languages),
+        row("License", father.license, mother.license),
+    ]
+    verdict = f"**{VERDICTS.get(compat.verdict, compat.verdict)}** {compat.reason}"
+    if compat.differing:
+        shown = ", ".join(f"`{name}`" for name in compat.differing[:5])
+        verdict += f"\n\nDiffering tensors: {shown}" + (" …" if len(compat.differing) > 5 else "")
+    return pd.DataFrame(rows, columns=COMPAT_HEADERS), verdict
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pick: str | None, mother_typed: str | None,
+                    *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """Everything the tab shows: (facts table, compatibility table, verdict, error message)."""
+    from darwin_core import hub
+
+    def work() -> tuple[pd.DataFrame, pd.DataFrame, str]:
+        father_ref = chosen_ref(father_pick, father_typed, "father")
+        mother_ref = chosen_ref(mother_pick, mother_typed, "mother")
+        father, father_facts = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+        mother, mother_facts = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+        compat_table, verdict = compatibility_view(father, mother, hub.compatibility(father, mother))
+        return facts_table(father_facts, mother_facts), compat_table, verdict
+
+    result, error = guarded(work, "inspecting the parents")
+    if result is None:
+        return pd.DataFrame(columns=FACTS_HEADERS), pd.DataFrame(columns=COMPAT_HEADERS), "", error
+    return (*result, "")
+
+
+# ------------------------------------------------------------------------------------------- the tab
+
+
+def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path | None = None) -> list[gr.components.Component]:
+    """Lay out the Parents tab inside the current Blocks context and wire its one event.
+
+    Returns the parent inputs (father pick, father typed, mother pick, mother typed) for the tabs that act on
+    the chosen parents (MRI, Evolve).
+    """
+    zoo, zoo_error = guarded(lambda: load_demo_zoo(zoo_dir), "loading the demo zoo")
+    choices = demo_choices(*zoo) if zoo is not None else []
+    values = {value for _, value in choices}
+    where = "a Hub id (`org/name` or `org/name@revision`)" + (" or a local folder" if local_mode else "")
+
+    gr.Markdown(
+        "Pick the two parents. The demo parents ship with the app (a shared base fine-tuned on different skills); "
+        f"or type {where}. Only config and safetensors headers are read here; weights are downloaded when a "
+        "run needs them."
+    )
+    if zoo_error:
+        gr.Markdown(zoo_error, elem_classes=["darwin-error"])
+    with gr.Row():
+        with gr.Column():
+            father_pick = gr.Dropdown(choices, value=DEFAULT_FATHER if DEFAULT_FATHER in values else None,
+                                      label="Father (demo)", elem_id="father-pick")
+            father_typed = gr.Textbox(label="…or father Hub id / folder", placeholder="org/name", elem_id="father-typed")
+        with gr.Column():
+            mother_pick = gr.Dropdown(choices, value=DEFAULT_MOTHER if DEFAULT_MOTHER in values else None,
+                                      label="Mother (demo)", elem_id="mother-pick")
+            mother_typed = gr.Textbox(label="…or mother Hub id / folder", placeholder="org/name", elem_id="mother-typed")
+    inspect = gr.Button("Inspect parents", variant="primary", elem_id="inspect-parents")
+    error = gr.Markdown(elem_id="parents-error", elem_classes=["darwin-error"])
+    facts = gr.Dataframe(headers=FACTS_HEADERS, label="Parents", interactive=False, elem_id="parents-facts", wrap=True)
+    verdict = gr.Markdown(elem_id="parents-verdict")
+    compat = gr.Dataframe(headers=COMPAT_HEADERS, label="Compatibility", interactive=False,
+                          elem_id="parents-compat", wrap=True)
+
+    inputs = [father_pick, father_typed, mother_pick, mother_typed]
+    outputs = [facts, compat, verdict, error]
+
+    def parents_info(father_pick, father_typed, mother_pick, mother_typed, token, user):
+        return inspect_parents(father_pick, father_typed, mother_pick, mother_typed,
+                               local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+
+    gr.on(
+        triggers=[demo.load, inspect.click, father_pick.input, mother_pick.input, father_typed.submit, mother_typed.submit],
+        # On a Space the signed-in visitor's token, else HF_TOKEN (ui.session.with_token says why).
+        fn=with_token(parents_info, n_inputs=len(inputs)),
+        inputs=inputs,
+        outputs=outputs,
+        api_name="parents_info",
+        api_description="Facts, held-out accuracies and breeding compatibility of a father and a mother.",
+        trigger_mode="always_last",
+    )
+    return inputs
