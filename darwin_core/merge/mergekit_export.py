@@ -1,0 +1,259 @@
+"""Export a Recipe as a mergekit 0.1.5 YAML config (`Recipe.to_mergekit_yaml`), where mergekit can express it.
+
+Parameter mapping, per tensor with ratio r (share of the mother) and densities (d_f, d_m):
+
+| Darwin method    | mergekit merge_method | base_model       | father params            | mother params      | shared params                    |
+|------------------|-----------------------|------------------|--------------------------|--------------------|----------------------------------|
+| linear           | linear                | —                | weight 1 − r             | weight r           | (normalize: default true)        |
+| slerp            | slerp                 | father           | —                        | —                  | t = r                            |
+| task_arithmetic  | task_arithmetic       | father/ancestor  | weight 1 − r             | weight r           | normalize, lambda = scale        |
+| ties             | ties                  | father/ancestor  | weight 1 − r, density d_f| weight r, density d_m | normalize, rescale, lambda    |
+| dare_ties        | dare_ties             | father/ancestor  | weight 1 − r, density d_f| weight r, density d_m | normalize, rescale, lambda    |
+| dare_linear      | dare_linear           | father/ancestor  | weight 1 − r, density d_f| weight r, density d_m | normalize, rescale, lambda    |
+| transplant       | linear                | —                | weight 1 or 0            | weight 0 or 1      |                                  |
+
+With base = father, mergekit ignores the father's own weight/density (his task vector is zero), so only the
+mother's are written. The export always sets `dtype: float32` (mergekit then computes in float32, as Darwin)
+and `out_dtype` to the child's dtype.
+
+Not expressible, with the sentence the DarwinError gives: `method_weight` < 1 (a blend of the method's result
+with linear interpolation: mergekit has no such blend). DARE with densities < 1 is exported, but mergekit draws
+its masks from torch's global RNG (`--random-seed`), so the two children differ where masks differ: the YAML
+says so in a comment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from darwin_core.errors import DarwinError
+from darwin_core.merge.registry import TensorParams, get_method
+
+if TYPE_CHECKING:
+    from darwin_core.recipe import ParentRef, Recipe
+
+# mergekit 0.1.5 reads MoE checkpoints in transformers 5's in-memory layout: experts fused per layer
+# (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`) and Mixtral's `block_sparse_moe.` renamed `mlp.`.
+# Filters built from on-disk names get these aliases so they also catch mergekit's names.
+MERGEKIT_NAME_ALIASES = (("block_sparse_moe.", "mlp."),)
+_EXPERT = re.compile(r"^(?P<head>.*\.experts\.)\d+\.")
+
+_TORCH_TO_NAME = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def _model_ref(ref: ParentRef) -> str:
+    if ref.path:
+        return ref.path
+    return ref.label()
+
+
+def _tensor_values(recipe: Recipe, name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """mergekit parameters of one tensor, with copies (frozen/transplant/towers) as weight 0/1, density 1."""
+    method = get_method(recipe.method)
+    plan = recipe.plan_for(name)
+    params = plan.params
+    if plan.source is not None:
+        share = 1.0 if plan.source == "mother" else 0.0
+        params = TensorParams(ratio=share, density_father=1.0, density_mother=1.0,
+                              normalize=params.normalize, rescale=params.rescale, scale=1.0)
+        if recipe.method == "transplant":
+            method = get_method("linear")
+    return method.mergekit_params(params)
+
+
+def _common_prefix(names: list[str]) -> str:
+    first, last = min(names), max(names)
+    i = 0
+    while i < min(len(first), len(last)) and first[i] == last[i]:
+        i += 1
+    prefix = first[:i]
+    if len(names) == 1:
+        return prefix
+    cut = prefix.rfind(".")
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def _first_match(name: str, filters: list[tuple[str, Any]], default: Any) -> Any:
+    """mergekit's rule (`config.evaluate_setting`): the first filter that is a substring of the name wins."""
+    for flt, value in filters:
+        if flt in name:
+            return value
+    return default
+
+
+def _conditional(values: dict[str, Any]) -> Any:
+    """Filters reproducing `values` (tensor name → value) under mergekit's substring/first-match rule."""
+    from darwin_core.anatomy import classify
+
+    default = Counter(values.values()).most_common(1)[0][0]
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name in values:
+        role = classify(name)
+        groups[(role.tower, role.layer, role.role)].append(name)
+    filters: dict[str, Any] = {}
+    exact: set[str] = set()
+    for names in groups.values():
+        group_values = {values[n] for n in names}
+        if group_values == {default}:
+            continue
+        prefix = _common_prefix(names) if len(group_values) == 1 and len(names) > 1 else ""
+        if prefix and not prefix.endswith("."):
+            prefix = ""
+        if prefix:
+            filters[prefix] = values[names[0]]
+        else:
+            for n in names:
+                if values[n] != default:
+                    filters[n] = values[n]
+                    exact.add(n)
+    for _ in range(len(values) + 1):
+        ordered = sorted(filters.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+        wrong = [n for n in values if _first_match(n, ordered, default) != values[n]]
+        if not wrong:
+            break
+        for n in wrong:
+            if n in exact:
+                raise DarwinError(
+                    f"mergekit's substring filters cannot single out tensor {n} (another tensor name contains it)."
+                )
+            filters[n] = values[n]
+            exact.add(n)
+    else:  # pragma: no cover - each round adds at least one exact filter
+        raise DarwinError("mergekit's filters cannot express this recipe's per-tensor parameters.")
+    if not ordered:
+        return default
+    _check_experts(values)
+    out, seen = [], set()
+    for flt, value in ordered:
+        head = _expert_head(flt)
+        aliases = [flt, head] + [head.replace(disk, mk) for disk, mk in MERGEKIT_NAME_ALIASES if disk in head]
+        for alias in aliases:
+            if alias not in seen:
+                seen.add(alias)
+                out.append({"filter": alias, "value": value})
+    return out + [{"value": default}]
+
+
+def _expert_head(flt: str) -> str:
+    """`...experts.3.w1.weight` → `...experts.` (the prefix of mergekit's fused expert tensors)."""
+    match = _EXPERT.match(flt)
+    return match["head"] if match else flt
+
+
+def _check_experts(values: dict[str, Any]) -> None:
+    """mergekit merges a layer's experts as fused tensors: they must share one value per layer."""
+    per_layer: dict[str, set] = defaultdict(set)
+    for name, value in values.items():
+        match = _EXPERT.match(name)
+        if match:
+            per_layer[match["head"]].add(value)
+    for head, seen in per_layer.items():
+        if len(seen) > 1:
+            raise DarwinError(
+                f"mergekit cannot express this recipe: mergekit 0.1.5 merges the experts of {head[:-1]} as one "
+                "fused tensor, and this recipe gives them different parameters."
+            )
+
+
+def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_dtype: str | None = None) -> str:
+    """See `Recipe.to_mergekit_yaml`."""
+    method = get_method(recipe.method)
+    if recipe.method_weight < 1.0 and recipe.method not in ("linear", "transplant"):
+        raise DarwinError(
+            f"mergekit cannot express this recipe: method_weight {recipe.method_weight:g} blends {recipe.method} "
+            "with linear interpolation, and mergekit has no such blend."
+        )
+    out_dtype = recipe.dtype or father_dtype
+    if names is None or out_dtype is None:
+        if not recipe.father.path:
+            raise DarwinError(
+                "Exporting to mergekit needs the father's tensor names: give names= or a recipe with the father's local path."
+            )
+        from darwin_core.tensors import TensorReader
+
+        reader = TensorReader(recipe.father.path)
+        if names is None:
+            names = reader.names
+        if out_dtype is None:
+            dtypes = Counter(_TORCH_TO_NAME.get(str(reader.dtype(n))) for n in reader.names)
+            out_dtype = dtypes.most_common(1)[0][0]
+    names = list(names)
+    if not names:
+        raise DarwinError("Exporting to mergekit needs at least one tensor name.")
+
+    _check_fused_experts(recipe, names)
+    mk_name = "linear" if recipe.method == "transplant" else method.mergekit_name
+    shared_values: dict[str, dict[str, Any]] = defaultdict(dict)
+    model_values: dict[str, dict[str, dict[str, Any]]] = {"father": defaultdict(dict), "mother": defaultdict(dict)}
+    for name in names:
+        shared, per_model = _tensor_values(recipe, name)
+        for key, value in shared.items():
+            shared_values[key][name] = value
+        for who in ("father", "mother"):
+            for key, value in per_model.get(who, {}).items():
+                model_values[who][key][name] = value
+
+    base_is_father = method.delta and recipe.base == "father"
+    uses_base = method.delta or recipe.method == "slerp"
+    models = []
+    for who, ref in (("father", recipe.father), ("mother", recipe.mother)):
+        entry: dict[str, Any] = {"model": _model_ref(ref)}
+        if not (base_is_father and who == "father") and not (recipe.method == "slerp"):
+            params = {key: _conditional(vals) for key, vals in model_values[who].items()}
+            if params:
+                entry["parameters"] = params
+        models.append(entry)
+    config: dict[str, Any] = {"models": models, "merge_method": mk_name}
+    if uses_base and mk_name != "linear":
+        config["base_model"] = _model_ref(recipe.father if recipe.base == "father" else recipe.base)
+    shared = {key: _conditional(vals) for key, vals in shared_values.items()}
+    if shared:
+        config["parameters"] = shared
+    config["dtype"] = "float32"
+    if out_dtype:
+        config["out_dtype"] = out_dtype
+
+    header = [
+        f"# mergekit 0.1.5 config exported from Darwin recipe {recipe.recipe_hash[:16]}",
+        "# (ratio = share of the mother; see darwin_core/merge/mergekit_export.py for the mapping)",
+    ]
+    if method.uses_density and recipe.method.startswith("dare") and any(
+        d < 1.0 for pair in _all_densities(recipe, names) for d in pair
+    ):
+        header.append("# DARE masks differ: mergekit draws them from torch's global RNG (--random-seed), Darwin per tensor.")
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def _check_fused_experts(recipe: Recipe, names: list[str]) -> None:
+    """Refuse methods whose result depends on tensor boundaries for experts that mergekit fuses per layer."""
+    for name in names:
+        if not _EXPERT.match(name):
+            continue
+        plan = recipe.plan_for(name)
+        if plan.source is not None:
+            continue
+        p = plan.params
+        if recipe.method == "slerp" and 0.0 < p.ratio < 1.0:
+            why = "SLERP's angle"
+        elif get_method(recipe.method).uses_density and min(
+            p.density_mother, p.density_father if recipe.base != "father" else 1.0
+        ) < 1.0:
+            why = "TIES' top-k" if recipe.method == "ties" else "DARE's rescaling"
+        else:
+            continue
+        raise DarwinError(
+            f"mergekit cannot express this recipe exactly: mergekit 0.1.5 merges the experts of a layer as one fused "
+            f"tensor, so {why} would span all experts, while Darwin computes it per expert tensor ({name})."
+        )
+
+
+def _all_densities(recipe: Recipe, names: list[str]) -> Iterable[tuple[float, float]]:
+    for name in names:
+        plan = recipe.plan_for(name)
+        if plan.source is None:
+            yield (plan.params.density_father if recipe.base != "father" else 1.0, plan.params.density_mother)

@@ -1,0 +1,521 @@
+"""Recipe: everything that determines a child's bytes, in one readable dataclass with a YAML form.
+
+A recipe names the parents (Hub id + revision, optionally a local folder), the merge method, the base of
+delta methods ("father" or a common ancestor), the per-tensor ratios ("share of the mother": 0 = father,
+1 = mother) and DARE/TIES densities as compact tables, the transplant thresholds, frozen layers, the child's
+dtype and a seed. `recipe_hash` is sha256 of a canonical serialisation of the fields that change bytes (not of
+cosmetic ones: local paths, the genome it came from, notes), and it seeds the DARE masks: the same recipe on
+the same parents gives bit-identical tensors on every run.
+
+Lookup of a tensor's parameters (`ratio_for`, `densities_for`, `plan_for`) goes through
+`darwin_core.anatomy.classify(name) -> TensorRole(layer, role, tower)`, so tables speak in layers and roles:
+
+    1. frozen layer                         → ratio 0, the father's tensor as is
+    2. `tensors[name]`                      (per-tensor override, e.g. from an MRI prescription)
+    3. `layers[layer][role]`, then `layers[layer]["*"]`
+    4. `roles[role]`
+    5. `default`
+
+Then the transplant thresholds (if any): ratio < low → the father's tensor as is, ratio > high → the mother's.
+Tensors of non-language towers (vision/audio encoders) are always the father's, untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from darwin_core.errors import DarwinError
+from darwin_core.merge.registry import TensorParams, get_method
+
+FORMAT = "darwin-recipe/1"
+RECIPE_FILE = "darwin-recipe.yaml"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TABLE_ROLES = frozenset(
+    {"embed", "lm_head", "final_norm", "attn", "linear_attn", "ffn", "router", "experts", "shared_expert",
+     "norm", "other"}
+)
+ANY_ROLE = "*"
+DEFAULT_TRANSPLANT = (0.15, 0.85)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Parents
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A parent model: Hub id (or a local name) + revision; `path` is where it lies on this machine.
+
+    `path` is cosmetic for the hash: the same model at another place on another machine is the same parent.
+    """
+
+    id: str
+    revision: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> ParentRef:
+        """Accept a ParentRef, a dict, an "id@revision" string, a local folder (Path), or a hub ModelRef."""
+        if isinstance(value, ParentRef):
+            return value
+        if isinstance(value, os.PathLike):
+            path = Path(value)
+            return cls(id=path.name, path=str(path))
+        if isinstance(value, str):
+            if not value.strip():
+                raise DarwinError("A parent model reference is empty.")
+            if os.path.isdir(value):
+                return cls.of(Path(value))
+            ident, _, revision = value.partition("@")
+            return cls(id=ident, revision=revision or None)
+        if isinstance(value, Mapping):
+            if not value.get("id"):
+                raise DarwinError("A parent in the recipe has no id.")
+            return cls(id=str(value["id"]), revision=_opt_str(value.get("revision")), path=_opt_str(value.get("path")))
+        # darwin_core.hub.ModelRef: pin the resolved commit when there is one; local models are named by folder
+        ident = getattr(value, "id", None)
+        if ident:
+            folder = getattr(value, "folder", None)
+            if getattr(value, "local", False) and folder is not None:
+                return cls(id=Path(folder).name, path=str(folder))
+            revision = getattr(value, "commit", None) or getattr(value, "revision", None)
+            return cls(id=str(ident), revision=_opt_str(revision), path=str(folder) if folder else None)
+        raise DarwinError(f"Cannot use {value!r} as a parent model reference.")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.revision:
+            out["revision"] = self.revision
+        if self.path:
+            out["path"] = self.path
+        return out
+
+    def label(self) -> str:
+        return f"{self.id}@{self.revision}" if self.revision else self.id
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _unit(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DarwinError(f"{what} must be a number between 0 and 1, got {value!r}.") from None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise DarwinError(f"{what} must be between 0 and 1, got {value!r}.")
+    return number + 0.0  # -0.0 → 0.0, so equal recipes serialise (and hash) equally
+
+
+def _pair(value: Any, what: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        value = (value, value)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise DarwinError(f"{what} must be a pair [father, mother] of densities, got {value!r}.")
+    return (_unit(value[0], f"{what} (father)"), _unit(value[1], f"{what} (mother)"))
+
+
+@dataclass(frozen=True)
+class ParamTable:
+    """Per-tensor values resolved from a compact table; see the module docstring for the lookup order.
+
+    `kind` is "ratio" (values: floats in [0, 1]) or "density" (values: (father, mother) pairs in [0, 1]).
+    """
+
+    kind: str
+    default: Any
+    roles: Mapping[str, Any] = field(default_factory=dict)
+    layers: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    tensors: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        norm = _unit if self.kind == "ratio" else _pair
+        object.__setattr__(self, "default", norm(self.default, f"The default {self.kind}"))
+        roles = {}
+        for role, value in (self.roles or {}).items():
+            _check_role(role, allow_any=False)
+            roles[str(role)] = norm(value, f"The {self.kind} of role {role}")
+        layers: dict[int, dict[str, Any]] = {}
+        for layer, row in (self.layers or {}).items():
+            try:
+                index = int(layer)
+            except (TypeError, ValueError):
+                raise DarwinError(f"Layer keys of the {self.kind} table must be integers, got {layer!r}.") from None
+            if index < 0:
+                raise DarwinError(f"Layer {index} in the {self.kind} table is negative.")
+            if not isinstance(row, Mapping):
+                row = {ANY_ROLE: row}
+            layers[index] = {}
+            for role, value in row.items():
+                _check_role(role, allow_any=True)
+                layers[index][str(role)] = norm(value, f"The {self.kind} of layer {index} {role}")
+        tensors = {str(name): norm(value, f"The {self.kind} of {name}") for name, value in (self.tensors or {}).items()}
+        object.__setattr__(self, "roles", dict(sorted(roles.items())))
+        object.__setattr__(self, "layers", {k: dict(sorted(v.items())) for k, v in sorted(layers.items())})
+        object.__setattr__(self, "tensors", dict(sorted(tensors.items())))
+
+    def lookup(self, name: str, layer: int | None, role: str) -> Any:
+        if name in self.tensors:
+            return self.tensors[name]
+        if layer is not None and layer in self.layers:
+            row = self.layers[layer]
+            if role in row:
+                return row[role]
+            if ANY_ROLE in row:
+                return row[ANY_ROLE]
+        if role in self.roles:
+            return self.roles[role]
+        return self.default
+
+    def to_dict(self) -> dict[str, Any]:
+        def out(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+        doc: dict[str, Any] = {"default": out(self.default)}
+        if self.roles:
+            doc["roles"] = {k: out(v) for k, v in self.roles.items()}
+        if self.layers:
+            doc["layers"] = {k: {r: out(v) for r, v in row.items()} for k, row in self.layers.items()}
+        if self.tensors:
+            doc["tensors"] = {k: out(v) for k, v in self.tensors.items()}
+        return doc
+
+    @classmethod
+    def from_dict(cls, kind: str, doc: Any) -> ParamTable:
+        if doc is None:
+            return cls(kind, 0.5 if kind == "ratio" else (1.0, 1.0))
+        if not isinstance(doc, Mapping):  # a bare number (or pair) means "this value everywhere"
+            return cls(kind, doc)
+        unknown = set(doc) - {"default", "roles", "layers", "tensors"}
+        if unknown:
+            raise DarwinError(f"The {kind} table has unknown keys: {', '.join(sorted(map(str, unknown)))}.")
+        if "default" not in doc:
+            raise DarwinError(f"The {kind} table needs a default.")
+        return cls(kind, doc["default"], doc.get("roles") or {}, doc.get("layers") or {}, doc.get("tensors") or {})
+
+
+def _check_role(role: Any, *, allow_any: bool) -> None:
+    if role in TABLE_ROLES or (allow_any and role == ANY_ROLE):
+        return
+    known = ", ".join(sorted(TABLE_ROLES)) + (", *" if allow_any else "")
+    raise DarwinError(f"Unknown tensor role {role!r} in a recipe table; roles are: {known}.")
+
+
+def ratio_table(default: float = 0.5, **kw: Any) -> ParamTable:
+    return ParamTable("ratio", default, **kw)
+
+
+def density_table(default: Any = (1.0, 1.0), **kw: Any) -> ParamTable:
+    return ParamTable("density", default, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Recipe
+
+
+@dataclass(frozen=True)
+class GenomeRecord:
+    """Where the ratios came from (cosmetic: not hashed): the genome space and the vector, by dimension name."""
+
+    space: str
+    names: tuple[str, ...]
+    vector: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        object.__setattr__(self, "vector", tuple(float(v) for v in self.vector))
+        if len(self.names) != len(self.vector):
+            raise DarwinError(f"The genome has {len(self.vector)} values for {len(self.names)} dimensions.")
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.vector))
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What happens to one tensor: `source` "father"/"mother" = that parent's tensor as is; None = merge."""
+
+    source: str | None
+    params: TensorParams
+    keep_dtype: bool = False  # non-language towers keep the father's dtype, untouched
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A child, fully determined. Build with keyword arguments; load/save with `from_yaml` / `to_yaml`."""
+
+    father: ParentRef
+    mother: ParentRef
+    method: str = "linear"
+    base: Any = "father"  # "father" or a ParentRef of the common ancestor (delta methods)
+    ratios: ParamTable = field(default_factory=lambda: ratio_table(0.5))
+    densities: ParamTable = field(default_factory=density_table)
+    transplant: tuple[float, float] | None = None
+    frozen_layers: tuple[int, ...] = ()
+    dtype: str | None = None  # child dtype: float32 / bfloat16 / float16; None = each tensor keeps the father's
+    seed: int = 0
+    normalize: bool | None = None  # mergekit's `normalize`; None = the method's default
+    rescale: bool | None = None  # mergekit's `rescale` (DARE L1 rescaling); None = the method's default
+    scale: float = 1.0  # mergekit's `lambda`: multiplies the merged task vector
+    method_weight: float = 1.0  # 1 = the method's result; w < 1 blends (1 − w)·linear + w·method
+    genome: GenomeRecord | None = None  # cosmetic
+    notes: str | None = None  # cosmetic
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
+        set_("father", ParentRef.of(self.father))
+        set_("mother", ParentRef.of(self.mother))
+        method = get_method(self.method)
+        if self.base in (None, "father"):
+            set_("base", "father")
+        else:
+            if not method.delta:
+                raise DarwinError(f"The method {self.method} does not use a base model; remove base from the recipe.")
+            set_("base", ParentRef.of(self.base))
+        if not isinstance(self.ratios, ParamTable):
+            set_("ratios", ParamTable.from_dict("ratio", self.ratios))
+        if not isinstance(self.densities, ParamTable):
+            set_("densities", ParamTable.from_dict("density", self.densities))
+        if self.ratios.kind != "ratio" or self.densities.kind != "density":
+            raise DarwinError("The recipe's ratios and densities tables are swapped.")
+        if self.transplant is not None:
+            low, high = (_unit(x, "A transplant threshold") for x in self.transplant)
+            if low > high:
+                raise DarwinError(f"The transplant thresholds must be (low, high) with low ≤ high, got {self.transplant}.")
+            set_("transplant", (low, high))
+        try:
+            frozen = tuple(sorted({int(x) for x in self.frozen_layers}))
+        except (TypeError, ValueError):
+            raise DarwinError(f"Frozen layers must be layer numbers, got {self.frozen_layers!r}.") from None
+        if any(x < 0 for x in frozen):
+            raise DarwinError("Frozen layer numbers cannot be negative.")
+        set_("frozen_layers", frozen)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise DarwinError(f"The recipe dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise DarwinError(f"The recipe seed must be an integer, got {self.seed!r}.")
+        for name in ("normalize", "rescale"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise DarwinError(f"The recipe option {name} must be true, false or null, got {value!r}.")
+        try:
+            scale = float(self.scale) + 0.0
+        except (TypeError, ValueError):
+            scale = math.nan
+        if not math.isfinite(scale):
+            raise DarwinError(f"The recipe scale must be a finite number, got {self.scale!r}.")
+        set_("scale", scale)
+        set_("method_weight", _unit(self.method_weight, "The method weight"))
+        if self.genome is not None and not isinstance(self.genome, GenomeRecord):
+            g = self.genome
+            if not isinstance(g, Mapping) or "space" not in g:
+                raise DarwinError("The recipe's genome must name its space.")
+            values = g.get("values") or {}
+            set_("genome", GenomeRecord(str(g["space"]), tuple(values), tuple(values.values())))
+
+    # -- identity -------------------------------------------------------------------------------------------
+    def canonical(self) -> dict[str, Any]:
+        """The fields that determine the child's bytes, in a canonical JSON-able form (hashed)."""
+        def parent(ref: ParentRef) -> dict[str, Any]:
+            return {"id": ref.id, "revision": ref.revision}
+
+        def table(t: ParamTable) -> dict[str, Any]:
+            doc = t.to_dict()
+            return {"default": doc["default"], "roles": doc.get("roles", {}),
+                    "layers": {str(k): v for k, v in doc.get("layers", {}).items()}, "tensors": doc.get("tensors", {})}
+
+        return {
+            "format": FORMAT,
+            "father": parent(self.father),
+            "mother": parent(self.mother),
+            "base": "father" if self.base == "father" else parent(self.base),
+            "method": self.method,
+            "ratios": table(self.ratios),
+            "densities": table(self.densities),
+            "transplant": list(self.transplant) if self.transplant else None,
+            "frozen_layers": list(self.frozen_layers),
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "normalize": self.normalize,
+            "rescale": self.rescale,
+            "scale": self.scale,
+            "method_weight": self.method_weight,
+        }
+
+    @cached_property
+    def recipe_hash(self) -> str:
+        """sha256 (hex) of the canonical serialisation: equal for recipes that give equal bytes."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    # -- YAML -------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "father": self.father.to_dict(),
+            "mother": self.mother.to_dict(),
+            "base": "father" if self.base == "father" else self.base.to_dict(),
+            "method": self.method,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "ratios": self.ratios.to_dict(),
+            "densities": self.densities.to_dict(),
+            "transplant": list(self.transplant) if self.transplant else None,
+            "frozen_layers": list(self.frozen_layers),
+            "normalize": self.normalize,
+            "rescale": self.rescale,
+            "scale": self.scale,
+            "method_weight": self.method_weight,
+        }
+        if self.genome is not None:
+            doc["genome"] = {"space": self.genome.space, "values": self.genome.as_dict()}
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
+
+    def to_yaml(self) -> str:
+        header = (
+            f"# Darwin recipe {self.recipe_hash[:16]}: fully determines the child's weights.\n"
+            "# Ratios are the share of the mother (0 = father, 1 = mother). Reproduce with:\n"
+            "#   python -m darwin_core merge darwin-recipe.yaml --out CHILD_DIR\n"
+        )
+        return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=120, default_flow_style=None)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Recipe:
+        if not isinstance(doc, Mapping):
+            raise DarwinError("A recipe must be a YAML mapping.")
+        if doc.get("format", FORMAT) != FORMAT:
+            raise DarwinError(f"This recipe has format {doc.get('format')!r}; this Darwin reads {FORMAT}.")
+        known = {f for f in cls.__dataclass_fields__} | {"format"}
+        unknown = set(doc) - known
+        if unknown:
+            raise DarwinError(f"The recipe has unknown fields: {', '.join(sorted(map(str, unknown)))}.")
+        for required in ("father", "mother"):
+            if required not in doc:
+                raise DarwinError(f"The recipe does not name its {required}.")
+        kwargs = {k: v for k, v in doc.items() if k != "format"}
+        kwargs["ratios"] = ParamTable.from_dict("ratio", doc.get("ratios"))
+        kwargs["densities"] = ParamTable.from_dict("density", doc.get("densities"))
+        if kwargs.get("transplant") is not None:
+            kwargs["transplant"] = tuple(kwargs["transplant"])
+        kwargs["frozen_layers"] = tuple(kwargs.get("frozen_layers") or ())
+        for key, default in (("method", "linear"), ("seed", 0), ("scale", 1.0), ("method_weight", 1.0)):
+            if kwargs.get(key) is None:
+                kwargs[key] = default
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Recipe:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise DarwinError(f"The recipe is not valid YAML ({error.__class__.__name__}).") from None
+        return cls.from_dict(doc)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Recipe:
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECIPE_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DarwinError(f"The recipe file {path} does not exist.") from None
+        return cls.from_yaml(text)
+
+    # -- per-tensor resolution ----------------------------------------------------------------------------------
+    def ratio_for(self, name: str) -> float:
+        """The share of the mother for this tensor, before transplant thresholds (frozen layers give 0)."""
+        from darwin_core.anatomy import classify
+
+        role = classify(name)
+        if role.layer is not None and role.layer in self.frozen_layers:
+            return 0.0
+        return self.ratios.lookup(name, role.layer, role.role)
+
+    def densities_for(self, name: str) -> tuple[float, float]:
+        """(density of the father's task vector, density of the mother's) for this tensor."""
+        from darwin_core.anatomy import classify
+
+        role = classify(name)
+        return self.densities.lookup(name, role.layer, role.role)
+
+    def mask_seed(self, name: str, parent: str) -> int:
+        """The DARE mask seed of one parent's task vector of one tensor: stable, order-independent."""
+        digest = hashlib.sha256(f"{self.recipe_hash}\n{name}\n{parent}".encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+    def plan_for(self, name: str) -> TensorPlan:
+        """Everything `merge_tensors` needs for one tensor: copy a parent, or merge with these parameters."""
+        from darwin_core.anatomy import classify
+
+        role = classify(name)
+        ratio = self.ratio_for(name)
+        densities = self.densities_for(name)
+        params = TensorParams(
+            ratio=ratio, density_father=densities[0], density_mother=densities[1],
+            normalize=self.normalize, rescale=self.rescale, scale=self.scale,
+            mask_seeds=(self.mask_seed(name, "father"), self.mask_seed(name, "mother")),
+        )
+        if role.tower != "language":
+            return TensorPlan("father", replace(params, ratio=0.0), keep_dtype=True)
+        if role.layer is not None and role.layer in self.frozen_layers:
+            return TensorPlan("father", params)
+        if self.transplant is not None:
+            low, high = self.transplant
+            if ratio < low:
+                return TensorPlan("father", params)
+            if ratio > high:
+                return TensorPlan("mother", params)
+        return TensorPlan(None, params)
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return DTYPES[self.dtype] if self.dtype else None
+
+    # -- mergekit ---------------------------------------------------------------------------------------------
+    def to_mergekit_yaml(self, names: Iterable[str] | None = None, *, father_dtype: str | None = None) -> str:
+        """A mergekit 0.1.5 config that computes the same child, or a DarwinError saying why none can.
+
+        Every tensor's parameters go through mergekit's filters (substring match, first match wins): one filter
+        per (layer, role) group whose values differ from the most common value, by the group's common name
+        prefix, or per tensor name where a prefix would catch other tensors; the result is checked by
+        replaying mergekit's filter rule on every tensor name. Tensors that Darwin copies from one parent
+        (frozen layers, transplant thresholds, vision/audio towers) get weight 0/1 and density 1, which gives
+        the same values up to float rounding. `names` defaults to the father's tensors (`father.path`).
+        """
+        from darwin_core.merge.mergekit_export import mergekit_yaml
+
+        return mergekit_yaml(self, names, father_dtype=father_dtype)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Module-level spelling of `Recipe.recipe_hash` (what run folders and cards cite)."""
+    return recipe.recipe_hash
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read a recipe YAML file (or the darwin-recipe.yaml of a child folder)."""
+    return Recipe.load(path)

@@ -1,0 +1,217 @@
+"""Parity with mergekit 0.1.5, the merge engine everyone compares with.
+
+1. Kernel parity, tensor by tensor, on every fixture architecture: our merge path vs mergekit's in-memory API
+   (`mergekit.merge_methods.merge_tensors`) with the parameters our mapping gives (max relative error ≤ 1e-5).
+2. DARE with density < 1: mergekit draws its masks from torch's global RNG, ours are seeded per tensor, so the
+   masks differ by design (merge/delta.py); given the same mask, the drop and L1 rescaling are mergekit's own.
+3. Export parity: a recipe exported with `to_mergekit_yaml()` and merged by mergekit (`run_merge`, the function
+   behind `mergekit-yaml`; the CLI itself in a slow test) equals our `merge_to_disk` output.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from darwin_core.merge import get_method
+from darwin_core.merge.apply import merge_tensors
+from darwin_core.merge.disk import merge_to_disk
+from darwin_core.recipe import Recipe
+from darwin_core.tensors import TensorReader
+from darwin_core.testing.fixtures import ARCHITECTURES, write_tiny_model
+
+mk_methods = pytest.importorskip("mergekit.merge_methods")
+
+TOLERANCE = 1e-5
+ROLE_RATIOS = {
+    "default": 0.35,
+    "roles": {"embed": 0.6, "lm_head": 0.55, "attn": 0.25, "ffn": 0.7, "experts": 0.65, "router": 0.45},
+    "layers": {2: {"*": 0.8}},
+}
+
+
+def rel_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    scale = theirs.abs().max().item()
+    diff = (ours.double() - theirs.double()).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def mergekit_tensor(recipe: Recipe, name: str, father: torch.Tensor, mother: torch.Tensor,
+                    base: torch.Tensor | None = None) -> torch.Tensor:
+    """The same tensor merged by mergekit's in-memory API with the parameters of our documented mapping."""
+    method = get_method(recipe.method)
+    shared, per_model = method.mergekit_params(recipe.plan_for(name).params)
+    tensors, ids = [father, mother], ["father", "mother"]
+    base_index = None
+    if method.delta and base is not None:
+        tensors.append(base)
+        ids.append("base")
+        base_index = 2
+    elif method.delta or recipe.method == "slerp":
+        base_index = 0
+    non_base = [i for i in ids if i != ids[base_index]] if base_index is not None else ids
+    parameters = dict(shared)
+    for key in {k for model in per_model.values() for k in model}:
+        parameters[key] = {who: per_model[who][key] for who in non_base if who in per_model}
+    return mk_methods.merge_tensors(tensors, method.mergekit_name, parameters=parameters, ids=ids,
+                                    base_index=base_index)
+
+
+def kernel_parity(recipe: Recipe, father_dir, mother_dir, base_dir=None) -> float:
+    f, m = TensorReader(father_dir), TensorReader(mother_dir)
+    b = TensorReader(base_dir) if base_dir is not None else None
+    worst = 0.0
+    for name, ours in merge_tensors(recipe, f, m, base=b):
+        theirs = mergekit_tensor(recipe, name, f.get(name), m.get(name), b.get(name) if b else None)
+        worst = max(worst, rel_error(ours, theirs))
+    return worst
+
+
+PARITY_METHODS = [
+    ("linear", {}),
+    ("slerp", {}),
+    ("task_arithmetic", {}),
+    ("ties", {"densities": {"default": [1.0, 0.6], "roles": {"attn": [1.0, 0.3]}}}),
+    ("ties", {"normalize": False, "densities": {"default": [1.0, 0.5]}}),
+    ("dare_ties", {}),
+    ("dare_linear", {}),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_method_agrees_with_mergekit_tensor_by_tensor(arch, fixture_pair):
+    father, mother = fixture_pair(arch, related=True)
+    unrelated = fixture_pair(arch, related=False)
+    for method, extra in PARITY_METHODS:
+        recipe = Recipe(father=father, mother=mother, method=method, ratios=ROLE_RATIOS, **extra)
+        assert kernel_parity(recipe, father, mother) <= TOLERANCE, (arch, method, extra)
+    slerp = Recipe(father=unrelated[0], mother=unrelated[1], method="slerp", ratios=ROLE_RATIOS)
+    assert kernel_parity(slerp, *unrelated) <= TOLERANCE  # far from parallel: the real spherical branch
+
+
+def test_methods_with_a_common_ancestor_agree_with_mergekit(tmp_path):
+    base = write_tiny_model("qwen3", tmp_path / "base", seed=0)
+    father = write_tiny_model("qwen3", tmp_path / "father", seed=1, base_dir=base)
+    mother = write_tiny_model("qwen3", tmp_path / "mother", seed=2, base_dir=base)
+    for method, extra in [("task_arithmetic", {"scale": 1.5}), ("ties", {"densities": {"default": [0.7, 0.4]}}),
+                          ("dare_linear", {}), ("dare_ties", {"normalize": True})]:
+        recipe = Recipe(father=father, mother=mother, base=base, method=method, ratios=ROLE_RATIOS, **extra)
+        assert kernel_parity(recipe, father, mother, base) <= TOLERANCE, method
+
+
+@pytest.mark.parametrize("density", [0.9, 0.4, 0.05])
+def test_dare_drop_and_rescale_equal_mergekits_for_the_same_mask(density):
+    from mergekit.sparsify import RescaleNorm, rescaled_masked_tensor
+
+    from darwin_core.merge.delta import dare_drop, keep_mask
+
+    delta = torch.randn(64, 96, generator=torch.Generator().manual_seed(0))
+    mask = keep_mask(delta.shape, density, seed=11, device="cpu")
+    for rescale in (True, False):
+        ours = dare_drop(delta, density, rescale, seed=11)
+        theirs = rescaled_masked_tensor(delta, mask.float(), RescaleNorm.l1 if rescale else None)
+        assert rel_error(ours, theirs) <= TOLERANCE
+
+
+# -- export parity ---------------------------------------------------------------------------------------------
+
+_EXPERT = re.compile(r"^(?P<head>.*\.experts\.)(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+
+
+def fused_like_mergekit(reader: TensorReader) -> dict[str, torch.Tensor]:
+    """Our on-disk (per-expert) child in mergekit 0.1.5's output layout: experts fused, Mixtral renamed."""
+    out, experts = {}, {}
+    for name in reader.names:
+        match = _EXPERT.match(name)
+        if match:
+            proj = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}.get(match["proj"], match["proj"])
+            experts.setdefault(match["head"], {}).setdefault(proj, {})[int(match["e"])] = reader.get(name)
+        else:
+            out[name.replace("block_sparse_moe.", "mlp.")] = reader.get(name)
+    for head, projs in experts.items():
+        head = head.replace("block_sparse_moe.", "mlp.")
+        count = len(projs["down_proj"])
+        out[head + "gate_up_proj"] = torch.stack(
+            [torch.cat([projs["gate_proj"][e], projs["up_proj"][e]]) for e in range(count)])
+        out[head + "down_proj"] = torch.stack([projs["down_proj"][e] for e in range(count)])
+    return out
+
+
+def run_mergekit(config_text: str, out_dir) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = MergeConfiguration.model_validate(yaml.safe_load(config_text))
+    run_merge(config, str(out_dir), options=MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+
+
+def export_parity(recipe: Recipe, tmp_path, tag: str) -> float:
+    run_mergekit(recipe.to_mergekit_yaml(), tmp_path / f"mk-{tag}")
+    ours = fused_like_mergekit(TensorReader(merge_to_disk(recipe, tmp_path / f"ours-{tag}")))
+    theirs = TensorReader(tmp_path / f"mk-{tag}")
+    assert set(theirs.names) == set(ours), set(theirs.names) ^ set(ours)
+    return max(rel_error(ours[n], theirs.get(n)) for n in theirs.names)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_exported_recipe_merged_by_mergekit_equals_our_child(arch, fixture_pair, tmp_path):
+    father, mother = fixture_pair(arch, related=True)
+    recipe = Recipe(
+        father=father, mother=mother, method="ties", normalize=False, frozen_layers=[0], transplant=(0.15, 0.85),
+        ratios={"default": 0.4, "roles": {"embed": 0.1, "lm_head": 0.95},
+                "layers": {1: {"attn": 0.9, "*": 0.2}, 2: {"ffn": 0.7, "experts": 0.65, "router": 0.3}}},
+        # experts at density 1: mergekit fuses a layer's experts, so its top-k would span all of them
+        densities={"default": [1.0, 0.6], "roles": {"experts": [1.0, 1.0]}, "layers": {3: {"attn": [1.0, 0.3]}}},
+    )
+    assert export_parity(recipe, tmp_path, "ties") <= TOLERANCE
+
+
+def test_export_refuses_what_fused_experts_would_compute_differently(fixture_pair):
+    from darwin_core.errors import DarwinError
+
+    father, mother = fixture_pair("mixtral")
+    with pytest.raises(DarwinError, match="experts of a layer as one fused tensor, so SLERP's angle"):
+        Recipe(father=father, mother=mother, method="slerp", ratios=0.3).to_mergekit_yaml()
+    with pytest.raises(DarwinError, match="TIES' top-k would span all experts"):
+        Recipe(father=father, mother=mother, method="ties", densities=0.5).to_mergekit_yaml()
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "dare_ties", "dare_linear", "transplant"])
+def test_export_parity_for_every_method(method, fixture_pair, tmp_path):
+    father, mother = fixture_pair("qwen3", related=method != "slerp")
+    tensor = "model.layers.3.mlp.down_proj.weight"
+    recipe = Recipe(father=father, mother=mother, method=method, dtype="bfloat16",
+                    ratios={**ROLE_RATIOS, "tensors": {tensor: 0.77}})
+    assert export_parity(recipe, tmp_path, method) <= TOLERANCE
+
+
+def test_export_parity_with_a_common_ancestor(tmp_path):
+    base = write_tiny_model("mistral", tmp_path / "base", seed=0)
+    father = write_tiny_model("mistral", tmp_path / "father", seed=1, base_dir=base)
+    mother = write_tiny_model("mistral", tmp_path / "mother", seed=2, base_dir=base)
+    recipe = Recipe(father=father, mother=mother, base=base, method="ties", ratios=ROLE_RATIOS,
+                    densities={"default": [0.8, 0.5], "roles": {"ffn": [0.4, 0.9]}}, frozen_layers=[1])
+    config = yaml.safe_load(recipe.to_mergekit_yaml())
+    assert config["base_model"] == str(base) and "parameters" in config["models"][0]
+    assert export_parity(recipe, tmp_path, "ancestor") <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_mergekit_yaml_cli_on_an_exported_recipe(fixture_pair, tmp_path):
+    father, mother = fixture_pair("llama", related=False)
+    recipe = Recipe(father=father, mother=mother, method="slerp", ratios=ROLE_RATIOS, frozen_layers=[3])
+    config = tmp_path / "mergekit.yaml"
+    config.write_text(recipe.to_mergekit_yaml())
+    cli = [sys.executable, "-c", "from mergekit.scripts.run_yaml import main; main()"]
+    subprocess.run([*cli, str(config), str(tmp_path / "mk"), "--no-copy-tokenizer", "--no-write-model-card"],
+                   check=True, capture_output=True)
+    ours = TensorReader(merge_to_disk(recipe, tmp_path / "ours"))
+    theirs = TensorReader(tmp_path / "mk")
+    assert set(ours.names) == set(theirs.names)
+    assert max(rel_error(ours.get(n), theirs.get(n)) for n in ours.names) <= TOLERANCE
