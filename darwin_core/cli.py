@@ -1,43 +1,44 @@
 """`python -m darwin_core <command>`: the same functions the UI calls, for a terminal or a cluster job.
 
-Each command lives beside the logic it drives: a module in COMMAND_MODULES defines
-`register_cli(subparsers)`, which adds its sub-parser and sets `func(args) -> int`.
+Each command lives beside the logic it drives: the module named in COMMANDS defines
+`register_cli(subparsers)`, which adds its sub-parser and sets `func(args) -> int`. Only the module
+of the command being run is imported (torch and transformers make every import cost seconds);
+`--help` without a command imports them all to list them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from darwin_core.errors import DarwinError
 
-COMMAND_MODULES = (
-    "darwin_core.zoo",
-    "darwin_core.merge.disk",
-    "darwin_core.mri",
-    "darwin_core.health",
-    "darwin_core.evolve",
-    "darwin_core.card",
-    "darwin_core.publish",
-)
+COMMANDS: dict[str, str] = {
+    "zoo": "darwin_core.zoo",
+    "merge": "darwin_core.merge.disk",
+    "scan": "darwin_core.mri",
+    "health": "darwin_core.health",
+    "evolve": "darwin_core.evolve",
+    "runs": "darwin_core.jobs",
+    "push": "darwin_core.publish",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """A parser holding one command's sub-parser, or every command's when `command` is None or unknown."""
     parser = argparse.ArgumentParser(prog="python -m darwin_core", description="Darwin: breed language models.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for module_name in COMMAND_MODULES:
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        module = importlib.import_module(module_name)
-        if hasattr(module, "register_cli"):
-            module.register_cli(subparsers)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module_name in modules:
+        importlib.import_module(module_name).register_cli(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DarwinError as error:
