@@ -8,12 +8,19 @@ recipe); a section whose data is absent says so instead of being filled in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
 CARD_TAGS = ("merge", "evolutionary-merge", "darwin")
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_parents(*parents: str) -> list[str]:
+    """The parents the Hub can link to: `base_model` only accepts repo ids, not demo names or local paths."""
+    return [p for p in parents if HUB_REPO_ID.match(p) and not p.startswith((".", "/"))]
 
 
 @dataclass
@@ -101,8 +108,12 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
         parts.append(f"> **License:** {warning}\n")
     parts.append("## Parents\n")
     parts.append("| role | model | license |\n|---|---|---|\n")
-    parts.append(f"| father | [{inputs.father}](https://huggingface.co/{inputs.father}) | {inputs.father_license or 'unknown'} |\n")
-    parts.append(f"| mother | [{inputs.mother}](https://huggingface.co/{inputs.mother}) | {inputs.mother_license or 'unknown'} |\n")
+    for role, parent, license_id in (
+        ("father", inputs.father, inputs.father_license),
+        ("mother", inputs.mother, inputs.mother_license),
+    ):
+        shown = f"[{parent}](https://huggingface.co/{parent})" if hub_parents(parent) else f"`{parent}`"
+        parts.append(f"| {role} | {shown} | {license_id or 'unknown'} |\n")
     if inputs.genealogy:
         parts.append("\n### Genealogy\n")
         parts.append(" → ".join(inputs.genealogy + [inputs.repo_id or "this child"]) + "\n")
@@ -142,9 +153,10 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
 def build_card(inputs: CardInputs) -> tuple[ModelCard, list[str]]:
     """The card and the license warnings to show beside it (the UI shows them before a push)."""
     license_id, warnings = resolve_license(inputs.father_license, inputs.mother_license)
-    extra: dict[str, Any] = {"base_model_relation": "merge"}
+    base_models = hub_parents(inputs.father, inputs.mother)
+    extra: dict[str, Any] = {"base_model_relation": "merge"} if base_models else {}
     data = ModelCardData(
-        base_model=[inputs.father, inputs.mother],
+        base_model=base_models or None,
         library_name="transformers",
         license=license_id,
         tags=list(CARD_TAGS),

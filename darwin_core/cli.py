@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "health": "darwin_core.health",
     "evolve": "darwin_core.evolve",
     "runs": "darwin_core.jobs",
+    "card": "darwin_core.cardgen",
     "push": "darwin_core.publish",
 }
 

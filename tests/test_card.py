@@ -45,3 +45,9 @@ def test_differing_licenses_give_other_and_a_warning() -> None:
     card, card_warnings = build_card(_inputs(mother_license="llama3"))
     assert card.data.to_dict()["license"] == "other"
     assert "differ" in str(card) and card_warnings
+
+
+def test_parents_that_are_not_hub_repos_stay_out_of_base_model() -> None:
+    card, _ = build_card(_inputs(father="demo:father", mother="org/mother"))
+    assert card.data.to_dict()["base_model"] == ["org/mother"]
+    assert "`demo:father`" in str(card)

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from darwin_core.jobs import runs_dir_default
-from ui import parents
+from ui import evolve_tab, health_tab, mri_tab, parents, publish_tab, runs_tab, session
 from ui.common import local_mode_default, on_space, server_name_default
 
 THEME = gr.themes.Soft(primary_hue="emerald", secondary_hue="sky")
@@ -27,21 +27,10 @@ INTRO = (
     "against a fitness benchmark, check the child's health, and publish it with a model card."
 )
 
-# The tabs that are still being built say what they will hold and nothing more: no widget that does nothing.
-COMING = {
-    "MRI": "Where each parent's skills live: per-layer probe importance, weight statistics and parent "
-    "divergence, and the merge ratios they prescribe.",
-    "Evolve": "A CMA-ES search over merge recipes against a fitness benchmark, with live curves read from the "
-    "run folder, so it keeps going when this tab is closed.",
-    "Health": "The child against both parents, layer by layer: interference, function loss, NaN/Inf, "
-    "perplexity and a degeneration check, with a verdict.",
-    "Publish": "The model card (recipe, genealogy, held-out results with intervals) and a push to the Hub "
-    "— signed in on a Space, with HF_TOKEN locally — or a local copy.",
-}
-
 
 def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = None, zoo_dir: str | Path | None = None) -> gr.Blocks:
-    """Build the whole page; nothing is read from the runs folder or the Hub until an event asks for it.
+    """Build the whole page; nothing is read from the runs folder (beyond its session secret) or the Hub until an
+    event asks for it.
 
     runs_dir defaults to DARWIN_RUNS_DIR or ./runs; local_mode (local folders allowed as parents) defaults to
     "not on a Space"; zoo_dir points at another demo zoo (tests), default the shipped assets/zoo/.
@@ -49,6 +38,9 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
     runs_dir = runs_dir_default(runs_dir)
     local_mode = local_mode_default() if local_mode is None else local_mode
     with gr.Blocks(title="Darwin") as demo:
+        # The browser's session id and the page's current run (kept in localStorage: a reload finds the run again).
+        state = session.browser_state(runs_dir)
+        session.attach(demo, state)
         with gr.Row(equal_height=True):
             with gr.Column(scale=5):
                 gr.Markdown(INTRO)
@@ -58,16 +50,19 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
                     gr.LoginButton()
         with gr.Tabs():
             with gr.Tab("Parents", id="parents"):
-                parents.build_parents_tab(demo, local_mode=local_mode, zoo_dir=zoo_dir)
-            for title, text in COMING.items():
-                with gr.Tab(title, id=title.lower()):
-                    gr.Markdown(f"{text}\n\n*Not available yet.*")
-            with gr.Tab("Runs", id="runs"):
-                gr.Markdown(
-                    f"Every run — started here or with `python -m darwin_core` — is a folder under `{runs_dir}` "
-                    "(set by DARWIN_RUNS_DIR). This tab will list them with their status and results.\n\n"
-                    "*Not available yet.*"
-                )
+                parent_inputs = parents.build_parents_tab(demo, local_mode=local_mode, zoo_dir=zoo_dir)
+            with gr.Tab("MRI", id="mri"):
+                mri_tab.build_mri_tab(demo, parent_inputs, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
+            with gr.Tab("Evolve", id="evolve"):
+                evolve_tab.build_evolve_tab(demo, state, parent_inputs, runs_dir=runs_dir, local_mode=local_mode,
+                                            zoo_dir=zoo_dir)
+            with gr.Tab("Health", id="health") as tab:
+                health_tab.build_health_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, tab=tab)
+            with gr.Tab("Publish", id="publish") as tab:
+                publish_tab.build_publish_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir,
+                                              tab=tab)
+            with gr.Tab("Runs", id="runs") as tab:
+                runs_tab.build_runs_tab(demo, state, runs_dir=runs_dir, tab=tab)
     return demo
 
 

@@ -1,0 +1,334 @@
+"""The card's inputs, gathered from a run folder: what the run measured and nothing typed by hand.
+
+`card_inputs(run_dir)` reads the run's config (parents), best recipe (method, hash, genome), report
+(held-out table with intervals and p-values, search fitness), health check (verdict, findings) and the parents'
+own metadata (license from their README front matter or the Hub, genealogy when a parent is itself a Darwin
+child) into a `darwin_core.card.CardInputs`; `card.build_card` turns that into the card. Pictures (the fitness
+curve) are drawn into the child folder as PNGs when the card is written (`write_card`), so they are uploaded
+with it and the card can show them.
+
+A parent that is one of the shipped demo models is named `demo:<member>`: a local path means nothing to a
+reader of the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darwin_core.card import CardInputs, HeldoutRow, build_card
+from darwin_core.errors import DarwinError
+from darwin_core.runfolder import BEST_RECIPE, CHILD, CONFIG, REPORT, RunFolder, atomic_write_text
+
+HEALTH = "health.json"
+CARD_FILE = "README.md"
+CURVE_PICTURE = "darwin-fitness.png"
+CURVE_CAPTION = "Fitness on the search split per generation"
+CHILD_RECIPE = "darwin-recipe.yaml"
+BASELINE_COLORS = {"father": "#1f77b4", "mother": "#d62728", "uniform-50": "#7f7f7f", "mri": "#9467bd"}
+BEST_COLOR = "#2ca02c"
+
+_FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*(?:\n|$)", re.S)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        raise DarwinError(f"{path.name} in the run folder is not valid JSON.") from None
+
+
+def parent_label(ref: str, zoo_dir: str | Path | None = None) -> str:
+    """How a parent is named on the card: its Hub id, `demo:<member>` for a shipped demo model, else the folder."""
+    from darwin_core import zoo
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
+        try:
+            if path.resolve().parent == root.resolve():
+                return f"demo:{path.name}"
+        except OSError:
+            pass
+        if path.name == CHILD and (path.parent / CONFIG).is_file():
+            return f"darwin-run:{path.parent.name}"
+        return path.name
+    return ref
+
+
+def folder_license(folder: str | Path) -> str | None:
+    """The `license:` of a model folder's README front matter (what the Hub shows), if it declares one."""
+    try:
+        text = (Path(folder) / CARD_FILE).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        return None
+    try:
+        meta = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError:
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def parent_license(ref: str) -> str | None:
+    """A parent's license: its folder's README, else what the Hub (or the offline cache) says; None if unknown."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return folder_license(path)
+    try:
+        from darwin_core.hub import resolve_model
+
+        return resolve_model(ref, local_mode=False).license
+    except Exception:  # noqa: BLE001 — unknown stays unknown; the card then asks the user to check
+        return None
+
+
+def genealogy(ref: str, zoo_dir: str | Path | None = None) -> list[str]:
+    """Ancestors of one parent, oldest first, when that parent is itself a Darwin child (it has a recipe)."""
+    path = Path(ref).expanduser()
+    recipe_file = path / CHILD_RECIPE
+    if not recipe_file.is_file():
+        return []
+    try:
+        doc = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return []
+    names = []
+    for role in ("father", "mother"):
+        entry = doc.get(role) or {}
+        source = entry.get("path") or entry.get("id")
+        if source:
+            names.append(parent_label(str(source), zoo_dir))
+    if not names:
+        return []
+    return [f"({' × '.join(names)})", parent_label(ref, zoo_dir)]
+
+
+def _row(task: str, n_items: int, models: Mapping, comparisons: Mapping) -> HeldoutRow:
+    def score(model: str) -> float:
+        entry = models[model]
+        return float(entry["composite"] if task == "composite" else entry["scores"][task])
+
+    f, m = comparisons["father"][task], comparisons["mother"][task]
+    return HeldoutRow(
+        task=task, n_items=int(n_items), child=score("child"), father=score("father"), mother=score("mother"),
+        ci_vs_father=(float(f["ci_low"]), float(f["ci_high"])), ci_vs_mother=(float(m["ci_low"]), float(m["ci_high"])),
+        p_vs_father=float(f["p_value"]), p_vs_mother=float(m["p_value"]),
+    )
+
+
+def heldout_rows(heldout: Mapping | None) -> list[HeldoutRow]:
+    """One row per task, then the weighted composite, from report.json's `heldout` section."""
+    if not heldout:
+        return []
+    models, comparisons, items = heldout["models"], heldout["comparisons"], heldout.get("items", {})
+    rows = [_row(task, items.get(task, comparisons["father"][task]["n"]), models, comparisons) for task in items]
+    if "composite" in comparisons["father"]:
+        rows.append(_row("composite", sum(items.values()) or comparisons["father"]["composite"]["n"], models, comparisons))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- pictures
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: int = 500) -> Path:
+    """The fitness curve as a PNG: every candidate, the best so far per generation, baselines dashed.
+
+    Drawn with Pillow: plotly's image export needs kaleido, which neither the Space nor the CLI installs.
+    """
+    from PIL import Image, ImageDraw
+
+    points = [p for p in curves.get("points") or [] if p.get("fitness") is not None]
+    baselines = {k: v for k, v in (curves.get("baselines") or {}).items() if v is not None}
+    best = [(g, b) for g, b in zip(curves.get("generations") or [], curves.get("best_so_far") or []) if b is not None]
+    values = [p["fitness"] for p in points] + list(baselines.values()) + [b for _, b in best]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.05, high + 0.05
+    pad = (high - low) * 0.08
+    low, high = low - pad, high + pad
+    last = max([p["generation"] for p in points] + [g for g, _ in best] + [1])
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(16), _font(13)
+    left, right, top, bottom = 80, width - 170, 40, height - 60
+
+    def x_of(g: float) -> float:
+        return left + (right - left) * g / last
+
+    def y_of(v: float) -> float:
+        return bottom - (bottom - top) * (v - low) / (high - low)
+
+    draw.text((left, 10), "Fitness on the search split per generation", fill="black", font=font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
+    for k in range(5):
+        v = low + (high - low) * k / 4
+        draw.line([(left - 5, y_of(v)), (left, y_of(v))], fill="black")
+        draw.text((8, y_of(v) - 8), f"{v:.3f}", fill="black", font=small)
+    for g in range(0, last + 1):
+        draw.line([(x_of(g), bottom), (x_of(g), bottom + 5)], fill="black")
+        draw.text((x_of(g) - 4, bottom + 8), str(g), fill="black", font=small)
+    draw.text(((left + right) // 2 - 35, bottom + 30), "generation", fill="black", font=small)
+
+    legend_y = top
+    for name, value in baselines.items():
+        color = BASELINE_COLORS.get(name, "#bcbd22")
+        for x0 in range(left, right, 14):
+            draw.line([(x0, y_of(value)), (min(x0 + 7, right), y_of(value))], fill=color, width=2)
+        draw.line([(right + 12, legend_y + 8), (right + 32, legend_y + 8)], fill=color, width=2)
+        draw.text((right + 38, legend_y), f"{name} {value:.3f}", fill="black", font=small)
+        legend_y += 20
+    for p in points:
+        x, y = x_of(p["generation"]), y_of(p["fitness"])
+        full = p.get("phase") == "full"
+        draw.ellipse([(x - 4, y - 4), (x + 4, y + 4)], outline="#1a9850" if full else "#17becf", fill="#1a9850" if full else None)
+    if best:
+        if len(best) > 1:
+            draw.line([(x_of(g), y_of(b)) for g, b in best], fill=BEST_COLOR, width=3)
+        for g, b in best:
+            draw.ellipse([(x_of(g) - 5, y_of(b) - 5), (x_of(g) + 5, y_of(b) + 5)], fill=BEST_COLOR)
+        draw.line([(right + 12, legend_y + 8), (right + 32, legend_y + 8)], fill=BEST_COLOR, width=3)
+        draw.text((right + 38, legend_y), "best so far", fill="black", font=small)
+        legend_y += 20
+    draw.ellipse([(right + 18, legend_y + 4), (right + 26, legend_y + 12)], outline="#17becf")
+    draw.text((right + 38, legend_y), "candidate", fill="black", font=small)
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------- the inputs
+
+
+def draw_pictures(run_dir: str | Path) -> list[tuple[str, str]]:
+    """Draw the card's pictures into the child folder (uploaded with it); returns (caption, file name) pairs."""
+    from darwin_core.jobs import curves
+
+    folder = RunFolder(run_dir)
+    evaluations = folder.evaluations()
+    if not evaluations:
+        return []
+    curve_png(curves(evaluations), folder.file(CHILD) / CURVE_PICTURE)
+    return [(CURVE_CAPTION, CURVE_PICTURE)]
+
+
+def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str | Path | None = None) -> CardInputs:
+    """Everything the card says about this run's child, read from the run folder (and the parents' metadata).
+
+    Pure reading: the pictures it lists are the ones `draw_pictures` makes, which `write_card` draws.
+    """
+    from darwin_core.recipe import Recipe
+
+    folder = RunFolder(run_dir)
+    if not folder.exists():
+        raise DarwinError(f"{run_dir} is not a run folder.")
+    config = yaml.safe_load(folder.config_text()) or {}
+    recipe_path, child = folder.file(BEST_RECIPE), folder.file(CHILD)
+    if not recipe_path.is_file() or not (child / "config.json").is_file():
+        raise DarwinError(f"Run {folder.run_id} has no child yet; a card is made once the run has finished.")
+    recipe_yaml = recipe_path.read_text(encoding="utf-8")
+    recipe = Recipe.from_yaml(recipe_yaml)
+    report = _read_json(folder.file(REPORT)) or {}
+    health = _read_json(folder.file(HEALTH))
+    evaluations = folder.evaluations()
+
+    father_ref, mother_ref = str(config["father"]), str(config["mother"])
+    pictures = [(CURVE_CAPTION, CURVE_PICTURE)] if evaluations else []
+    best = report.get("best") or {}
+    candidates = len({e["name"] for e in evaluations if e.get("kind") == "candidate"})
+    genome = list(recipe.genome.as_dict().items()) if recipe.genome is not None else []
+    config_name = shlex.quote(str(folder.file(CONFIG)))
+    return CardInputs(
+        father=parent_label(father_ref, zoo_dir),
+        mother=parent_label(mother_ref, zoo_dir),
+        recipe_yaml=recipe_yaml,
+        recipe_hash=recipe.recipe_hash,
+        method=recipe.method,
+        father_license=parent_license(father_ref),
+        mother_license=parent_license(mother_ref),
+        repo_id=repo_id,
+        genome=genome,
+        genome_space=recipe.genome.space if recipe.genome is not None else config.get("genome"),
+        heldout=heldout_rows(report.get("heldout")),
+        search_best=best.get("fitness"),
+        generations=report.get("generations_run"),
+        candidates=candidates or None,
+        health_verdict=health.get("verdict") if health else None,
+        health_findings=[f"[{f['severity']}] {f['message']}" for f in health.get("findings", [])] if health else [],
+        pictures=pictures,
+        genealogy=genealogy(father_ref, zoo_dir) + genealogy(mother_ref, zoo_dir),
+        reproduce_command=(
+            f"# the search (writes a run folder with the same recipe)\npython -m darwin_core evolve {config_name}\n"
+            f"# or the child alone, from its recipe\npython -m darwin_core merge {CHILD_RECIPE} --out child"
+        ),
+    )
+
+
+def card_text(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str | Path | None = None) -> tuple[str, list[str]]:
+    """(card markdown with its metadata header, license warnings) for a finished run."""
+    card, warnings = build_card(card_inputs(run_dir, repo_id=repo_id, zoo_dir=zoo_dir))
+    return str(card), warnings
+
+
+def write_card(run_dir: str | Path, text: str) -> Path:
+    """Save the (possibly edited) card as the child's README.md, the file the Hub shows, with its pictures."""
+    child = RunFolder(run_dir).file(CHILD)
+    if not (child / "config.json").is_file():
+        raise DarwinError("This run has no child to write a card for.")
+    draw_pictures(run_dir)
+    target = child / CARD_FILE
+    atomic_write_text(target, text if text.endswith("\n") else text + "\n")
+    return target
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _cli_card(args: argparse.Namespace) -> int:
+    text, warnings = card_text(args.run_dir, repo_id=args.repo_id)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    if args.write:
+        print(f"wrote {write_card(args.run_dir, text)}")
+    else:
+        print(text)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser("card", help="the model card of a finished run's child, from what the run measured")
+    parser.add_argument("run_dir", help="the run folder (runs/<id>)")
+    parser.add_argument("--repo-id", default=None, help="the repo the child will be published as (for the usage snippet)")
+    parser.add_argument("--write", action="store_true", help="save it as child/README.md instead of printing it")
+    parser.set_defaults(func=_cli_card)

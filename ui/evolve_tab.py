@@ -1,0 +1,464 @@
+"""Evolve tab: set up a search, queue it, and watch it live from the run folder.
+
+Launch only validates the settings and queues a run (`darwin_core.jobs.submit`); the evolution runs in the
+jobs worker, a separate process that outlives this page. A `gr.Timer` re-reads the run folder every couple of
+seconds: fitness per candidate and best so far per generation with the parents and baselines as reference
+lines, the best genome, ETA, candidates per minute, memory. The run id is kept in the browser
+(`gr.BrowserState`), so a reload re-attaches to the run; another browser opens it from the Runs tab and
+watches. Cancel and resume are for the run's owner only (ui/session.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from darwin_core import jobs
+from darwin_core.cardgen import parent_label
+from darwin_core.errors import DarwinError
+from darwin_core.runfolder import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder, atomic_write_bytes
+from ui import run_plots, session
+from ui.common import guarded
+
+POLL_SECONDS = 2.0
+UPLOADS = ".uploads"
+DEMO_HEADERS = ["task", "what it asks", "weight"]
+EXTRA_HEADERS = ["source", "name", "weight", "items"]
+STATE_TEXT = {
+    "queued": "⏳ queued", "starting": "⏳ starting", "running": "🧬 running", FINISHED: "✅ finished",
+    FAILED: "❌ failed", CANCELLED: "⏹ cancelled", INTERRUPTED: "⚠ interrupted",
+}
+_CANDIDATE = re.compile(r"^g\d+c\d+$")
+SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
+                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers"]
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+
+def demo_task_rows() -> pd.DataFrame:
+    """Every demo skill with its weight (the zoo's skills 1, the others 0 = unused). Each uses its whole fixed
+    pool (half search, half held-out): the run config has no item count for demo tasks."""
+    from darwin_core.fitness.demo_tasks import DEMO_SKILLS, SKILLS
+
+    rows = [[name, skill.description, 1.0 if name in DEMO_SKILLS else 0.0] for name, skill in SKILLS.items()]
+    return pd.DataFrame(rows, columns=DEMO_HEADERS)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DarwinError(f"{value!r} is not a number.") from None
+    return None if math.isnan(number) else number
+
+
+def _items(value: Any, task: str) -> int | None:
+    number = _number(value)
+    if number is None:
+        return None
+    if number != int(number) or number < 2:
+        raise DarwinError(f"The item count of task {task!r} must be a whole number of at least 2.")
+    return int(number)
+
+
+def _rows(table: Any) -> list[list[Any]]:
+    if table is None:
+        return []
+    if isinstance(table, pd.DataFrame):
+        return table.values.tolist()
+    if isinstance(table, Mapping):  # the API form of a Dataframe value
+        return list(table.get("data") or [])
+    return [list(row) for row in table]
+
+
+def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None, upload_weight: Any,
+               *, runs_dir: Path) -> list[dict[str, Any]]:
+    """The run's tasks from the three inputs: demo skills with a positive weight, extra Hub / lm-eval / file rows,
+    and uploaded files (copied into the runs folder, so the worker can still read them after the upload expires)."""
+    specs: list[dict[str, Any]] = []
+    for row in _rows(demo_table):
+        name, weight = str(row[0]).strip(), _number(row[2])
+        if name and weight:
+            if weight < 0:
+                raise DarwinError(f"The weight of task {name!r} must not be negative.")
+            specs.append({"demo": name, "weight": weight})
+    for row in _rows(extra_table):
+        source, name = str(row[0] or "").strip().lower(), str(row[1] or "").strip()
+        if not name:
+            continue
+        weight = _number(row[2]) if len(row) > 2 else None
+        source = {"hub dataset": "hub", "lm-eval": "lm_eval", "lm_eval": "lm_eval", "hub": "hub"}.get(source)
+        if source is None:
+            raise DarwinError(f"Task {name!r}: the source must be 'hub' (a Hub dataset) or 'lm_eval' (an lm-evaluation-harness task).")
+        spec = {source: name, "weight": 1.0 if weight is None else weight}
+        limit = _items(row[3] if len(row) > 3 else None, name)
+        if limit is not None:
+            spec["limit"] = limit
+        specs.append(spec)
+    weight = _number(upload_weight)
+    for upload in uploads or []:
+        path = Path(getattr(upload, "name", None) or upload)
+        if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+            raise DarwinError(f"{path.name} is not a .jsonl, .json or .csv file.")
+        data = path.read_bytes()
+        target = runs_dir / UPLOADS / hashlib.sha256(data).hexdigest()[:16] / path.name  # same bytes, same file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+        specs.append({"file": str(target.resolve()), "name": path.stem, "weight": 1.0 if weight is None else weight})
+    if not specs:
+        raise DarwinError("Choose at least one fitness task: give a demo task a weight above 0, add a Hub or lm-eval task, or upload a file.")
+    return specs
+
+
+def frozen_layers(text: str | None) -> list[int]:
+    """"0, 3, 5-7" → [0, 3, 5, 6, 7]."""
+    layers: list[int] = []
+    for part in re.split(r"[,\s]+", (text or "").strip()):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise DarwinError(f"Frozen layers are layer numbers like '0, 3, 5-7'; {part!r} is not one.")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        layers.extend(range(low, high + 1))
+    return sorted(set(layers))
+
+
+# ------------------------------------------------------------------------------------------- launching
+
+
+def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
+                   zoo_dir: str | Path | None):
+    """(what the run's config names: a Hub id or a folder, the resolved ModelRef); one sentence when unknown."""
+    from ui import parents
+
+    ref = parents.chosen_ref(pick, typed, role)
+    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    if ref.startswith(parents.DEMO_PREFIX) or model.local:
+        return str(Path(model.folder).resolve()), model
+    return ref, model
+
+
+def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
+               upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
+               frozen, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None, token: str | None,
+               user: str | None) -> str:
+    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
+    from darwin_core import hub
+    from darwin_core.evolve import EvolutionConfig
+
+    father, father_model = parent_for_run(father_pick, father_typed, "father", local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    mother, mother_model = parent_for_run(mother_pick, mother_typed, "mother", local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    compat = hub.compatibility(father_model, mother_model)
+    if compat.verdict == "incompatible":
+        raise DarwinError(f"These parents cannot be bred: {compat.reason}")
+
+    def whole(value: Any, name: str) -> int:
+        number = _number(value)
+        if number is None or number != int(number):
+            raise DarwinError(f"{name} must be a whole number.")
+        return int(number)
+
+    config = EvolutionConfig.from_dict({
+        "father": father,
+        "mother": mother,
+        "tasks": task_specs(demo_table, extra_table, uploads, upload_weight, runs_dir=runs_dir),
+        "genome": genome,
+        "method": None if not method or method == "default" else method,
+        "population": whole(population, "The population"),
+        "sigma0": _number(sigma0) if _number(sigma0) is not None else 0.2,
+        "generations": whole(generations, "The number of generations"),
+        "seed": whole(seed, "The seed"),
+        "proxy_items": whole(proxy_items, "Proxy items per task"),
+        "topk_full": whole(topk_full, "Top-k for the full search set"),
+        "frozen_layers": frozen_layers(frozen),
+        # The page already refused visitors' local paths (hub.resolve_model with the app's mode); the demo
+        # parents ship with the app, so the worker may read their folders.
+        "local_mode": True,
+    })
+    run_id = jobs.submit(config, runs_dir, start_worker=False)
+    who = session.visitor(state, user)
+    session.record_owner(runs_dir / run_id, who, session.app_secret(runs_dir))
+    jobs.ensure_worker(runs_dir)
+    return run_id
+
+
+
+# ------------------------------------------------------------------------------------------- reading a run
+
+
+def _rss_bytes(pid: Any) -> int | None:
+    """Resident memory of the run's process (Linux /proc), or None when it is not running here."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def progress_facts(run: Mapping, events: Sequence[Mapping], config: Mapping, *, now: float | None = None) -> dict[str, Any]:
+    """Candidates measured / planned, candidates per minute, ETA of the search (seconds), from the event log."""
+    now = time.time() if now is None else now
+    measured = [e for e in events if e.get("event") == "evaluated" and _CANDIDATE.match(str(e.get("name", "")))]
+    population = int(config.get("population") or 0)
+    generations = int(run.get("generations") or config.get("generations") or 0)
+    proxy_is_full = all(e.get("phase") == "full" for e in measured) and bool(measured)
+    per_generation = population + (0 if proxy_is_full else int(config.get("topk_full") or 0))
+    planned = per_generation * generations
+    recent = measured[-20:]
+    rate = None
+    if len(recent) >= 2 and recent[-1]["t"] > recent[0]["t"]:
+        rate = 60.0 * (len(recent) - 1) / (recent[-1]["t"] - recent[0]["t"])
+    elif len(recent) == 1 and recent[0].get("seconds"):
+        rate = 60.0 / max(recent[0]["seconds"], 1e-6)
+    eta = None
+    if rate and planned and run.get("state") == "running" and run.get("phase") == "search":
+        eta = max(planned - len(measured), 0) * 60.0 / rate
+    return {"measured": len(measured), "planned": planned, "per_minute": rate, "eta_seconds": eta}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def genome_names(space: str | None, count: int) -> list[str]:
+    """Dimension names of a genome of `count` values in `space` (generic names when the space is unknown)."""
+    try:
+        from darwin_core.genome import get_space
+
+        names = get_space(space or "", layer_count=count).names
+        if len(names) == count:
+            return names
+    except (DarwinError, TypeError, ValueError):
+        pass
+    return [f"x{i}" for i in range(count)]
+
+
+def run_header(run: Mapping, *, owner: bool) -> str:
+    state = run.get("state", "queued")
+    parts = [f"**Run `{run['run_id']}`** — {STATE_TEXT.get(state, state)}"]
+    if run.get("father") and run.get("mother"):
+        parts.append(f"father `{parent_label(str(run['father']))}` × mother `{parent_label(str(run['mother']))}`")
+    parts.append(f"generation {run.get('generation') or 0}/{run.get('generations') or '?'}")
+    if isinstance(run.get("best_fitness"), (int, float)):
+        parts.append(f"best fitness {run['best_fitness']:.4f}")
+    line = " · ".join(parts)
+    if run.get("phase") == "final" and state == "running":
+        line += "\n\nThe search is done: merging the best child to disk and measuring it on the held-out split."
+    if state == INTERRUPTED:
+        line += "\n\nNo process is executing this run any more (the server restarted?): its owner can resume it from the last checkpoint."
+    line += "\n\n" + ("You started this run: you can cancel, resume and publish it." if owner
+                      else "You are watching a run started by someone else: its owner can cancel or publish it.")
+    return line
+
+
+def run_error(run: Mapping) -> str:
+    """The failure sentence the run folder recorded (never a traceback)."""
+    if run.get("state") == FAILED and run.get("error"):
+        return f"**⚠ The run failed: {run['error']}**"
+    return ""
+
+
+def stats_markdown(run: Mapping, facts: Mapping, memory: int | None) -> str:
+    from ui.common import human_bytes
+
+    rate = facts.get("per_minute")
+    lines = [
+        f"Candidates measured: **{facts['measured']}**" + (f" of {facts['planned']} planned" if facts.get("planned") else ""),
+        f"Candidates per minute: **{rate:.1f}**" if rate else "Candidates per minute: —",
+        f"Search ETA: **{_duration(facts.get('eta_seconds'))}**" + (" (then the final merge and held-out evaluation)" if facts.get("eta_seconds") is not None else ""),
+        f"Memory of the run's process: **{human_bytes(memory)}**" if memory else "Memory of the run's process: — (not running on this machine)",
+    ]
+    if isinstance(run.get("device_memory_bytes"), (int, float)):
+        lines.append(f"Peak accelerator memory: **{human_bytes(int(run['device_memory_bytes']))}**")
+    return "  \n".join(lines)
+
+
+def render_run(run_id: str, *, runs_dir: Path, who: session.Visitor, local_mode: bool) -> dict[str, Any]:
+    """Everything the live view shows about one run, read from its folder."""
+    import yaml
+
+    run = jobs.read_run(run_id, runs_dir)
+    folder = RunFolder(runs_dir / run_id)
+    owner = session.is_owner(folder.path, who, session.app_secret(runs_dir), local_mode=local_mode)
+    config = yaml.safe_load(run.get("config_yaml") or "") or {}
+    status = folder.read_status()
+    run = {**run, "device_memory_bytes": status.get("device_memory_bytes")}
+    facts = progress_facts(run, folder.events(), config)
+    memory = _rss_bytes(status.get("pid")) if run["state"] == "running" else None
+    best = run.get("best")
+    genome = run_plots.genome_figure(genome_names(config.get("genome"), len(best["genome"])), best["genome"],
+                                     title=f"Best genome so far ({best['name']}, fitness {best['fitness']:.4f})") if best and best.get("genome") else None
+    return {
+        "run": run,
+        "owner": owner,
+        "header": run_header(run, owner=owner),
+        "error": run_error(run),
+        "curve": run_plots.fitness_figure(run["curves"]),
+        "genome": genome,
+        "stats": stats_markdown(run, facts, memory),
+        "final": run["state"] in FINAL_STATES or run["state"] == INTERRUPTED,
+    }
+
+
+def signature(run_id: str | None, runs_dir: Path) -> list[Any]:
+    """What changes when a run makes progress: a tick with the same signature re-renders nothing."""
+    if not run_id:
+        return [None]
+    folder = runs_dir / run_id
+    out: list[Any] = [run_id]
+    for name in ("status.json", "evaluations.jsonl", "events.jsonl", "report.json", "owner.json"):
+        try:
+            stat = (folder / name).stat()
+            out.append([stat.st_size, stat.st_mtime_ns])
+        except FileNotFoundError:
+            out.append(None)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the tab
+
+
+def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inputs: Sequence[gr.components.Component], *,
+                     runs_dir: str | Path, local_mode: bool, zoo_dir: str | Path | None = None) -> dict[str, Any]:
+    """Lay out the Evolve tab; `parent_inputs` = the Parents tab's (father pick, father typed, mother pick,
+    mother typed). Returns its components by name."""
+    from darwin_core.genome import SPACE_NAMES
+    from darwin_core.merge.registry import method_names
+
+    runs_dir = Path(runs_dir)
+    gr.Markdown(
+        "Breed the parents chosen in the Parents tab. CMA-ES proposes merge recipes (genomes); each candidate child "
+        "is built in memory and scored on the **search** half of the tasks; the **held-out** half is used only for "
+        "the final report. The run goes on in the background: close or reload this page and come back."
+    )
+    with gr.Accordion("Fitness tasks", open=True):
+        demo_tasks = gr.Dataframe(
+            value=demo_task_rows(), headers=DEMO_HEADERS, datatype=["str", "str", "number"],
+            label="Demo tasks (weight 0 = not used; each has 400 fixed items: half search, half held-out)",
+            interactive=True, elem_id="evolve-demo-tasks", static_columns=[0, 1],
+        )
+        extra_tasks = gr.Dataframe(
+            value=pd.DataFrame([["hub", "", 1.0, None]], columns=EXTRA_HEADERS), headers=EXTRA_HEADERS,
+            datatype=["str", "str", "number", "number"], interactive=True, elem_id="evolve-extra-tasks",
+            label="Hub datasets (source 'hub', e.g. allenai/ai2_arc) and lm-evaluation-harness tasks (source 'lm_eval', "
+                  "e.g. arc_easy); items = how many to load (blank = all), split half search, half held-out",
+        )
+        with gr.Row():
+            uploads = gr.File(label="Your own tasks (.jsonl / .json / .csv: prompt + answer, or prompt + choices + answer)",
+                              file_count="multiple", file_types=[".jsonl", ".json", ".csv"], elem_id="evolve-uploads")
+            upload_weight = gr.Number(1.0, label="Weight of each uploaded task", minimum=0, elem_id="evolve-upload-weight")
+    with gr.Accordion("Search settings", open=True):
+        with gr.Row():
+            genome = gr.Dropdown(list(SPACE_NAMES), value="darwin-v6", label="Genome space", elem_id="evolve-genome")
+            method = gr.Dropdown(["default", *method_names()], value="default", label="Merge method (default: the space's own)",
+                                 elem_id="evolve-method")
+            frozen = gr.Textbox(label="Frozen layers (kept from the father)", placeholder="e.g. 0, 3, 5-7", elem_id="evolve-frozen")
+        with gr.Row():
+            population = gr.Number(8, label="Population", precision=0, minimum=2, elem_id="evolve-population")
+            sigma0 = gr.Number(0.2, label="Sigma (initial step size)", minimum=0.01, maximum=1, elem_id="evolve-sigma")
+            generations = gr.Number(10, label="Generations", precision=0, minimum=1, elem_id="evolve-generations")
+            seed = gr.Number(0, label="Seed", precision=0, elem_id="evolve-seed")
+            proxy_items = gr.Number(16, label="Proxy items per task (phase 1)", precision=0, minimum=1, elem_id="evolve-proxy")
+            topk_full = gr.Number(2, label="Top-k on the full search set (phase 2)", precision=0, minimum=0, elem_id="evolve-topk")
+    launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")
+    error = gr.Markdown(elem_id="evolve-error", elem_classes=["darwin-error"])
+    header = gr.Markdown("No run yet: launch one, or open one in the Runs tab.", elem_id="evolve-header")
+    with gr.Row():
+        cancel = gr.Button("Cancel run", variant="stop", elem_id="evolve-cancel")
+        resume = gr.Button("Resume run", elem_id="evolve-resume")
+    notice = gr.Markdown(elem_id="evolve-notice")
+    run_error = gr.Markdown(elem_id="evolve-run-error", elem_classes=["darwin-error"])
+    with gr.Row():
+        curve = gr.Plot(label="Fitness", elem_id="evolve-curve")
+        stats = gr.Markdown(elem_id="evolve-stats")
+    genome_plot = gr.Plot(label="Best genome", elem_id="evolve-genome-plot")
+    rendered = gr.State(None)
+    timer = gr.Timer(POLL_SECONDS, active=True)
+
+    settings = [demo_tasks, extra_tasks, uploads, upload_weight, genome, method, population, sigma0, generations, seed,
+                proxy_items, topk_full, frozen]
+
+    def launch_core(state, *args):
+        *values, token, user = args
+        state = session.ensure_session(state)
+        run_id, message = guarded(lambda: launch_run(state, *values, runs_dir=runs_dir, local_mode=local_mode,
+                                                     zoo_dir=zoo_dir, token=token, user=user), "launching a run")
+        if run_id is None:
+            return gr.skip(), message
+        return session.with_run(state, run_id), ""
+
+    launch.click(
+        session.with_token(launch_core, ["state", "father_pick", "father_typed", "mother_pick", "mother_typed", *SETTING_NAMES]),
+        inputs=[session_state, *parent_inputs, *settings], outputs=[session_state, error],
+        api_name="evolve_launch", api_description="Queue an evolution of the chosen parents; returns the browser state with its run id.",
+    )
+
+    def manage(action: str):
+        def core(state, token, user):
+            run_id = session.current_run(state)
+            who = session.visitor(state, user)
+
+            def act() -> str:
+                if not run_id:
+                    raise DarwinError("There is no run on this page to " + action + ".")
+                session.require_owner(runs_dir / run_id, who, session.app_secret(runs_dir), local_mode=local_mode, action=action)
+                if action == "cancel":
+                    after = jobs.cancel(run_id, runs_dir)
+                    return "Cancelled." if after == CANCELLED else f"Asked the run to stop (it stops before its next candidate; now {after})."
+                jobs.resume(run_id, runs_dir)
+                return "Queued again: the run continues from its last checkpoint."
+
+            done, message = guarded(act, f"{action} a run")
+            return (f"{done}" if done else message), gr.Timer(active=True)
+
+        return session.with_token(core, ["state"])
+
+    cancel.click(manage("cancel"), inputs=[session_state], outputs=[notice, timer], api_name="evolve_cancel",
+                 api_description="Cancel the page's current run (its owner only).")
+    resume.click(manage("resume"), inputs=[session_state], outputs=[notice, timer], api_name="evolve_resume",
+                 api_description="Resume the page's current run from its last checkpoint (its owner only).")
+
+    def poll_core(state, last, token, user):
+        run_id = session.current_run(state)
+        now = signature(run_id, runs_dir)
+        if last is not None and now == last:
+            return (gr.skip(),) * 8
+        if not run_id:
+            return ("No run yet: launch one, or open one in the Runs tab.", "", None, None, "", gr.Timer(active=True), now, gr.skip())
+        who = session.visitor(state, user)
+        view, message = guarded(lambda: render_run(run_id, runs_dir=runs_dir, who=who, local_mode=local_mode), "reading a run")
+        if view is None:
+            return (f"Run `{run_id}`", message, None, None, "", gr.Timer(active=False), now, gr.skip())
+        return (view["header"], view["error"], view["curve"], view["genome"], view["stats"],
+                gr.Timer(active=not view["final"]), now, gr.skip())
+
+    outputs = [header, run_error, curve, genome_plot, stats, timer, rendered, error]
+    timer.tick(session.with_token(poll_core, ["state", "last"]), inputs=[session_state, rendered], outputs=outputs,
+               api_visibility="private", show_progress="hidden")
+    # A new current run (launched here, opened in the Runs tab, found again after a reload): render it at once.
+    fresh = session.with_token(lambda state, token, user: poll_core(state, None, token, user), ["state"])
+    session_state.change(fresh, inputs=[session_state], outputs=outputs, api_visibility="private", show_progress="hidden")
+    return {"launch": launch, "cancel": cancel, "resume": resume, "timer": timer, "header": header, "error": error}

@@ -1,0 +1,156 @@
+"""Health tab: the current run's child against both parents, and its held-out results.
+
+The health check (`darwin_core.health.check_health`: interference, function loss, NaN/Inf, perplexity,
+degeneration, layer by layer with the MRI's probe importance) loads three models, so it runs in a background
+thread (ui/mri_tab.start_background) and writes `health.json` into the run folder, where the card and every
+other browser find it. It starts by itself the first time the run's owner looks at a finished run here, or with
+the button; a `gr.Timer` polls until it is there. The held-out table (intervals and McNemar p) is the run's own
+report.json, measured by the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from darwin_core import jobs
+from darwin_core.cardgen import HEALTH
+from darwin_core.errors import DarwinError
+from darwin_core.runfolder import CHILD, FINISHED, RunFolder
+from ui import plots, run_plots, session
+from ui.common import guarded
+from ui.mri_tab import background_state, compute_device, start_background
+from ui.runs_tab import HELDOUT_HEADERS, heldout_table, report_markdown
+
+POLL_SECONDS = 1.5
+VERDICT_TEXT = {"healthy": "✅ Healthy", "warning": "🟡 Warning", "broken": "❌ Broken"}
+
+
+def _probes_for(config: Mapping) -> Any:
+    """The run's own probe texts when its tasks bring them (the demo tasks do), else the default five."""
+    from darwin_core.probes import probes_from_tasks
+
+    try:
+        from darwin_core.evolve import EvolutionConfig, load_tasks
+
+        tasks, _ = load_tasks(EvolutionConfig.from_dict(config))
+        return probes_from_tasks(tasks)
+    except DarwinError:
+        return None
+
+
+def _parent_dir(ref: str, local_mode: bool) -> Path:
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    from darwin_core.evolve import resolve_parent
+
+    return Path(resolve_parent(ref, local_mode=local_mode)[1])
+
+
+def health_work(run_dir: Path):
+    """The check of one run's child against its parents (for start_background)."""
+
+    def work() -> Mapping:
+        from darwin_core.health import check_health
+
+        folder = RunFolder(run_dir)
+        config = yaml.safe_load(folder.config_text()) or {}
+        local = bool(config.get("local_mode", True))
+        return check_health(
+            folder.file(CHILD), _parent_dir(str(config["father"]), local), _parent_dir(str(config["mother"]), local),
+            probes=_probes_for(config), device=compute_device(),
+        )
+
+    return work
+
+
+def verdict_markdown(report: Mapping) -> str:
+    verdict = report.get("verdict", "?")
+    lines = [f"### {VERDICT_TEXT.get(verdict, verdict)}", report.get("summary", "")]
+    findings = report.get("findings") or []
+    if findings:
+        lines.append("\n".join(f"- **{f['severity']}** ({f['kind']}): {f['message']}" for f in findings))
+    return "\n\n".join(line for line in lines if line)
+
+
+def view(run_id: str | None, *, runs_dir: Path, who: session.Visitor, local_mode: bool, start: bool) -> dict[str, Any]:
+    """What the tab shows for a run; starts the check when asked (or by itself for the owner of a finished run)."""
+    if not run_id:
+        raise DarwinError("Open a run first (Evolve or Runs tab): the health check compares its child with its parents.")
+    run = jobs.read_run(run_id, runs_dir)
+    folder = runs_dir / run_id
+    owner = session.is_owner(folder, who, session.app_secret(runs_dir), local_mode=local_mode)
+    out: dict[str, Any] = {
+        "header": f"**Run `{run_id}`** — {run['state']}",
+        "report": report_markdown(run),
+        "heldout": heldout_table(run.get("report")),
+        "heldout_plot": run_plots.heldout_figure(run["report"]["heldout"]) if (run.get("report") or {}).get("heldout") else None,
+        "verdict": "", "chart": None, "status": "", "polling": False,
+    }
+    result = folder / HEALTH
+    state, payload = background_state(result)
+    if state == "none" and run["state"] == FINISHED and run.get("child_dir") and (start or owner):
+        if start and not owner:
+            session.require_owner(folder, who, session.app_secret(runs_dir), local_mode=local_mode, action="check")
+        start_background(result, health_work(folder), what=f"checking the health of run {run_id}")
+        state, payload = background_state(result)
+    if state == "done":
+        out["verdict"], out["chart"] = verdict_markdown(payload), plots.health_chart(payload)
+    elif state == "running":
+        out["status"], out["polling"] = "Checking the child against both parents… (loads three models; the page can be closed)", True
+    elif state == "failed":
+        out["status"] = f"**⚠ The health check failed: {payload}**"
+    elif run["state"] != FINISHED or not run.get("child_dir"):
+        out["status"] = "The health check runs once the run has finished and its child is on disk."
+    else:
+        out["status"] = "No health check yet; its owner can start it."
+    return out
+
+
+def build_health_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir: str | Path, local_mode: bool,
+                     tab: gr.Tab | None = None) -> dict[str, Any]:
+    """Lay out the Health tab for the page's current run; `tab` (its gr.Tab) refreshes it when selected."""
+    runs_dir = Path(runs_dir)
+    gr.Markdown(
+        "Is the child healthy compared with its parents? Layer by layer: interference (the child leans on a layer "
+        "far more than either parent), function loss (a layer both parents rely on went quiet), NaN/Inf, perplexity "
+        "on the probe texts, and repetition in greedy generations. Below: the held-out results the run measured."
+    )
+    header = gr.Markdown(elem_id="health-header")
+    check = gr.Button("Run health check", elem_id="health-check")
+    status = gr.Markdown(elem_id="health-status", elem_classes=["darwin-error"])
+    verdict = gr.Markdown(elem_id="health-verdict")
+    chart = gr.Plot(label="Layer importance: child vs parents", elem_id="health-chart")
+    report = gr.Markdown(elem_id="health-report")
+    heldout = gr.Dataframe(headers=HELDOUT_HEADERS, interactive=False, label="Held-out results (never seen by the search)",
+                           elem_id="health-heldout", wrap=True)
+    heldout_plot = gr.Plot(label="Held-out accuracy", elem_id="health-heldout-plot")
+    timer = gr.Timer(POLL_SECONDS, active=False)
+
+    outputs = [header, status, verdict, chart, report, heldout, heldout_plot, timer]
+
+    def show(start: bool):
+        def core(state, token, user):
+            who = session.visitor(state, user)
+            found, message = guarded(lambda: view(session.current_run(state), runs_dir=runs_dir, who=who,
+                                                  local_mode=local_mode, start=start), "showing the health check")
+            if found is None:
+                return ("", message, "", None, "", gr.skip(), gr.skip(), gr.Timer(active=False))
+            return (found["header"], found["status"], found["verdict"], found["chart"], found["report"], found["heldout"],
+                    found["heldout_plot"], gr.Timer(active=found["polling"]))
+
+        return session.with_token(core, ["state"])
+
+    check.click(show(True), inputs=[session_state], outputs=outputs, api_name="health_check",
+                api_description="Start (or show) the health check of the page's current run.")
+    timer.tick(show(False), inputs=[session_state], outputs=outputs, api_visibility="private", show_progress="hidden")
+    session_state.change(show(False), inputs=[session_state], outputs=outputs, api_visibility="private", show_progress="hidden")
+    if tab is not None:
+        tab.select(show(False), inputs=[session_state], outputs=outputs, api_visibility="private", show_progress="hidden")
+    return {"check": check, "status": status, "verdict": verdict, "timer": timer}
+
