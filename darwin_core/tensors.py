@@ -1,9 +1,12 @@
 """Lazy tensor reading and crash-safe model writing: the only place that opens weight files.
 
-Merging a pair of 27B models must not hold three models in memory, so the reader hands out one tensor at a
-time (``safe_open`` per shard, kept open, loading straight onto the requested device), and the writer buffers
-at most one shard before flushing it. Everything else (merge kernels, MRI, health) works on tensors and never
-opens a file.
+Merging a pair of 27B models must not hold three models in memory. The reader hands out one tensor at a time,
+read with ``os.preadv`` into a fresh buffer (not through a memory map: mapped pages a process has touched
+count towards its resident memory, so a mapped read of a whole model shows the whole model in RSS). The writer
+streams: when the output layout (names, shapes, dtypes) is known up front it writes each shard's header first
+and then each tensor's bytes at their planned offset as the tensor arrives, so it holds no tensor at all;
+without a layout it buffers at most one shard before flushing it. Everything else (merge kernels, MRI, health)
+works on tensors and never opens a file.
 
 The writer's contract is what makes a crash harmless: a child model only ever appears at its final path
 complete. It is written into a hidden temp folder beside the target (``.<name>.partial-<pid>``), and moved
@@ -21,8 +24,8 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -94,6 +97,9 @@ class TensorInfo:
     dtype: str  # safetensors dtype string, e.g. "BF16"
     nbytes: int
     file: str  # file name (relative to the model folder) that holds the tensor
+    # Where the tensor's bytes start in that file (8 + header length + its begin offset); not part of equality,
+    # so two models with the same tensors compare equal however their files are laid out.
+    offset: int = field(default=0, compare=False)
 
 
 def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -125,7 +131,8 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
     for name, entry in header.items():
         try:
             begin, end = (int(x) for x in entry["data_offsets"])
-            info = TensorInfo(tuple(int(x) for x in entry["shape"]), str(entry["dtype"]), end - begin, path.name)
+            info = TensorInfo(tuple(int(x) for x in entry["shape"]), str(entry["dtype"]), end - begin, path.name,
+                              8 + header_len + begin)
         except (KeyError, TypeError, ValueError):
             raise DarwinError(f"{path.name} is not a valid safetensors file (bad entry for {name}).") from None
         if end > data_size:
@@ -159,9 +166,11 @@ class TensorReader:
     """Read a model's tensors lazily, one at a time, from ``model.safetensors`` or a sharded index.
 
     ``folder`` is a model folder (or one ``.safetensors`` file). Construction reads only headers, so names,
-    shapes, dtypes and sizes are known without loading anything; ``get`` loads one tensor onto ``device``
-    (default: the reader's device) through a ``safe_open`` handle per shard that stays open. Pickle weights
-    (``.bin``) are refused unless ``allow_pickle=True``; they are then loaded with
+    shapes, dtypes and sizes are known without loading anything; ``get`` reads one tensor's bytes with
+    ``os.preadv`` (one open file per shard, kept open) into a fresh tensor on the CPU, or through a reused
+    (pinned where CUDA allows) staging buffer onto another device. Reading this way rather than through a
+    memory map keeps the process's resident memory at the tensors it holds, not the model it has read.
+    Pickle weights (``.bin``) are refused unless ``allow_pickle=True``; they are then loaded with
     ``torch.load(weights_only=True, mmap=True)``, which cannot run code from the file.
     """
 
@@ -172,7 +181,8 @@ class TensorReader:
         self._infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         self.format = "safetensors"
-        self._handles: dict[tuple[str, str], Any] = {}
+        self._handles: dict[str, Any] = {}  # shard file name -> open binary file
+        self._staging: torch.Tensor | None = None  # reused host buffer for reads onto a non-CPU device
         self._pickled: dict[str, dict[str, torch.Tensor]] = {}
         if is_partial_folder(self.path):
             raise DarwinError(f"{self.path} is an unfinished write (a .partial folder), not a model.")
@@ -301,14 +311,23 @@ class TensorReader:
 
     # -- loading ------------------------------------------------------------------------------------------
     def get(self, name: str, device: str | torch.device | None = None) -> torch.Tensor:
-        """Load one tensor onto ``device`` (default: the reader's device)."""
+        """Load one tensor onto ``device`` (default: the reader's device); the caller owns the result."""
         info = self._infos.get(name)
         if info is None:
             raise KeyError(f"{name} is not a tensor of {self.folder}")
         target = torch.device(device) if device is not None else self.device
         if self.format == "pickle":
             return self._pickled[info.file][name].to(target)
-        return self._handle(info.file, target).get_tensor(name)
+        dtype = torch_dtype(info.dtype)
+        fd = self._handle(info.file).fileno()
+        if target.type == "cpu":
+            tensor = torch.empty(info.shape, dtype=dtype)
+            _pread_into(fd, _tensor_bytes(tensor), info.offset, info.file)
+            return tensor
+        staged = self._stage(info.nbytes)
+        _pread_into(fd, memoryview(staged.numpy()), info.offset, info.file)
+        # A synchronous copy: the staging buffer may be reused as soon as this returns.
+        return staged.view(dtype).reshape(info.shape).to(target)
 
     def items(self, names: Iterable[str] | None = None,
               device: str | torch.device | None = None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -316,32 +335,56 @@ class TensorReader:
         for name in self.names if names is None else names:
             yield name, self.get(name, device)
 
-    def _handle(self, file: str, device: torch.device) -> Any:
-        from safetensors import safe_open
-
-        key = (file, str(device))
-        handle = self._handles.get(key)
+    def _handle(self, file: str) -> Any:
+        handle = self._handles.get(file)
         if handle is None:
-            device_arg = str(device)
-            if device.type == "cuda" and device.index is None:
-                device_arg = f"cuda:{torch.cuda.current_device()}"
             try:
-                handle = safe_open(str(self.folder / file), framework="pt", device=device_arg)
+                handle = open(self.folder / file, "rb", buffering=0)  # noqa: SIM115 - kept open until close()
             except FileNotFoundError:
                 raise DarwinError(f"The weight file {file} is missing from {self.folder}.") from None
-            self._handles[key] = handle
+            self._handles[file] = handle
         return handle
 
+    def _stage(self, nbytes: int) -> torch.Tensor:
+        """A host buffer of at least ``nbytes`` (the largest tensor read so far), pinned when CUDA is usable."""
+        if self._staging is None or self._staging.numel() < nbytes:
+            self._staging = None
+            size = max(nbytes, 1)
+            try:
+                self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+            except RuntimeError:  # pinning can fail (no driver, locked-memory limit): pageable still works
+                self._staging = torch.empty(size, dtype=torch.uint8)
+        return self._staging[:nbytes]
+
     def close(self) -> None:
-        """Drop the open shard handles (their memory maps close with them)."""
+        """Close the open shard files and drop the staging buffer."""
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
+        self._staging = None
         self._pickled.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to release
+            pass
 
     def __enter__(self) -> TensorReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int, file: str) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset`` (``preadv`` may return less than asked: loop)."""
+    done, total = 0, len(buffer)
+    while done < total:
+        count = os.preadv(fd, [buffer[done:]], offset + done)
+        if count == 0:
+            raise DarwinError(f"{file} is truncated: it ends in the middle of a tensor.")
+        done += count
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -413,6 +456,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked: loop)."""
+    done, total = 0, len(data)
+    while done < total:
+        done += os.pwrite(fd, data[done:], offset + done)
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
     flat = tensor.reshape(-1)
@@ -421,33 +471,79 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def write_safetensors(path: str | os.PathLike[str], tensors: list[tuple[str, torch.Tensor]],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Write one safetensors file with tensors in the given order (stable-sorted by element size, largest first).
+def safetensors_header(entries: Sequence[tuple[str, str, Sequence[int]]],
+                       metadata: dict[str, str] | None = None) -> tuple[bytes, dict[str, int]]:
+    """The bytes before the data of a safetensors file, and where each tensor's data starts in that file.
 
-    The format requires each tensor's data to follow the previous one without padding, so mixed dtypes are
-    ordered by element size (as safetensors itself does) to keep every tensor aligned; within one element size
-    the given order is kept. Bytes are a pure function of (names, dtypes, shapes, values, order).
+    ``entries`` are (name, safetensors dtype, shape) in the order given to the writer. The format requires
+    each tensor's data to follow the previous one without padding, so mixed dtypes are ordered by element size,
+    largest first (as safetensors itself does), to keep every tensor aligned; within one element size the given
+    order is kept. Knowing this before any data exists is what lets the streaming writer put each tensor at its
+    final place as it arrives. Bytes are a pure function of (names, dtypes, shapes, order, metadata).
     """
-    ordered = sorted(tensors, key=lambda item: -item[1].element_size())
+    ordered = sorted(entries, key=lambda entry: -DTYPE_BYTES[entry[1]])
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
     offset = 0
-    for name, tensor in ordered:
-        nbytes = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": safetensors_dtype(tensor.dtype), "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+    begins: dict[str, int] = {}
+    for name, dtype, shape in ordered:
+        nbytes = _numel(tuple(shape)) * DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        begins[name] = offset
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * ((8 - len(encoded) % 8) % 8)
+    prefix = struct.pack("<Q", len(encoded)) + encoded
+    return prefix, {name: len(prefix) + begin for name, begin in begins.items()}
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: list[tuple[str, torch.Tensor]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write one safetensors file with tensors in the given order (stable-sorted by element size, largest first).
+
+    See ``safetensors_header`` for the layout; the bytes equal the safetensors library's for the same order.
+    """
+    by_name = dict(tensors)
+    prefix, offsets = safetensors_header(
+        [(name, safetensors_dtype(t.dtype), tuple(t.shape)) for name, t in tensors], metadata)
     with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for _, tensor in ordered:
-            handle.write(_tensor_bytes(tensor))
+        handle.write(prefix)
+        for name in offsets:  # data order (offsets are in increasing order)
+            handle.write(_tensor_bytes(by_name[name]))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one planned tensor goes: its shard (0-based), its byte offset in that file, what it must be."""
+
+    shard: int
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def plan_shards(layout: Sequence[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Split (name, nbytes) in order into shards exactly as the buffered writer flushes them.
+
+    A shard is closed when the next tensor would push it past ``max_shard_bytes`` (a tensor larger than the
+    limit gets a shard of its own), so both writing modes give the same files for the same tensors.
+    """
+    shards: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name, nbytes in layout:
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        shards.append(current)
+    return shards
 
 
 class ShardedWriter:
@@ -455,22 +551,30 @@ class ShardedWriter:
 
     Use as a context manager::
 
-        with ShardedWriter(out_dir, max_shard_bytes=5 * 10**9) as writer:
+        with ShardedWriter(out_dir, max_shard_bytes=5 * 10**9, layout=layout) as writer:
             for name, tensor in merged:
                 writer.add(name, tensor)
             writer.copy_file(father / "config.json")
             writer.write_text("recipe.yaml", recipe_yaml)
 
-    Tensors go to shards in the order added; a shard is flushed to disk as soon as the next tensor would push
-    it past ``max_shard_bytes``, so at most one shard's worth of tensors is held. One shard → ``model.safetensors``;
-    several → ``model-0000k-of-0000N.safetensors`` plus ``model.safetensors.index.json`` (``metadata.total_size``,
-    ``weight_map``). An existing ``out_dir`` is refused unless ``overwrite=True``, and even then it is replaced
-    only once the new folder is complete. Don't modify a tensor after adding it: the writer keeps a reference
-    until its shard is flushed.
+    Tensors go to shards in the order added (or planned); a shard is closed as soon as the next tensor would
+    push it past ``max_shard_bytes``. One shard → ``model.safetensors``; several → ``model-0000k-of-0000N.safetensors``
+    plus ``model.safetensors.index.json`` (``metadata.total_size``, ``weight_map``). An existing ``out_dir`` is
+    refused unless ``overwrite=True``, and even then it is replaced only once the new folder is complete.
+
+    Two modes, same bytes for the same tensors in the same order:
+
+    - ``layout`` given — (name, shape, dtype) of every tensor, in the order they will be added: shards and
+      headers are planned up front, each shard file starts with its header, and ``add`` writes the tensor's
+      bytes straight to its final offset and keeps nothing, so memory holds no tensor of the writer's.
+      Every tensor must match its planned shape and dtype, and all must be added before the block ends.
+    - no layout: ``add`` buffers tensors until the shard is full, so up to one shard is held; don't modify a
+      tensor after adding it, the writer keeps a reference until its shard is flushed.
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], *, max_shard_bytes: int = 5 * 10**9,
-                 overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
+                 overwrite: bool = False, metadata: dict[str, str] | None = None,
+                 layout: Iterable[tuple[str, Sequence[int], torch.dtype | str]] | None = None) -> None:
         if max_shard_bytes <= 0:
             raise ValueError("max_shard_bytes must be positive")
         self.out_dir = Path(out_dir).absolute()
@@ -486,6 +590,36 @@ class ShardedWriter:
         self._files: set[str] = set()
         self._open = False
         self._done = False
+        # Streaming mode (a layout): where each tensor goes, each shard's header, open shard files, what is left.
+        self._slots: dict[str, _Slot] | None = None
+        self._prefixes: list[bytes] = []
+        self._fds: dict[int, int] = {}
+        self._pending: list[int] = []
+        self._added: list[str] = []
+        if layout is not None:
+            self._plan(layout)
+
+    def _plan(self, layout: Iterable[tuple[str, Sequence[int], torch.dtype | str]]) -> None:
+        entries: list[tuple[str, str, tuple[int, ...]]] = []
+        for name, shape, dtype in layout:
+            st = dtype if isinstance(dtype, str) else safetensors_dtype(dtype)
+            if st not in DTYPE_BYTES:
+                raise ValueError(f"{name}: unknown safetensors dtype {st}")
+            entries.append((name, st, tuple(int(d) for d in shape)))
+        kinds = {name: (st, shape) for name, st, shape in entries}
+        if len(kinds) != len(entries):
+            raise ValueError("the layout names a tensor twice")
+        sizes = [(name, _numel(shape) * DTYPE_BYTES[st]) for name, st, shape in entries]
+        self._slots = {}
+        for index, names in enumerate(plan_shards(sizes, self.max_shard_bytes)):
+            prefix, offsets = safetensors_header([(n, *kinds[n]) for n in names], self.metadata)
+            self._prefixes.append(prefix)
+            self._pending.append(len(names))
+            self._shards.append(names)
+            for name in names:
+                st, shape = kinds[name]
+                self._slots[name] = _Slot(index, offsets[name], st, shape, _numel(shape) * DTYPE_BYTES[st])
+        self._total_bytes = sum(nbytes for _, nbytes in sizes)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def __enter__(self) -> ShardedWriter:
@@ -518,6 +652,7 @@ class ShardedWriter:
 
     def abort(self) -> None:
         """Throw away everything written so far; the target is left as it was."""
+        self._close_fds()
         self._buffer.clear()
         self._buffer_bytes = 0
         shutil.rmtree(self.temp_dir, ignore_errors=True)
@@ -525,7 +660,8 @@ class ShardedWriter:
 
     # -- adding content -----------------------------------------------------------------------------------
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Queue a tensor for the current shard; flushes the shard first if this tensor would overflow it."""
+        """Write a tensor to its planned place (layout mode), or queue it for the current shard (flushing the
+        shard first if this tensor would overflow it)."""
         self._require_open()
         if name in self._names:
             raise ValueError(f"tensor {name} was added twice")
@@ -536,6 +672,9 @@ class ShardedWriter:
         if tensor.device.type != "cpu":
             tensor = tensor.to("cpu")
         tensor = tensor.contiguous()
+        if self._slots is not None:
+            self._write_planned(name, tensor)
+            return
         nbytes = tensor.numel() * tensor.element_size()
         if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
             self._flush()
@@ -567,6 +706,9 @@ class ShardedWriter:
 
     @property
     def tensor_names(self) -> list[str]:
+        """Names added so far, in the order they were added."""
+        if self._slots is not None:
+            return list(self._added)
         return [n for shard in self._shards for n in shard] + [n for n, _ in self._buffer]
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -595,6 +737,46 @@ class ShardedWriter:
     def _shard_temp(self, index: int) -> Path:
         return self.temp_dir / f".shard-{index:05d}.safetensors"
 
+    def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
+        """Streaming mode: put the tensor's bytes at their planned offset; close the shard once it is full."""
+        assert self._slots is not None
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ValueError(f"tensor {name} is not in the writer's layout")
+        dtype, shape = safetensors_dtype(tensor.dtype), tuple(tensor.shape)
+        if (dtype, shape) != (slot.dtype, slot.shape):
+            raise ValueError(f"tensor {name} is {dtype}{list(shape)}, but the layout planned {slot.dtype}{list(slot.shape)}")
+        try:
+            fd = self._fds.get(slot.shard)
+            if fd is None:
+                fd = os.open(self._shard_temp(slot.shard + 1), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                self._fds[slot.shard] = fd
+                _pwrite_all(fd, memoryview(self._prefixes[slot.shard]), 0)
+            _pwrite_all(fd, _tensor_bytes(tensor), slot.offset)
+            if slot.nbytes:
+                # Start writing these pages back now (and let the kernel drop them once clean) rather than
+                # leave a shard's worth of dirty pages for the fsync at the end of the shard to wait on.
+                os.posix_fadvise(fd, slot.offset, slot.nbytes, os.POSIX_FADV_DONTNEED)
+            self._names.add(name)
+            self._added.append(name)
+            self._pending[slot.shard] -= 1
+            if self._pending[slot.shard] == 0:
+                del self._fds[slot.shard]
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as error:
+            raise self._os_error(error) from error
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
     def _flush(self) -> None:
         if not self._buffer:
             return
@@ -609,6 +791,10 @@ class ShardedWriter:
 
     def _commit(self) -> None:
         self._require_open()
+        if self._slots is not None:
+            missing = [name for name in self._slots if name not in self._names]
+            if missing:
+                raise ValueError(f"{len(missing)} planned tensors were never added (first: {missing[0]})")
         self._flush()
         try:
             count = len(self._shards)

@@ -1,8 +1,11 @@
 """Merge to disk: stream the parents through `merge_tensors` into a new model folder.
 
 One tensor at a time is read from each parent (TensorReader), merged on the chosen device and handed to the
-ShardedWriter, which holds at most one output shard before flushing it and moves the finished folder into place
-atomically. The child folder gets the father's config.json (dtype updated when the recipe sets one), tokenizer
+ShardedWriter. The child's layout (names, shapes, dtypes) is known before any tensor is merged — the father's
+header and the recipe's dtype fix it — so the writer runs in streaming mode: it writes each shard's header first
+and each merged tensor straight to its place, holding none. Peak memory is a few tensors (the two parents' copies
+of one tensor, the float32 work and the result), whatever the model's size. The finished folder is moved into
+place atomically. The child folder gets the father's config.json (dtype updated when the recipe sets one), tokenizer
 files and generation_config.json, plus `darwin-recipe.yaml`, the recipe that reproduces it.
 
 CLI: `python -m darwin_core merge RECIPE.yaml --out DIR [--device cuda] [--overwrite]`.
@@ -14,7 +17,11 @@ import argparse
 import json
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge.apply import merge_tensors
@@ -82,6 +89,100 @@ def _config_text(father: Path, dtype: str | None) -> str | None:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+class _ReadAhead:
+    """A TensorSource that reads the next tensor (in the father's order) in a background thread.
+
+    Reading (a page-cache copy or a disk read) then overlaps the merge math of the tensor before it. All reads
+    of the wrapped reader go through its one worker thread, so the reader is never used from two threads at
+    once; at most one tensor read ahead is held, plus any the merge skipped (dropped as soon as it moves on).
+    """
+
+    def __init__(self, reader: Any, order: list[str], pool: ThreadPoolExecutor) -> None:
+        self._reader = reader
+        self._order = order
+        self._position = {name: i for i, name in enumerate(order)}
+        self._pool = pool
+        self._ahead: dict[str, Future] = {}
+        self.names = reader.names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._reader
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._reader.shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._reader.dtype(name)
+
+    def get(self, name: str, device: Any = None) -> torch.Tensor:
+        future = self._ahead.pop(name, None)
+        if future is None or future.device != device:
+            future = self._submit(name, device)
+        position = self._position.get(name)
+        if position is not None:
+            for skipped in [n for n in self._ahead if self._position[n] <= position]:
+                del self._ahead[skipped]
+            following = position + 1
+            if following < len(self._order) and self._order[following] not in self._ahead:
+                self._ahead[self._order[following]] = self._submit(self._order[following], device)
+        return future.result()
+
+    def _submit(self, name: str, device: Any) -> Future:
+        future = self._pool.submit(self._reader.get, name, device)
+        future.device = device  # type: ignore[attr-defined]
+        return future
+
+
+def child_layout(recipe: Recipe, father: Any) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of every tensor `merge_tensors` yields for this recipe, in the father's order.
+
+    Mirrors `merge_tensors`' dtype rule: a tensor copied from the father keeps his dtype when its plan says
+    so (other towers) or the recipe sets none, else takes the recipe's; integer buffers stay the father's;
+    everything else is the recipe's dtype or the father's. The streaming writer checks every tensor against this
+    plan, so a divergence raises instead of writing a wrong file.
+    """
+    out_dtype = recipe.torch_dtype
+    layout = []
+    for name in father.names:
+        plan = recipe.plan_for(name)
+        dtype = father.dtype(name)
+        if plan.source == "father":
+            dtype = dtype if plan.keep_dtype or out_dtype is None else out_dtype
+        elif dtype.is_floating_point:
+            dtype = out_dtype or dtype
+        layout.append((name, tuple(father.shape(name)), dtype))
+    return layout
+
+
+def _stream(recipe: Recipe, father: Any, mother: Any, base: Any, device: str, writer: Any) -> None:
+    """Merge every tensor into the writer as a three-stage pipeline: read ahead | merge | write.
+
+    Each parent is read one tensor ahead by its own thread and each merged tensor is written by a writer thread
+    while the next one is merged (file reads and writes release the GIL, and so does the math), so in flight
+    at once are at most: one tensor read ahead per parent, the tensor being merged with its float32 work,
+    and the previous result being written. Tensors reach the writer in the father's order.
+    """
+    order = list(father.names)
+    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"darwin-{who}") for who in ("father", "mother", "base", "write")]
+    try:
+        sources = [None if r is None else _ReadAhead(r, order, pool) for r, pool in zip((father, mother, base), pools)]
+        pending: Future | None = None
+        try:
+            for name, tensor in merge_tensors(recipe, sources[0], sources[1], order, device=device, base=sources[2]):
+                if pending is not None:
+                    pending.result()
+                pending = pools[3].submit(writer.add, name, tensor)
+                del tensor  # the writer thread holds the only reference now
+            if pending is not None:
+                pending.result()
+        finally:
+            if pending is not None and not pending.done():
+                wait([pending])  # never let the writer abort while a tensor is being written
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def merge_to_disk(
     recipe: Recipe,
     out_dir: str | os.PathLike[str],
@@ -97,25 +198,28 @@ def merge_to_disk(
     mother_dir = local_folder(recipe.mother, "mother")
     father = TensorReader(father_dir)
     mother = TensorReader(mother_dir)
-    base = None
-    if recipe.base != "father":
-        base = TensorReader(local_folder(recipe.base, "base model"))
-    missing = [name for name in father.names if name not in mother]
-    if missing:
-        raise DarwinError(
-            f"The mother has no tensor {missing[0]} (and {len(missing) - 1} more missing); "
-            "the parents do not have the same architecture."
-        )
-    config = _config_text(father_dir, recipe.dtype)
-    with ShardedWriter(out_dir, max_shard_bytes=max_shard_bytes, overwrite=overwrite) as writer:
-        for name, tensor in merge_tensors(recipe, father, mother, father.names, device=device, base=base):
-            writer.add(name, tensor)
-        if config is not None:
-            writer.write_text("config.json", config)
-        for file in SIDE_FILES:
-            if (father_dir / file).is_file():
-                writer.copy_file(father_dir / file)
-        writer.write_text(RECIPE_FILE, recipe.to_yaml())
+    base = TensorReader(local_folder(recipe.base, "base model")) if recipe.base != "father" else None
+    try:
+        missing = [name for name in father.names if name not in mother]
+        if missing:
+            raise DarwinError(
+                f"The mother has no tensor {missing[0]} (and {len(missing) - 1} more missing); "
+                "the parents do not have the same architecture."
+            )
+        config = _config_text(father_dir, recipe.dtype)
+        layout = child_layout(recipe, father)
+        with ShardedWriter(out_dir, max_shard_bytes=max_shard_bytes, overwrite=overwrite, layout=layout) as writer:
+            _stream(recipe, father, mother, base, device, writer)
+            if config is not None:
+                writer.write_text("config.json", config)
+            for file in SIDE_FILES:
+                if (father_dir / file).is_file():
+                    writer.copy_file(father_dir / file)
+            writer.write_text(RECIPE_FILE, recipe.to_yaml())
+    finally:
+        for reader in (father, mother, base):
+            if reader is not None:
+                reader.close()
     return Path(out_dir)
 
 
