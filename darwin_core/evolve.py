@@ -720,9 +720,13 @@ class ModelProblem:
             self.child.load_recipe(self.recipe(candidate))
 
     def measure(self, candidate: Candidate, tasks: Sequence[Task], split: str = "search") -> EvalResult:
+        self.load(candidate)
+        return self.measure_loaded(tasks, split)
+
+    def measure_loaded(self, tasks: Sequence[Task], split: str = "search") -> EvalResult:
+        """Score the weights the resident child holds now (after `load`, or `child.load_recipe` of any recipe)."""
         from darwin_core.fitness.evaluate import evaluate
 
-        self.load(candidate)
         return evaluate(self.child.model, self.child.tokenizer, list(tasks), split=split, batch_size=self.config.batch_size, seed=self.config.seed)
 
 

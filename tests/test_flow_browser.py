@@ -34,8 +34,9 @@ POINTS_JS = """() => {
   return el.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
 }"""
 BUDGETS = {
-    # population 4; the fast one runs 12 short generations (a fraction of a second to a few seconds each)
-    "fast": {"population": "4", "generations": "12", "proxy": "8", "topk": "1", "upload": True},
+    # population 4; the fast one runs 60 short generations (a fraction of a second to a few seconds each), long
+    # enough that the run is still going when the test has watched the curve grow and reloads the page
+    "fast": {"population": "4", "generations": "60", "proxy": "8", "topk": "1", "upload": True},
     "demo": {"population": "4", "generations": "2", "proxy": "4", "topk": "1", "upload": False},
 }
 
