@@ -25,12 +25,14 @@ import yaml
 
 from darwin_core.card import CardInputs, HeldoutRow, build_card
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import BEST_RECIPE, CHILD, CONFIG, REPORT, RunFolder, atomic_write_text
+from darwin_core.runfolder import BEST_RECIPE, CHILD, CONFIG, MRI_SCAN, REPORT, RunFolder, atomic_write_text
 
 HEALTH = "health.json"
 CARD_FILE = "README.md"
 CURVE_PICTURE = "darwin-fitness.png"
 CURVE_CAPTION = "Fitness on the search split per generation"
+MRI_PICTURE = "darwin-mri-advantage.png"
+MRI_CAPTION = "MRI layer advantage: mother − father probe importance per layer (red: the mother relies on it more)"
 CHILD_RECIPE = "darwin-recipe.yaml"
 BASELINE_COLORS = {"father": "#1f77b4", "mother": "#d62728", "uniform-50": "#7f7f7f", "mri": "#9467bd"}
 BEST_COLOR = "#2ca02c"
@@ -220,6 +222,46 @@ def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: in
     draw.ellipse([(right + 18, legend_y + 4), (right + 26, legend_y + 12)], outline="#17becf")
     draw.text((right + 38, legend_y), "candidate", fill="black", font=small)
 
+    return _save_png(image, path)
+
+
+def _diverging(value: float, bound: float) -> tuple[int, int, int]:
+    """Blue (negative) → white → red (positive), like plotly's reversed RdBu."""
+    t = max(-1.0, min(1.0, value / bound)) if bound > 0 else 0.0
+    far = (178, 24, 43) if t > 0 else (33, 102, 172)
+    return tuple(round(255 + (c - 255) * abs(t)) for c in far)  # type: ignore[return-value]
+
+
+def advantage_png(pair: Mapping, path: str | Path, *, cell: tuple[int, int] = (90, 22)) -> Path:
+    """The MRI layer advantage map (`ui/plots.advantage_heatmap`'s data) as a PNG, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    advantage = pair["advantage"]
+    categories = list(advantage)
+    layers = len(advantage[categories[0]]) if categories else 0
+    bound = max((abs(v) for c in categories for v in advantage[c]), default=0.0)
+    left, top = 70, 60
+    width, height = left + cell[0] * len(categories) + 150, top + cell[1] * layers + 30
+    image = Image.new("RGB", (width, max(height, 200)), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(16), _font(13)
+    draw.text((10, 10), "MRI layer advantage (mother − father)", fill="black", font=font)
+    for j, category in enumerate(categories):
+        draw.text((left + j * cell[0] + 4, top - 20), category[:11], fill="black", font=small)
+        for i in range(layers):
+            x, y = left + j * cell[0], top + i * cell[1]
+            draw.rectangle([(x, y), (x + cell[0] - 2, y + cell[1] - 2)], fill=_diverging(advantage[category][i], bound))
+    for i in range(layers):
+        draw.text((10, top + i * cell[1] + 3), f"layer {i}", fill="black", font=small)
+    scale_x = left + cell[0] * len(categories) + 20
+    for k, (label, value) in enumerate((("mother", bound), ("even", 0.0), ("father", -bound))):
+        y = top + k * 30
+        draw.rectangle([(scale_x, y), (scale_x + 20, y + 20)], fill=_diverging(value, bound), outline="black")
+        draw.text((scale_x + 28, y + 3), f"{value:+.3g} {label}", fill="black", font=small)
+    return _save_png(image, path)
+
+
+def _save_png(image: Any, path: str | Path) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
@@ -231,16 +273,29 @@ def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: in
 # --------------------------------------------------------------------------------------------- the inputs
 
 
+def card_pictures(folder: RunFolder) -> list[tuple[str, str]]:
+    """(caption, file name) of the pictures the card shows: the ones this run has the data for."""
+    pictures = []
+    if folder.evaluations_size():
+        pictures.append((CURVE_CAPTION, CURVE_PICTURE))
+    if folder.file(MRI_SCAN).is_file():
+        pictures.append((MRI_CAPTION, MRI_PICTURE))
+    return pictures
+
+
 def draw_pictures(run_dir: str | Path) -> list[tuple[str, str]]:
     """Draw the card's pictures into the child folder (uploaded with it); returns (caption, file name) pairs."""
     from darwin_core.jobs import curves
+    from darwin_core.mri import load_scan
 
     folder = RunFolder(run_dir)
-    evaluations = folder.evaluations()
-    if not evaluations:
-        return []
-    curve_png(curves(evaluations), folder.file(CHILD) / CURVE_PICTURE)
-    return [(CURVE_CAPTION, CURVE_PICTURE)]
+    pictures = card_pictures(folder)
+    for _, name in pictures:
+        if name == CURVE_PICTURE:
+            curve_png(curves(folder.evaluations()), folder.file(CHILD) / CURVE_PICTURE)
+        elif name == MRI_PICTURE:
+            advantage_png(load_scan(folder.file(MRI_SCAN)), folder.file(CHILD) / MRI_PICTURE)
+    return pictures
 
 
 def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str | Path | None = None) -> CardInputs:
@@ -264,7 +319,7 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
     evaluations = folder.evaluations()
 
     father_ref, mother_ref = str(config["father"]), str(config["mother"])
-    pictures = [(CURVE_CAPTION, CURVE_PICTURE)] if evaluations else []
+    pictures = card_pictures(folder)
     best = report.get("best") or {}
     candidates = len({e["name"] for e in evaluations if e.get("kind") == "candidate"})
     genome = list(recipe.genome.as_dict().items()) if recipe.genome is not None else []

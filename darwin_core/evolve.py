@@ -51,7 +51,7 @@ import yaml
 from darwin_core.errors import DarwinError
 from darwin_core.fitness.evaluate import EvalResult, TaskResult, normalize_weights
 from darwin_core.fitness.tasks import Task, seeded_rng
-from darwin_core.runfolder import BEST_RECIPE, CHILD, REPORT, RunFolder, atomic_write_text
+from darwin_core.runfolder import BEST_RECIPE, CHILD, MRI_SCAN, REPORT, RunFolder, atomic_write_text
 
 CHECKPOINT_FORMAT = 1
 BASELINE_GENERATION = 0
@@ -588,7 +588,7 @@ def load_tasks(config: EvolutionConfig) -> tuple[list[Task], dict[str, float]]:
     weights: dict[str, float] = {}
     for spec in config.tasks:
         if spec.source == "demo":
-            loaded = [demo_task(spec.ref, config.split_seed)]
+            loaded = [demo_task(spec.ref, config.split_seed, limit=spec.limit)]
         elif spec.source == "file":
             loaded = [sources.load_task(spec.ref, format=spec.format or "user", name=spec.name, seed=config.split_seed, limit=spec.limit)]
         elif spec.source == "hub":
@@ -645,6 +645,7 @@ class ModelProblem:
 
     def _prescription(self) -> dict[str, float] | None:
         """Per-tensor MRI ratios (share of the mother), from a saved pair scan or a scan made now."""
+        self.scan: dict[str, Any] | None = None
         if not self.config.mri:
             return None
         from darwin_core import mri
@@ -661,6 +662,7 @@ class ModelProblem:
             scan = mri.load_scan(self.config.mri)
         if "prescription" not in scan:
             raise DarwinError(f"The MRI file {self.config.mri} is a scan of one model; the prescription needs a scan of both parents.")
+        self.scan = scan
         return {str(k): float(v) for k, v in scan["prescription"].items()}
 
     def _recipe_args(self) -> dict[str, Any]:
@@ -796,6 +798,10 @@ def run_evolution(
     folder.append_event("loading", father=config.father, mother=config.mother)
     folder.update_status(phase="loading")
     problem = ModelProblem(config, log=log)
+    if problem.scan is not None:
+        from darwin_core.mri import save_json
+
+        save_json(problem.scan, folder.file(MRI_SCAN))  # the card's MRI picture and the prescription's evidence
     folder.update_status(phase="search", generations=config.generations)
     try:
         outcome = run_search(folder, problem, SearchSettings.from_config(config), should_stop=should_stop, log=log)

@@ -43,6 +43,7 @@ from darwin_core.tensors import (
 SIDE_FILE_PATTERNS = ["*.json", "tokenizer*", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 LOCAL_REFUSED = "Local paths are only accepted when Darwin runs locally."
 
 
@@ -153,9 +154,20 @@ def resolve_model(ref: str, *, local_mode: bool, token: str | None = None, allow
         return _resolve_local(Path(target).expanduser(), allow_pickle=allow_pickle)
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    if constants.is_offline_mode() or _pinned_and_cached(target, revision, cache_dir):
         return _resolve_cached(target, revision, token=token, allow_pickle=allow_pickle, cache_dir=cache_dir)
     return _resolve_online(target, revision, token=token, allow_pickle=allow_pickle, cache_dir=cache_dir)
+
+
+def _pinned_and_cached(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> bool:
+    """A commit's files never change, so a snapshot already cached with its weights needs no Hub call — and no
+    token: this is how a run's worker reads a gated parent that the page downloaded with the visitor's token."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not revision or not _COMMIT.match(revision):
+        return False
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision, cache_dir=cache_dir)
+    return isinstance(config, str) and weight_format(Path(config).parent) is not None
 
 
 def _read_config(folder: Path, label: str) -> dict[str, Any]:

@@ -14,6 +14,9 @@ Layout of `runs/<run_id>/`:
     report.json          the best candidate, and the held-out comparison of the child (loaded back from child/)
                          with the parents and baselines: scores, paired bootstrap 95% intervals, exact McNemar p
     heldout-results.json every model's per-item held-out results (what the report's statistics are computed from)
+    mri.json             the parents' pair scan the MRI prescription came from (runs with `mri` set)
+    health.json          the child's check-up against both parents (written by the Health tab / `health` CLI)
+    owner.json           who may cancel or publish the run on a shared Space (hashed; written by the UI)
     child/               the best child merged to disk (safetensors + config + tokenizer + darwin-recipe.yaml)
     cancel               flag file: present = the user asked to stop; the loop checks it between candidates
     error.log            the traceback of an unexpected failure (status.json keeps the one-sentence error)
@@ -52,6 +55,7 @@ EVALUATIONS = "evaluations.jsonl"
 CHECKPOINT = "checkpoint.pkl"
 BEST_RECIPE = "best-recipe.yaml"
 REPORT = "report.json"
+MRI_SCAN = "mri.json"
 CHILD = "child"
 CANCEL = "cancel"
 ERROR_LOG = "error.log"

@@ -101,7 +101,13 @@ def render(config: EvolutionConfig, report: dict, results: dict[str, EvalResult]
     lines += [
         "",
         f"The CMA-ES child {verdict} on the held-out composite at p < {SIGNIFICANCE} (exact McNemar on the "
-        "composite's paired items; intervals: paired bootstrap, 10,000 resamples).",
+        "composite's paired items; intervals: paired bootstrap, 10,000 resamples). The child against the no-search "
+        "reference lines:",
+        "",
+        *[f"- against the {labels[other]}: Δ {100 * c['diff']:+.1f} points "
+          f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}], p = {c['p_value']:.2g}"
+          + (" — no significant difference: on this family the search does not beat this no-search recipe." if c["p_value"] >= SIGNIFICANCE else ".")
+          for other, c in ((o, heldout["comparisons"][o]["composite"]) for o in ("uniform-50", "mri") if o in heldout["comparisons"])],
         "",
         "## How each row was chosen",
         "",

@@ -83,3 +83,18 @@ def test_evaluation_pool_is_fixed_and_unique():
     pool = evaluation_pool("reverse")
     assert len(set(pool)) == len(pool) == 400
     assert pool == evaluation_pool("reverse")
+
+
+def test_a_demo_task_limit_keeps_that_many_items_split_like_the_full_task():
+    from darwin_core.evolve import EvolutionConfig, load_tasks
+
+    full = demo_task("reverse", 0)
+    small = demo_task("reverse", 0, limit=40)
+    assert len(small.search) + len(small.heldout) == 40
+    kept = {i.id for i in small.search + small.heldout}
+    assert kept <= {i.id for i in full.search + full.heldout}
+    config = EvolutionConfig(father="f", mother="m", tasks=[{"demo": "reverse", "limit": 40}])
+    tasks, _ = load_tasks(config)
+    assert {i.id for i in tasks[0].search + tasks[0].heldout} == kept
+    with pytest.raises(DarwinError, match="at least 2"):
+        demo_task("reverse", 0, limit=1)

@@ -256,6 +256,22 @@ def test_download_fetches_only_what_breeding_needs(read_hub, fixture_model, tmp_
     assert set(read_hub.auth_seen) == {"Bearer hf_visitor"}  # the visitor's token, explicitly, every time
 
 
+def test_a_gated_parent_downloaded_with_a_token_is_read_later_without_one_when_pinned(read_hub, fixture_model, tmp_path):
+    """The page downloads a gated parent with the visitor's token; the run's worker (no token) reads it pinned."""
+    read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)
+    cache = tmp_path / "cache"
+    ref = resolve_model("darwin-test/gated-llama", local_mode=False, token="hf_granted", cache_dir=cache)
+    assert ref.gated == "manual"
+    got = download(ref, token="hf_granted", cache_dir=cache)
+    read_hub.auth_seen.clear()
+    pinned = resolve_model(f"darwin-test/gated-llama@{got.commit}", local_mode=False, cache_dir=cache)
+    assert pinned.folder == got.folder and pinned.tensors == got.tensors and pinned.commit == got.commit
+    assert read_hub.auth_seen == []  # a cached commit needs no Hub call at all
+    with pytest.raises(DarwinError, match="is gated"):  # unpinned, it still asks the Hub, which refuses
+        download(resolve_model("darwin-test/gated-llama", local_mode=False, cache_dir=tmp_path / "other"),
+                 cache_dir=tmp_path / "other")
+
+
 def test_hub_failures_become_one_sentence_each(read_hub, tmp_path):
     read_hub.add("darwin-test/gated", extra={"config.json": b"{}", "model.safetensors": b""}, gated=True)
     read_hub.add("darwin-test/pickled", extra={"config.json": b"{}", "pytorch_model.bin": b"pickle"})

@@ -39,7 +39,7 @@ def launch_args(task_file: Path, *, father: str = "demo:father", mother_typed: s
 
     return ["demo:father" if father.startswith("demo:") else None, "" if father.startswith("demo:") else father,
             "demo:mother", mother_typed, DEMO_TABLE, EXTRA_TABLE, [handle_file(str(task_file))], 1.0, "darwin-v6",
-            "linear", 2, 0.2, generations, 0, 4, 1, ""]
+            "linear", 2, 0.2, generations, 0, 4, 1, "", True]
 
 
 def wait_for_state(runs_dir: Path, run_id: str, states: tuple[str, ...], timeout: float = 400) -> dict:
@@ -240,6 +240,8 @@ def test_the_card_names_both_parents_and_carries_the_measured_numbers(app, finis
     assert f"| composite | {sum(saved['heldout']['items'].values())} | {100 * child:.1f} |" in card
     assert "License" in warnings  # the demo parents declare no license: the user is told before publishing
     assert "![Fitness on the search split per generation](darwin-fitness.png)" in card
+    assert "](darwin-mri-advantage.png)" in card  # the run scanned its parents: the MRI picture goes with the card
+    assert (runs_dir / finished_run["run_id"] / "mri.json").is_file()
 
 
 def test_unknown_and_incompatible_parents_get_one_sentence(app, tmp_path):

@@ -38,7 +38,7 @@ STATE_TEXT = {
 }
 _CANDIDATE = re.compile(r"^g\d+c\d+$")
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
-                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers"]
+                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri"]
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -143,17 +143,24 @@ def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode
     """(what the run's config names: a Hub id or a folder, the resolved ModelRef); one sentence when unknown."""
     from ui import parents
 
+    from darwin_core import hub
+
     ref = parents.chosen_ref(pick, typed, role)
     model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
     if ref.startswith(parents.DEMO_PREFIX) or model.local:
         return str(Path(model.folder).resolve()), model
+    if model.gated or model.private:
+        # The worker never sees the visitor's token: fetch the parent now, with it, and pin the run to the
+        # cached commit, which the worker then reads without asking the Hub.
+        model = hub.download(model, token=token)
+        return f"{model.id}@{model.commit}", model
     return ref, model
 
 
 def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
                upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
-               frozen, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None, token: str | None,
-               user: str | None) -> str:
+               frozen, use_mri=False, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
+               token: str | None, user: str | None) -> str:
     """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
     from darwin_core import hub
     from darwin_core.evolve import EvolutionConfig
@@ -183,6 +190,7 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
         "proxy_items": whole(proxy_items, "Proxy items per task"),
         "topk_full": whole(topk_full, "Top-k for the full search set"),
         "frozen_layers": frozen_layers(frozen),
+        "mri": "auto" if use_mri else None,
         # The page already refused visitors' local paths (hub.resolve_model with the app's mode); the demo
         # parents ship with the app, so the worker may read their folders.
         "local_mode": True,
@@ -376,6 +384,8 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             method = gr.Dropdown(["default", *method_names()], value="default", label="Merge method (default: the space's own)",
                                  elem_id="evolve-method")
             frozen = gr.Textbox(label="Frozen layers (kept from the father)", placeholder="e.g. 0, 3, 5-7", elem_id="evolve-frozen")
+            use_mri = gr.Checkbox(True, label="MRI prescription: scan the parents first (darwin-v6's mri_trust gene "
+                                  "blends it in; also a reference line)", elem_id="evolve-mri")
         with gr.Row():
             population = gr.Number(8, label="Population", precision=0, minimum=2, elem_id="evolve-population")
             sigma0 = gr.Number(0.2, label="Sigma (initial step size)", minimum=0.01, maximum=1, elem_id="evolve-sigma")
@@ -399,7 +409,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     timer = gr.Timer(POLL_SECONDS, active=True)
 
     settings = [demo_tasks, extra_tasks, uploads, upload_weight, genome, method, population, sigma0, generations, seed,
-                proxy_items, topk_full, frozen]
+                proxy_items, topk_full, frozen, use_mri]
 
     def launch_core(state, *args):
         *values, token, user = args

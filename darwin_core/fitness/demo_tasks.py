@@ -109,10 +109,17 @@ def training_pairs(names: tuple[str, ...] | list[str], seed: int) -> Iterator[tu
         yield skill.prompt(word), skill.solve(word)
 
 
-def demo_task(name: str, seed: int = 0) -> Task:
-    """The Task for one skill: fixed pool, seeded search / held-out split, probe texts from the search side."""
+def demo_task(name: str, seed: int = 0, limit: int | None = None) -> Task:
+    """The Task for one skill: fixed pool, seeded search / held-out split, probe texts from the search side.
+
+    `limit` keeps the first items of the pool before the split (a cheaper task; the split stays seeded)."""
     skill = _skill(name)
-    items = [Item(id=f"{skill.name}-{w}", prompt=skill.prompt(w), answer=skill.solve(w)) for w in evaluation_pool(name)]
+    pool = evaluation_pool(name)
+    if limit is not None:
+        if limit < 2:
+            raise DarwinError(f"Demo task {name!r}: keep at least 2 items (one to search, one held out), not {limit}.")
+        pool = pool[:limit]
+    items = [Item(id=f"{skill.name}-{w}", prompt=skill.prompt(w), answer=skill.solve(w)) for w in pool]
     search, heldout = split_items(items, HELDOUT_FRACTION, seed)
     # Probes are whole worked examples (prompt + answer): the layers that compute an answer are only busy
     # while the answer is being produced. They come from the search split, so the MRI never sees held-out items.
