@@ -10,7 +10,8 @@ Shape (pycma's ask/tell): the optimiser only proposes genomes; this loop owns sc
         es.tell(X, −proxy fitness)          (CMA-ES minimises; all candidates ranked on the same measure)
         best = highest full-search fitness seen so far (only Phase 2 results can become best)
         checkpoint                          (atomic; see below)
-    best recipe → child merged to disk → held-out report (bootstrap intervals, exact McNemar vs each parent)
+    child = the best candidate, or a merge baseline that beat it on the full search set (choose_child)
+    child merged to disk → held-out report (bootstrap intervals, exact McNemar vs each parent)
 
 Gold labels of the held-out split never enter the loop; Phase 2 picks its candidates by their proxy score
 (fitness on search items), never by anything held out.
@@ -780,6 +781,20 @@ def heldout_report(problem: ModelProblem, best: dict[str, Any], child_dir: Path,
     return report, {name: r.to_dict() for name, r in results.items()}
 
 
+def choose_child(best_candidate: dict[str, Any], baselines_search: Mapping[str, float], problem: ModelProblem) -> dict[str, Any]:
+    """The recipe the run publishes: the best candidate, unless a merge reference line (50/50 blend, MRI
+    prescription) scored higher on the same full search set — a search never hands back a child worse than a
+    recipe it measured on the same items. Parents are not eligible: the run breeds a child. Ties keep the candidate.
+    """
+    child = {**best_candidate, "kind": "candidate"}
+    for name in problem.baseline_names():
+        if name in ("father", "mother") or name not in baselines_search:
+            continue
+        if baselines_search[name] > child["fitness"]:
+            child = {"kind": "baseline", "name": name, "generation": BASELINE_GENERATION, "fitness": baselines_search[name]}
+    return child
+
+
 def run_evolution(
     config: EvolutionConfig,
     run_dir: Path | str,
@@ -811,10 +826,16 @@ def run_evolution(
         raise DarwinError("The search ended without a candidate scored on the full search set; raise topk_full above 0.")
 
     folder.update_status(phase="final")
-    recipe = problem.recipe(outcome.best["genome"])
+    baselines_search = {e["name"]: e["fitness"] for e in folder.evaluations() if e["kind"] == "baseline"}
+    best = choose_child(outcome.best, baselines_search, problem)
+    recipe = problem.recipe(best["genome"]) if best["kind"] == "candidate" else problem.baseline_recipe(best["name"])
+    best["recipe_hash"] = recipe.recipe_hash
     atomic_write_text(folder.file(BEST_RECIPE), recipe.to_yaml())
-    folder.append_event("best_recipe", name=outcome.best["name"], fitness=outcome.best["fitness"], recipe_hash=recipe.recipe_hash)
-    log(f"best: {outcome.best['name']} (search fitness {outcome.best['fitness']:.4f}); merging the child to disk")
+    folder.append_event("best_recipe", name=best["name"], fitness=best["fitness"], recipe_hash=recipe.recipe_hash)
+    if best["kind"] == "baseline":
+        log(f"no candidate beat the {best['name']} reference on the full search set "
+            f"({outcome.best['fitness']:.4f} vs {best['fitness']:.4f}); the child is that recipe")
+    log(f"best: {best['name']} (search fitness {best['fitness']:.4f}); merging the child to disk")
 
     from darwin_core.merge.disk import merge_to_disk
 
@@ -827,13 +848,14 @@ def run_evolution(
         "run_id": folder.run_id,
         "father": config.father,
         "mother": config.mother,
-        "best": outcome.best,
+        "best": best,
+        "best_candidate": {**outcome.best, "kind": "candidate"},
         "generations_run": outcome.generation,
         "stopped_early": outcome.stopped_early,
-        "baselines_search": {e["name"]: e["fitness"] for e in folder.evaluations() if e["kind"] == "baseline"},
+        "baselines_search": baselines_search,
     }
     if config.heldout:
-        heldout, per_item = heldout_report(problem, outcome.best, Path(child_dir), log=log)
+        heldout, per_item = heldout_report(problem, best, Path(child_dir), log=log)
         report["heldout"] = heldout
         atomic_write_text(folder.file(HELDOUT_RESULTS), json.dumps(per_item, sort_keys=True) + "\n")
     atomic_write_text(folder.file(REPORT), json.dumps(report, indent=1, sort_keys=True) + "\n")

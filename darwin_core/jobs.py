@@ -49,6 +49,7 @@ from darwin_core.runfolder import (
     STARTING,
     RunFolder,
     check_run_id,
+    lock_is_held,
     now_iso,
     run_folders,
 )
@@ -356,16 +357,7 @@ def _main_thread() -> bool:
 
 def worker_alive(runs_dir: str | Path | None = None) -> bool:
     """True while a worker process holds the runs folder's worker lock."""
-    path = runs_dir_default(runs_dir) / WORKER_LOCK
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
+    return lock_is_held(runs_dir_default(runs_dir) / WORKER_LOCK)
 
 
 def ensure_worker(runs_dir: str | Path | None = None) -> bool:

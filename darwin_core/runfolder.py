@@ -288,16 +288,20 @@ class RunFolder:
 
     def is_active(self) -> bool:
         """True while some process holds this run's execution lock."""
-        path = self.file(LOCK)
-        if not path.exists():
-            return False
-        with open(path, "a+") as handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            return False
+        return lock_is_held(self.file(LOCK))
+
+
+def lock_is_held(path: Path) -> bool:
+    """True while some process holds an flock on `path` (tried without blocking, released at once)."""
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 def run_folders(runs_dir: Path | str) -> list[RunFolder]:

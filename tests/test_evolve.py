@@ -235,11 +235,11 @@ def test_config_round_trips_through_yaml_and_rejects_bad_settings():
 # --------------------------------------------------------------------------------------------- real runs
 
 
-def write_choice_task(path: Path, n: int = 40) -> Path:
+def write_choice_task(path: Path, n: int = 40, seed: int = 0) -> Path:
     """A multiple-choice task (log-likelihood scoring) over the fixture tokenizer's alphabet."""
     import random
 
-    rng = random.Random(0)
+    rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as handle:
         for k in range(n):
             w = "".join(rng.choice("abcdef") for _ in range(4))
@@ -359,3 +359,16 @@ def test_on_the_demo_family_the_bred_child_beats_both_parents_on_the_heldout_com
     for parent in ("father", "mother"):
         composite = heldout["comparisons"][parent]["composite"]
         assert composite["diff"] > 0 and composite["p_value"] < 0.05, (parent, composite)
+
+
+def test_the_child_is_a_merge_baseline_only_when_it_beat_the_best_candidate_on_the_full_search_set():
+    from darwin_core.evolve import choose_child
+
+    class Lines:
+        def baseline_names(self):
+            return ["father", "mother", "uniform-50", "mri"]
+
+    candidate = {"name": "g3c1", "generation": 3, "index": 1, "genome": [0.5], "fitness": 0.80}
+    assert choose_child(candidate, {"father": 0.9, "mother": 0.7, "uniform-50": 0.79, "mri": 0.80}, Lines())["name"] == "g3c1"
+    chosen = choose_child(candidate, {"father": 0.95, "mother": 0.7, "uniform-50": 0.85, "mri": 0.83}, Lines())
+    assert chosen == {"kind": "baseline", "name": "uniform-50", "generation": 0, "fitness": 0.85}  # never a parent

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -16,18 +15,14 @@ from darwin_core import jobs
 from darwin_core.errors import DarwinError
 from darwin_core.evolve import EvolutionConfig
 from darwin_core.runfolder import RunFolder
+from tests.test_evolve import write_choice_task
 
 TIMEOUT = 300
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _task_file(path: Path, n: int = 30) -> Path:
-    rng = random.Random(1)
-    with open(path, "w", encoding="utf-8") as handle:
-        for k in range(n):
-            w = "".join(rng.choice("abcdef") for _ in range(4))
-            handle.write(json.dumps({"id": f"q{k}", "prompt": f"{w} =", "choices": [w, w[::-1], "".join(sorted(w))], "answer": k % 3}) + "\n")
-    return path
+    return write_choice_task(path, n, seed=1)
 
 
 def _config(fixture_pair, tmp_path: Path, **overrides) -> EvolutionConfig:

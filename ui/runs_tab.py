@@ -71,7 +71,12 @@ def report_markdown(run: Mapping) -> str:
         return "The report appears when the run has finished: the best child is merged to disk and measured on the held-out split."
     lines = []
     best = report.get("best") or {}
-    if best:
+    if best.get("kind") == "baseline":
+        candidate = report.get("best_candidate") or {}
+        lines.append(f"No candidate beat the **{best.get('name')}** reference on the full search split (search fitness "
+                     f"**{best.get('fitness', 0):.4f}** against the best candidate {candidate.get('name')}'s "
+                     f"{candidate.get('fitness', 0):.4f}), so the child is that recipe.")
+    elif best:
         lines.append(f"Best candidate **{best.get('name')}** (generation {best.get('generation')}), search fitness **{best.get('fitness', 0):.4f}**.")
     heldout = report.get("heldout")
     if heldout:
