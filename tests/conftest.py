@@ -49,3 +49,21 @@ def fixture_model(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture()
+def read_hub(monkeypatch, tmp_path):
+    """Point huggingface_hub at a local read-only Hub, online, with a server-side HF_TOKEN that must not leak."""
+    from huggingface_hub import constants
+
+    from tests.readhub import ReadHub
+
+    hub = ReadHub()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_space_owner_secret")
+    yield hub
+    hub.server.shutdown()

@@ -261,6 +261,15 @@ def test_unknown_and_incompatible_parents_get_one_sentence(app, tmp_path):
     assert error.startswith("**⚠ These parents cannot be bred:") and "hidden sizes differ" in error
 
 
+def test_a_gated_parent_without_a_token_gets_one_sentence(app, read_hub, fixture_model, monkeypatch):
+    client, *_ = app
+    read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)
+    monkeypatch.delenv("HF_TOKEN")  # nobody signed in, no token set locally
+    facts, compat, verdict, error = client.predict("demo:father", "", None, "darwin-test/gated-llama", api_name="/parents_info")
+    assert error.startswith("**⚠") and "Traceback" not in error
+    assert "darwin-test/gated-llama is gated: accept its conditions" in error
+
+
 def test_a_failed_run_shows_the_failure_sentence_from_its_folder(app, finished_run):
     from darwin_core import jobs
 
