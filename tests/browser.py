@@ -118,29 +118,10 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-def demo_zoo_dir(scratch: Path) -> Path:
-    """The shipped demo zoo; until it is built, a stand-in of the same layout written under `scratch`.
-
-    The stand-in's accuracies are test data (never shown to users): they only check that the UI renders
-    whatever the manifest says.
-    """
-    import json
-
+def demo_zoo_dir() -> Path:
+    """The shipped demo zoo (assets/zoo), which the UI tests show."""
     from darwin_core import zoo
-    from darwin_core.testing.fixtures import write_tiny_model
 
-    if (zoo.DEFAULT_ZOO_DIR / zoo.MANIFEST).is_file():
-        return zoo.DEFAULT_ZOO_DIR
-    skills = ["reverse", "sort"]
-    accuracy = {"base": [0.5, 0.5], "father": [0.9, 0.2], "mother": [0.1, 0.8]}
-    manifest: dict[str, Any] = {"seed": 0, "skills": skills, "models": {}, "sha256": {}, "build_seconds": 0.0}
-    for seed, member in enumerate(zoo.MEMBERS):
-        folder = write_tiny_model("qwen3", scratch / member, seed=seed)
-        scores = dict(zip(skills, accuracy[member]))
-        manifest["models"][member] = {
-            "path": str(folder), "architecture": "qwen3", "parameters": 0,
-            "bytes": (folder / "model.safetensors").stat().st_size,
-            "heldout_accuracy": scores, "composite": sum(scores.values()) / len(scores),
-        }
-    (scratch / zoo.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return scratch
+    if not (zoo.DEFAULT_ZOO_DIR / zoo.MANIFEST).is_file():
+        raise FileNotFoundError(f"{zoo.DEFAULT_ZOO_DIR / zoo.MANIFEST} is missing: the demo zoo ships with the repository")
+    return zoo.DEFAULT_ZOO_DIR

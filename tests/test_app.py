@@ -20,8 +20,8 @@ TEST_COMMAND = "pip install -r requirements.txt -r requirements-test.txt && pyth
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return demo_zoo_dir(tmp_path_factory.mktemp("zoo"))
+def zoo() -> Path:
+    return demo_zoo_dir()
 
 
 def _front_matter() -> tuple[dict, str]:

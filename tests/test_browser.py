@@ -16,8 +16,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return demo_zoo_dir(tmp_path_factory.mktemp("zoo"))
+def zoo() -> Path:
+    return demo_zoo_dir()
 
 
 def test_parents_tab_shows_both_demo_parents_with_architecture_and_accuracies(zoo, monkeypatch):

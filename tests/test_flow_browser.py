@@ -67,7 +67,7 @@ def test_breeding_flow_from_parents_to_a_saved_child(budget, tmp_path, monkeypat
 
     monkeypatch.delenv("SPACE_ID", raising=False)
     settings = BUDGETS[budget]
-    zoo = demo_zoo_dir(tmp_path / "zoo")
+    zoo = demo_zoo_dir()
     runs_dir = tmp_path / "runs"
     kwargs = {k: v for k, v in launch_kwargs().items() if k != "server_name"}
     shot = lambda page, name: screenshot(page, f"flow-{budget}-{name}")  # noqa: E731

@@ -15,6 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+# Resolved here, at collection, not inside a test: transformers' lazy imports can race with the background
+# health-check threads the served app starts.
+from transformers import AutoModelForCausalLM
 
 from tests.browser import app_process, demo_zoo_dir, served
 
@@ -60,7 +63,7 @@ def app(tmp_path_factory, request):
     from ui.app import build_demo
 
     scratch = tmp_path_factory.mktemp("ui-tabs")
-    zoo = demo_zoo_dir(scratch / "zoo")
+    zoo = demo_zoo_dir()
     runs_dir = scratch / "runs"
     mp = pytest.MonkeyPatch()
     mp.delenv("SPACE_ID", raising=False)
@@ -246,8 +249,6 @@ def test_the_card_names_both_parents_and_carries_the_measured_numbers(app, finis
 
 def test_unknown_and_incompatible_parents_get_one_sentence(app, tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM
-
     from darwin_core.testing.fixtures import tiny_config
 
     client, _, task, _ = app

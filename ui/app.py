@@ -37,6 +37,10 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
     """
     runs_dir = runs_dir_default(runs_dir)
     local_mode = local_mode_default() if local_mode is None else local_mode
+    # Resolve transformers' lazy attributes once, here: handlers and background scans run in threads, and two
+    # threads resolving the same lazy attribute at once can fail with an ImportError.
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
     with gr.Blocks(title="Darwin") as demo:
         # The browser's session id and the page's current run (kept in localStorage: a reload finds the run again).
         state = session.browser_state(runs_dir)

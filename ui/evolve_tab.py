@@ -271,8 +271,12 @@ def run_header(run: Mapping, *, owner: bool) -> str:
         parts.append(f"father `{parent_label(str(run['father']))}` × mother `{parent_label(str(run['mother']))}`")
     parts.append(f"generation {run.get('generation') or 0}/{run.get('generations') or '?'}")
     if isinstance(run.get("best_fitness"), (int, float)):
-        parts.append(f"best fitness {run['best_fitness']:.4f}")
+        parts.append(f"best candidate fitness {run['best_fitness']:.4f}")
     line = " · ".join(parts)
+    published = ((run.get("report") or {}).get("best") or {})
+    if published.get("kind") == "baseline":
+        line += (f"\n\nNo candidate beat the `{published['name']}` reference line on the full search set "
+                 f"({published['fitness']:.4f}): the child is that recipe.")
     if run.get("phase") == "final" and state == "running":
         line += "\n\nThe search is done: merging the best child to disk and measuring it on the held-out split."
     if state == INTERRUPTED:

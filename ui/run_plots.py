@@ -45,13 +45,18 @@ def fitness_figure(curves: Mapping, title: str = "Fitness per candidate (search 
             x=[g for g, _ in shown], y=[b for _, b in shown], mode="lines+markers", name="best so far",
             line={"color": BEST_COLOR, "width": 3}, hovertemplate="generation %{x}: best %{y:.4f}<extra></extra>",
         ))
-    for name, value in (curves.get("baselines") or {}).items():
-        if value is None:
-            continue
+    # Reference lines, labelled at the left; lines closer than a label's height take turns left and right.
+    baselines = sorted(((v, k) for k, v in (curves.get("baselines") or {}).items() if v is not None))
+    span = (baselines[-1][0] - baselines[0][0]) if baselines else 0.0
+    side, previous = "left", None
+    for value, name in baselines:
+        crowded = previous is not None and value - previous < 0.04 * max(span, 1e-9)
+        side = ("right" if side == "left" else "left") if crowded else "left"
         fig.add_hline(
             y=value, line={"color": BASELINE_COLORS.get(name, "#bcbd22"), "dash": "dash", "width": 1.5},
-            annotation_text=f"{name} {value:.3f}", annotation_position="top left",
+            annotation_text=f"{name} {value:.3f}", annotation_position=f"top {side}",
         )
+        previous = value
     fig.update_xaxes(dtick=1, rangemode="tozero")
     return _layout(fig, title, "generation", "fitness (weighted composite)")
 
