@@ -38,3 +38,14 @@ def test_cuda_merge_is_byte_identical_twice_and_matches_cpu(arch, method, fixtur
         a, b = on_gpu.get(name).double(), on_cpu.get(name).double()
         scale = b.abs().max().clamp_min(1e-12)
         assert ((a - b).abs().max() / scale).item() <= 1e-5, name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 0x7FFFFFFF, 0xDEADBEEF_CAFEF00D, 2**64 - 1])
+def test_the_fused_cuda_keep_mask_equals_the_torch_mask_bit_for_bit(seed):
+    from darwin_core.merge.delta import keep_mask
+
+    for shape, density in (((1,), 0.5), ((3, 5), 0.3), ((4096, 1031), 0.9), ((3 * (1 << 22) + 17,), 0.1)):
+        on_cpu = keep_mask(shape, density, seed, "cpu")
+        on_gpu = keep_mask(shape, density, seed, "cuda")
+        assert on_gpu.dtype == torch.bool and on_gpu.shape == on_cpu.shape
+        assert torch.equal(on_gpu.cpu(), on_cpu), (shape, density, seed)

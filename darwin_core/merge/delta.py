@@ -107,6 +107,13 @@ def keep_mask(shape: torch.Size | tuple[int, ...], density: float, seed: int, de
     device = torch.device(device)
     threshold = int(density * (1 << _MASK_BITS))
     seed_low, seed_high = seed & _M32, (seed >> 32) & _M32
+    if device.type == "cuda":
+        try:
+            from darwin_core.merge._mask_triton import keep_mask_cuda
+        except ImportError:  # no Triton: the torch version below gives the same bits, more slowly
+            pass
+        else:
+            return keep_mask_cuda(n, threshold, seed_low, seed_high, _MASK_BITS, device).reshape(shape)
     out = torch.empty(n, dtype=torch.bool, device=device)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
