@@ -262,6 +262,24 @@ def test_unknown_and_incompatible_parents_get_one_sentence(app, tmp_path):
     assert error.startswith("**⚠ These parents cannot be bred:") and "hidden sizes differ" in error
 
 
+def test_a_finished_runs_child_is_offered_as_a_parent_and_breeds_with_a_demo_parent(app, finished_run):
+    from ui.parents import CHILD_PREFIX, child_choices, inspect_parents, parent_choices
+
+    _, runs_dir, _, zoo = app
+    value = CHILD_PREFIX + finished_run["run_id"]
+    assert value in [v for _, v in child_choices(runs_dir)]
+    assert {"demo:father", "demo:mother", value} <= {v for _, v in parent_choices(zoo, runs_dir)}
+    facts, compat, verdict, error = inspect_parents(value, "", "demo:mother", "", local_mode=False, token=None,
+                                                    zoo_dir=zoo, runs_dir=runs_dir)
+    assert error == "" and verdict.startswith("**Breedable")
+    rows = {row[0]: row[1:] for row in facts.values.tolist()}
+    assert rows["Model"] == [f"child of run {finished_run['run_id']}", "demo mother"]
+    assert rows["Access"] == ["local", "local"]
+    *_, error = inspect_parents(CHILD_PREFIX + "no-such-run", "", "demo:mother", "", local_mode=False, token=None,
+                                zoo_dir=zoo, runs_dir=runs_dir)
+    assert error == "**⚠ Run no-such-run has no finished child to breed.**"
+
+
 def test_a_gated_parent_without_a_token_gets_one_sentence(app, read_hub, fixture_model, monkeypatch):
     client, *_ = app
     read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)

@@ -54,7 +54,7 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
                     gr.LoginButton()
         with gr.Tabs():
             with gr.Tab("Parents", id="parents"):
-                parent_inputs = parents.build_parents_tab(demo, local_mode=local_mode, zoo_dir=zoo_dir)
+                parent_inputs = parents.build_parents_tab(demo, local_mode=local_mode, zoo_dir=zoo_dir, runs_dir=runs_dir)
             with gr.Tab("MRI", id="mri"):
                 mri_tab.build_mri_tab(demo, parent_inputs, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
             with gr.Tab("Evolve", id="evolve"):

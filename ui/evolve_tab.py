@@ -139,14 +139,14 @@ def frozen_layers(text: str | None) -> list[int]:
 
 
 def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
-                   zoo_dir: str | Path | None):
+                   zoo_dir: str | Path | None, runs_dir: str | Path | None = None):
     """(what the run's config names: a Hub id or a folder, the resolved ModelRef); one sentence when unknown."""
     from ui import parents
 
     from darwin_core import hub
 
     ref = parents.chosen_ref(pick, typed, role)
-    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
     if ref.startswith(parents.DEMO_PREFIX) or model.local:
         return str(Path(model.folder).resolve()), model
     if model.gated or model.private:
@@ -165,8 +165,8 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
     from darwin_core import hub
     from darwin_core.evolve import EvolutionConfig
 
-    father, father_model = parent_for_run(father_pick, father_typed, "father", local_mode=local_mode, token=token, zoo_dir=zoo_dir)
-    mother, mother_model = parent_for_run(mother_pick, mother_typed, "mother", local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    father, father_model = parent_for_run(father_pick, father_typed, "father", local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+    mother, mother_model = parent_for_run(mother_pick, mother_typed, "mother", local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
     compat = hub.compatibility(father_model, mother_model)
     if compat.verdict == "incompatible":
         raise DarwinError(f"These parents cannot be bred: {compat.reason}")

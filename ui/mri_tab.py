@@ -114,12 +114,12 @@ def compute_device() -> str:
 
 
 def resolve_for_scan(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
-                     zoo_dir: str | Path | None):
+                     zoo_dir: str | Path | None, runs_dir: str | Path | None = None):
     """(the reference as the user gave it, its hub.ModelRef) — metadata only, nothing downloaded yet."""
     from ui import parents
 
     ref = parents.chosen_ref(pick, typed, role)
-    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
     return ref, model
 
 
@@ -228,7 +228,7 @@ def start_scan(which: str, probes: str, father_pick, father_typed, mother_pick, 
         picks = {"father": (father_pick, father_typed), "mother": (mother_pick, mother_typed)}
         refs, models = [], []
         for role in roles:
-            ref, model = resolve_for_scan(*picks[role], role, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+            ref, model = resolve_for_scan(*picks[role], role, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
             refs.append(ref)
             models.append(model)
         if which == "both":

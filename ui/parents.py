@@ -1,7 +1,8 @@
 """Parents tab: pick a father and a mother, see what each is, and whether they can be bred.
 
-Each parent is either one of the embedded demo parents (picked from a dropdown; the app ships them, so they
-are allowed on a Space too) or a Hub id / local folder typed in the text field (a typed value wins). What a
+Each parent is one of the embedded demo parents or a child of an earlier finished run (both picked from a
+dropdown; they live on the server, so they are allowed on a Space too) or a Hub id / local folder typed in the
+text field (a typed value wins). What a
 model *is* (architecture, layers, hidden size, parameters, bytes, dtype) comes from `darwin_core.hub`, which
 reads the config and safetensors headers without downloading weights; the demo parents' held-out accuracies
 come from the zoo manifest, measured when the zoo was built. The UI only renders.
@@ -23,6 +24,7 @@ from ui.common import guarded, human_bytes, human_count, percent
 from ui.session import with_token
 
 DEMO_PREFIX = "demo:"
+CHILD_PREFIX = "run:"  # the child of a finished run in this app's runs folder
 DEFAULT_FATHER = f"{DEMO_PREFIX}father"
 DEFAULT_MOTHER = f"{DEMO_PREFIX}mother"
 FACTS_HEADERS = ["", "Father", "Mother"]
@@ -42,6 +44,8 @@ class ParentFacts:
     dtype: str | None
     heldout_accuracy: dict[str, float] = field(default_factory=dict)
     composite: float | None = None
+    license: str | None = None
+    access: str | None = None  # public / gated / private (Hub models); local for folders
 
 
 # ------------------------------------------------------------------------------------------- demo zoo
@@ -68,6 +72,27 @@ def demo_choices(manifest: dict[str, Any], folders: dict[str, Path]) -> list[tup
     return choices
 
 
+def child_choices(runs_dir: str | Path | None) -> list[tuple[str, str]]:
+    """Children of this app's finished runs, newest first, as dropdown (label, value) pairs."""
+    from darwin_core import jobs
+
+    if runs_dir is None:
+        return []
+    choices = []
+    for run in jobs.list_runs(runs_dir):
+        if run["state"] == "finished" and (Path(run["path"]) / "child" / "config.json").is_file():
+            fitness = run.get("best_fitness")
+            note = f" — search fitness {fitness:.4f}" if isinstance(fitness, (int, float)) else ""
+            choices.append((f"child of run {run['run_id']}{note}", f"{CHILD_PREFIX}{run['run_id']}"))
+    return choices
+
+
+def parent_choices(zoo_dir: str | Path | None, runs_dir: str | Path | None) -> list[tuple[str, str]]:
+    """What the parent dropdowns offer: the demo parents, then earlier children (nothing when the zoo is missing)."""
+    zoo, _ = guarded(lambda: load_demo_zoo(zoo_dir), "loading the demo zoo")
+    return (demo_choices(*zoo) if zoo is not None else []) + child_choices(runs_dir)
+
+
 def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
     """A typed Hub id / path wins over the dropdown; neither is one clear sentence."""
     typed = (typed or "").strip()
@@ -81,9 +106,20 @@ def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
 # ------------------------------------------------------------------------------------------- resolving
 
 
-def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None):
-    """(ModelRef, ParentFacts) for a demo name ("demo:father") or a Hub id / local folder."""
+def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
+                   runs_dir: str | Path | None = None):
+    """(ModelRef, ParentFacts) for a demo name ("demo:father"), an earlier child ("run:<id>") or a Hub id / folder."""
     from darwin_core import hub
+    from darwin_core.runfolder import CHILD, check_run_id
+
+    if ref.startswith(CHILD_PREFIX):
+        run_id = check_run_id(ref[len(CHILD_PREFIX):])
+        folder = Path(runs_dir or ".") / run_id / CHILD
+        if runs_dir is None or not (folder / "config.json").is_file():
+            raise DarwinError(f"Run {run_id} has no finished child to breed.")
+        # Like the demo parents, a run's child lives on the server: allowed even where visitors' paths are refused.
+        model = hub.resolve_model(str(folder), local_mode=True, token=None)
+        return model, _facts(model, f"child of run {run_id}", {})
 
     if ref.startswith(DEMO_PREFIX):
         name = ref[len(DEMO_PREFIX):]
@@ -112,6 +148,8 @@ def _facts(model: Any, label: str, zoo_entry: dict[str, Any]) -> ParentFacts:
         dtype=stored_dtypes(model.tensors),
         heldout_accuracy=dict(zoo_entry.get("heldout_accuracy") or {}),
         composite=zoo_entry.get("composite"),
+        license=model.license,
+        access="local" if model.local else "private" if model.private else "gated" if model.gated else "public",
     )
 
 
@@ -136,6 +174,8 @@ def facts_table(father: ParentFacts, mother: ParentFacts) -> pd.DataFrame:
         ["Parameters", human_count(father.parameters), human_count(mother.parameters)],
         ["Weights on disk", human_bytes(father.bytes), human_bytes(mother.bytes)],
         ["Dtype", father.dtype or "—", mother.dtype or "—"],
+        ["License", father.license or "—", mother.license or "—"],
+        ["Access", father.access or "—", mother.access or "—"],
     ]
     skills = list(dict.fromkeys([*father.heldout_accuracy, *mother.heldout_accuracy]))
     for skill in skills:
@@ -180,15 +220,16 @@ def _text(value: Any) -> str:
 
 
 def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pick: str | None, mother_typed: str | None,
-                    *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+                    *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
+                    runs_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """Everything the tab shows: (facts table, compatibility table, verdict, error message)."""
     from darwin_core import hub
 
     def work() -> tuple[pd.DataFrame, pd.DataFrame, str]:
         father_ref = chosen_ref(father_pick, father_typed, "father")
         mother_ref = chosen_ref(mother_pick, mother_typed, "mother")
-        father, father_facts = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
-        mother, mother_facts = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+        father, father_facts = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+        mother, mother_facts = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
         compat_table, verdict = compatibility_view(father, mother, hub.compatibility(father, mother))
         return facts_table(father_facts, mother_facts), compat_table, verdict
 
@@ -201,14 +242,15 @@ def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pi
 # ------------------------------------------------------------------------------------------- the tab
 
 
-def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path | None = None) -> list[gr.components.Component]:
+def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path | None = None,
+                      runs_dir: str | Path | None = None) -> list[gr.components.Component]:
     """Lay out the Parents tab inside the current Blocks context and wire its one event.
 
     Returns the parent inputs (father pick, father typed, mother pick, mother typed) for the tabs that act on
     the chosen parents (MRI, Evolve).
     """
     zoo, zoo_error = guarded(lambda: load_demo_zoo(zoo_dir), "loading the demo zoo")
-    choices = demo_choices(*zoo) if zoo is not None else []
+    choices = (demo_choices(*zoo) if zoo is not None else []) + child_choices(runs_dir)
     values = {value for _, value in choices}
     where = "a Hub id (`org/name` or `org/name@revision`)" + (" or a local folder" if local_mode else "")
 
@@ -240,7 +282,13 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
 
     def parents_info(father_pick, father_typed, mother_pick, mother_typed, token, user):
         return inspect_parents(father_pick, father_typed, mother_pick, mother_typed,
-                               local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+                               local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+
+    def refresh_choices():  # children of runs that finished since the page was built
+        choices = parent_choices(zoo_dir, runs_dir)
+        return gr.update(choices=choices), gr.update(choices=choices)
+
+    demo.load(refresh_choices, outputs=[father_pick, mother_pick], api_name="parent_choices")
 
     gr.on(
         triggers=[demo.load, inspect.click, father_pick.input, mother_pick.input, father_typed.submit, mother_typed.submit],
