@@ -44,6 +44,7 @@ SIDE_FILE_PATTERNS = ["*.json", "tokenizer*", "*.model", "*.txt", "*.tiktoken", 
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+SEARCH_TIMEOUT_S = 5.0
 LOCAL_REFUSED = "Local paths are only accepted when Darwin runs locally."
 
 
@@ -352,6 +353,27 @@ def hub_errors(repo_id: str, revision: str | None = None, token: str | None = No
 # ------------------------------------------------------------------------------------------------------------
 # Downloading
 # ------------------------------------------------------------------------------------------------------------
+def search_models(query: str, *, token: str | None = None, limit: int = 10) -> list[str]:
+    """Hub repo ids matching what the user is typing (the picker's suggestions); [] offline, for short or
+    path-like input, and when the Hub cannot answer: a suggestion list never turns into an error."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    query = query.strip()
+    if constants.is_offline_mode() or len(query) < 2 or query.startswith((".", "/", "~")):
+        return []
+    try:
+        with hub_errors(query, None, token):
+            # One request with a short timeout (HfApi.list_models retries for half a minute when the Hub is
+            # unreachable, far too long for suggestions under a text field).
+            response = get_session().get(f"{constants.ENDPOINT}/api/models", params={"search": query, "limit": limit},
+                                         headers=build_hf_headers(token=token or False), timeout=SEARCH_TIMEOUT_S)
+            hf_raise_for_status(response)
+            return [str(item["id"]) for item in response.json()][:limit]
+    except (DarwinError, ValueError, KeyError, TypeError):
+        return []
+
+
 def download_patterns(ref: ModelRef, *, allow_pickle: bool = False) -> list[str]:
     """The ``allow_patterns`` for a parent: its weight files by name (or *.safetensors) + config/tokenizer files."""
     if ref.weight_files:

@@ -11,13 +11,13 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 class ReadHub:
     """A local HTTP server answering the read side of the Hub API the way huggingface.co does.
 
-    Model info, the file tree, and `resolve` URLs (HEAD, GET and Range GETs for safetensors headers), with the
+    Model search, model info, the file tree, and `resolve` URLs (HEAD, GET and Range GETs for safetensors headers), with the
     Hub's error codes (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo). Records every request's
     Authorization header so tests can check which token went out.
     """
@@ -54,6 +54,12 @@ class ReadHub:
                 hub.auth_seen.append(self.headers.get("Authorization"))
                 path = unquote(urlsplit(self.path).path)
                 hub.paths_seen.append(path)
+                if path == "/api/models":  # search: ids containing the query, as many as asked
+                    query = parse_qs(urlsplit(self.path).query)
+                    needle = (query.get("search") or [""])[0].lower()
+                    limit = int((query.get("limit") or ["1000"])[0])
+                    found = [{"id": r, "modelId": r, "private": False} for r in sorted(hub.repos) if needle in r.lower()]
+                    return self._send(200, json.dumps(found[:limit]).encode(), {"Content-Type": "application/json"})
                 api = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(?:/.*)?)?$", path)
                 resolve = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
                 repo_id = api[1] if api else resolve[1] if resolve else None

@@ -271,3 +271,19 @@ def test_a_shape_mismatch_names_the_tensor(fixture_model):
 def test_families_without_a_shared_ffn_tensor_are_incompatible(fixture_model):
     result = compatibility(_ref(fixture_model, "mixtral"), _ref(fixture_model, "phi3"))
     assert result.verdict == "incompatible" and "feed-forward" in result.reason
+
+
+def test_search_suggests_matching_repo_ids_online_and_nothing_offline(read_hub, fixture_model, monkeypatch):
+    from huggingface_hub import constants
+
+    from darwin_core.hub import search_models
+
+    for name in ("darwin-test/tiny-llama", "darwin-test/llama-chat", "darwin-test/qwen"):
+        read_hub.add(name, extra={"config.json": b"{}"})
+    assert search_models("llama") == ["darwin-test/llama-chat", "darwin-test/tiny-llama"]
+    assert search_models("llama", limit=1) == ["darwin-test/llama-chat"]
+    assert search_models("l") == [] and search_models("./llama") == []  # too short, or a local path
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    assert search_models("qwen") == []  # the Hub does not answer: no suggestions, no error
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert search_models("qwen") == []

@@ -280,6 +280,14 @@ def test_a_finished_runs_child_is_offered_as_a_parent_and_breeds_with_a_demo_par
     assert error == "**⚠ Run no-such-run has no finished child to breed.**"
 
 
+def test_typing_a_hub_id_suggests_matching_repos(app, read_hub):
+    client, *_ = app
+    for name in ("darwin-test/tiny-llama", "darwin-test/qwen"):
+        read_hub.add(name, extra={"config.json": b"{}"})
+    update = client.predict("llama", api_name="/father_search")
+    assert [value for _, value in update["choices"]] == ["darwin-test/tiny-llama"] and update["value"] is None
+
+
 def test_a_gated_parent_without_a_token_gets_one_sentence(app, read_hub, fixture_model, monkeypatch):
     client, *_ = app
     read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)

@@ -264,12 +264,14 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
     with gr.Row():
         with gr.Column():
             father_pick = gr.Dropdown(choices, value=DEFAULT_FATHER if DEFAULT_FATHER in values else None,
-                                      label="Father (demo)", elem_id="father-pick")
+                                      label="Father (demo parent or an earlier child)", elem_id="father-pick")
             father_typed = gr.Textbox(label="…or father Hub id / folder", placeholder="org/name", elem_id="father-typed")
+            father_matches = gr.Dropdown([], label="Matches on the Hub (as you type)", elem_id="father-matches")
         with gr.Column():
             mother_pick = gr.Dropdown(choices, value=DEFAULT_MOTHER if DEFAULT_MOTHER in values else None,
-                                      label="Mother (demo)", elem_id="mother-pick")
+                                      label="Mother (demo parent or an earlier child)", elem_id="mother-pick")
             mother_typed = gr.Textbox(label="…or mother Hub id / folder", placeholder="org/name", elem_id="mother-typed")
+            mother_matches = gr.Dropdown([], label="Matches on the Hub (as you type)", elem_id="mother-matches")
     inspect = gr.Button("Inspect parents", variant="primary", elem_id="inspect-parents")
     error = gr.Markdown(elem_id="parents-error", elem_classes=["darwin-error"])
     facts = gr.Dataframe(headers=FACTS_HEADERS, label="Parents", interactive=False, elem_id="parents-facts", wrap=True)
@@ -289,6 +291,18 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
         return gr.update(choices=choices), gr.update(choices=choices)
 
     demo.load(refresh_choices, outputs=[father_pick, mother_pick], api_name="parent_choices")
+
+    def search(query, token, user):  # the visitor's token, so their private repos are suggested too
+        from darwin_core import hub
+
+        return gr.update(choices=hub.search_models(query or "", token=token), value=None)
+
+    for role, typed, matches in (("father", father_typed, father_matches), ("mother", mother_typed, mother_matches)):
+        # Suggestions while typing (online only; nothing offline); picking one fills the field and inspects.
+        typed.input(with_token(search), inputs=[typed], outputs=[matches], api_name=f"{role}_search",
+                    trigger_mode="always_last", show_progress="hidden")
+        matches.input(lambda picked, current: picked or current, inputs=[matches, typed], outputs=[typed]).then(
+            with_token(parents_info, n_inputs=len(inputs)), inputs=inputs, outputs=outputs)
 
     gr.on(
         triggers=[demo.load, inspect.click, father_pick.input, mother_pick.input, father_typed.submit, mother_typed.submit],
