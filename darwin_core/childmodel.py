@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from darwin_core.errors import DarwinError
+from darwin_core.merge.apply import StateDictSource
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -36,7 +37,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-class ResidentTensors:
+class ResidentTensors(StateDictSource):
     """Every tensor of a checkpoint folder, loaded once and kept in memory, behind the TensorSource interface.
 
     `merge_tensors` asks its sources for tensors by name (`.get(name, device)`); answering from memory
@@ -51,20 +52,11 @@ class ResidentTensors:
         self.folder = Path(folder)
         self.device = torch.device(device)
         reader = TensorReader(self.folder, device=str(self.device))
-        self.names: list[str] = list(reader.names)
-        self._tensors: dict[str, torch.Tensor] = {}
-        for name in self.names:
+        tensors: dict[str, torch.Tensor] = {}
+        for name in reader.names:
             tensor = reader.get(name, device=self.device)
-            self._tensors[name] = tensor.pin_memory() if pin and tensor.device.type == "cpu" else tensor
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._tensors[name].shape)
-
-    def dtype(self, name: str) -> torch.dtype:
-        return self._tensors[name].dtype
+            tensors[name] = tensor.pin_memory() if pin and tensor.device.type == "cpu" else tensor
+        super().__init__(tensors)
 
     def get(self, name: str, device: torch.device | str | None = None) -> torch.Tensor:
         try:
