@@ -159,6 +159,11 @@ def _state(folder: RunFolder) -> str:
     """The run's state, with starting/running runs that no process holds shown as interrupted."""
     state = folder.read_status().get("state", QUEUED)
     if state in (STARTING, RUNNING) and not folder.is_active():
+        # Read again: a run writes its final state before it lets go of the lock, so once the lock is seen free
+        # this read is final (the first one may predate a run that just finished).
+        state = folder.read_status().get("state", QUEUED)
+        if state not in (STARTING, RUNNING):
+            return state
         if state == STARTING and _claimed_recently(folder):
             return STARTING  # the worker claimed it and its process is about to take the run's lock
         return INTERRUPTED

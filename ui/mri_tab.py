@@ -90,6 +90,11 @@ def join_background(timeout: float | None = None) -> None:
 
 def background_state(result: Path) -> tuple[str, Any]:
     """("done", parsed JSON) | ("failed", sentence) | ("running", None) | ("none", None)."""
+    # Whether the thread is alive is read before the files: a thread that ends between the two reads has
+    # written its result or its error by then, so a finished job is never mistaken for a lost one.
+    with _threads_lock:
+        thread = _threads.get(str(result.resolve()))
+    alive = thread is not None and thread.is_alive()
     if result.is_file():
         try:
             return "done", json.loads(result.read_text(encoding="utf-8"))
@@ -98,9 +103,7 @@ def background_state(result: Path) -> tuple[str, Any]:
     error = _error_path(result)
     if error.is_file():
         return "failed", error.read_text(encoding="utf-8").strip()
-    with _threads_lock:
-        thread = _threads.get(str(result.resolve()))
-    return ("running", None) if thread is not None and thread.is_alive() else ("none", None)
+    return ("running", None) if alive else ("none", None)
 
 
 def compute_device() -> str:
