@@ -52,6 +52,7 @@ class CardInputs:
     genome_space: str | None = None
     heldout: list[HeldoutRow] = field(default_factory=list)
     search_best: float | None = None
+    reference_child: str | None = None  # set when no candidate beat this reference recipe, which became the child
     generations: int | None = None
     candidates: int | None = None
     health_verdict: str | None = None
@@ -122,6 +123,9 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
     if inputs.search_best is not None:
         searched = f"{inputs.candidates} candidates over {inputs.generations} generations" if inputs.candidates else "the search"
         parts.append(f"\nBest search-split fitness: {inputs.search_best:.4f} ({searched}).\n")
+    if inputs.reference_child:
+        parts.append(f"\nNo candidate of the search beat the `{inputs.reference_child}` reference recipe on the search "
+                     "split, so this child is that recipe.\n")
     parts.append("\n## Health check\n")
     if inputs.health_verdict is None:
         parts.append("No health check was run for this child.\n")

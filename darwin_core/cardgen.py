@@ -194,7 +194,8 @@ def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: in
         v = low + (high - low) * k / 4
         draw.line([(left - 5, y_of(v)), (left, y_of(v))], fill="black")
         draw.text((8, y_of(v) - 8), f"{v:.3f}", fill="black", font=small)
-    for g in range(0, last + 1):
+    step = max(1, -(-last // 10))  # at most about ten labelled generations, however long the run
+    for g in range(0, last + 1, step):
         draw.line([(x_of(g), bottom), (x_of(g), bottom + 5)], fill="black")
         draw.text((x_of(g) - 4, bottom + 8), str(g), fill="black", font=small)
     draw.text(((left + right) // 2 - 35, bottom + 30), "generation", fill="black", font=small)
@@ -337,6 +338,7 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
         genome_space=recipe.genome.space if recipe.genome is not None else config.get("genome"),
         heldout=heldout_rows(report.get("heldout")),
         search_best=best.get("fitness"),
+        reference_child=best.get("name") if best.get("kind") == "baseline" else None,
         generations=report.get("generations_run"),
         candidates=candidates or None,
         health_verdict=health.get("verdict") if health else None,

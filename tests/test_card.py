@@ -51,3 +51,9 @@ def test_parents_that_are_not_hub_repos_stay_out_of_base_model() -> None:
     card, _ = build_card(_inputs(father="demo:father", mother="org/mother"))
     assert card.data.to_dict()["base_model"] == ["org/mother"]
     assert "`demo:father`" in str(card)
+
+
+def test_a_child_that_is_a_reference_recipe_says_so() -> None:
+    text = str(build_card(_inputs(search_best=0.915, reference_child="mri"))[0])
+    assert "No candidate of the search beat the `mri` reference recipe on the search split" in text
+    assert "reference recipe" not in str(build_card(_inputs(search_best=0.915))[0])

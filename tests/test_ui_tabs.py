@@ -234,6 +234,8 @@ def test_the_card_names_both_parents_and_carries_the_measured_numbers(app, finis
     client, runs_dir, _, _ = app
     header, warnings, error, card, preview = client.predict(finished_run, "tester/kid", api_name="/publish_card")
     assert error == ""
+    # the preview shows the pictures inline (the page has no URL for the files beside the README)
+    assert "](data:image/png;base64," in preview and "](darwin-fitness.png)" not in preview
     saved = json.loads((runs_dir / finished_run["run_id"] / "report.json").read_text())
     assert "demo:father" in card and "demo:mother" in card
     # demo parents are not Hub repos: the Hub's base_model accepts repo ids only, so the metadata leaves them out

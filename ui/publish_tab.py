@@ -127,7 +127,7 @@ def build_publish_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_d
         if found is None:
             return "", "", message, "", ""
         head, warn, text = found
-        return head, warn, "", text, _body(text)
+        return head, warn, "", text, _preview(text, state, runs_dir)
 
     preview_outputs = [header, warnings, error, card, preview]
     regenerate.click(on_preview, inputs=[session_state, repo], outputs=preview_outputs, api_name="publish_card",
@@ -137,8 +137,8 @@ def build_publish_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_d
     if tab is not None:
         tab.select(on_preview, inputs=[session_state, repo], outputs=preview_outputs, api_visibility="private",
                    show_progress="hidden")
-    card.input(_body, inputs=[card], outputs=[preview], api_visibility="private", show_progress="hidden",
-               trigger_mode="always_last")
+    card.input(lambda text, state: _preview(text, state, runs_dir), inputs=[card, session_state], outputs=[preview],
+               api_visibility="private", show_progress="hidden", trigger_mode="always_last")
 
     def push_core(state, repo_id, is_private, text, token, user):
         url, message = guarded(lambda: push(state, repo_id, is_private, text, token=token, user=user, runs_dir=runs_dir,
@@ -164,6 +164,24 @@ def build_publish_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_d
     save_button.click(session.with_token(save_core, ["state", "destination", "card"]), inputs=[session_state, destination, card], outputs=[result],
                       api_name="publish_save", api_description="Copy the current run's child to a local folder (local mode, its owner only).")
     return {"card": card, "push": push_button, "result": result, "zip": zip_button, "save": save_button}
+
+
+def _preview(text: str | None, state: Any, runs_dir: Path) -> str:
+    """The preview: the card's body with its pictures inlined (in the repo they sit beside the README; here the
+    page has no URL for them), drawn from the run folder of the page's current run."""
+    import base64
+
+    body = _body(text)
+    found, _ = guarded(lambda: _run_with_child(state, runs_dir), "finding the run")
+    if found is None:
+        return body
+    folder = found[1]
+    for _, name in cardgen.draw_pictures(folder):
+        picture = folder / CHILD / name
+        if f"]({name})" in body and picture.is_file():
+            data = base64.b64encode(picture.read_bytes()).decode("ascii")
+            body = body.replace(f"]({name})", f"](data:image/png;base64,{data})")
+    return body
 
 
 def _body(text: str | None) -> str:
