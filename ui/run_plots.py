@@ -57,7 +57,8 @@ def fitness_figure(curves: Mapping, title: str = "Fitness per candidate (search 
             annotation_text=f"{name} {value:.3f}", annotation_position=f"top {side}",
         )
         previous = value
-    fig.update_xaxes(dtick=1, rangemode="tozero")
+    last = max([p["generation"] for p in points] + generations + [1])
+    fig.update_xaxes(dtick=max(1, -(-last // 10)), rangemode="tozero")  # whole generations, about ten labels
     return _layout(fig, title, "generation", "fitness (weighted composite)")
 
 
