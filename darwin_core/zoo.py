@@ -165,17 +165,22 @@ def composite(scores: dict[str, float]) -> float:
 
 
 def linear_50_50(father, mother):
-    """Plain float32 (a+b)/2 of every parameter.
+    """The plain 50/50 linear merge of two zoo models, by the merge engine (the `linear` kernel, float32).
 
-    Kept here only until the merge engine lands: `darwin_core.merge` (its `linear` kernel) will replace this.
-    Parameters, not the state dict: with tied embeddings the state dict names one tensor twice, and
-    averaging it twice would give a 1/4 : 3/4 mix.
+    Over parameters, not the state dict: with tied embeddings the state dict names one tensor twice, and
+    merging it twice would write it twice.
     """
+    from darwin_core.merge.apply import StateDictSource, merge_tensors
+    from darwin_core.recipe import Recipe, ratio_table
+
     merged = _clone(father)
-    mother_params = dict(mother.named_parameters())
+    father_params, mother_params = dict(father.named_parameters()), dict(mother.named_parameters())
+    targets = dict(merged.named_parameters())
+    recipe = Recipe(father={"id": "demo:father"}, mother={"id": "demo:mother"}, method="linear", ratios=ratio_table(0.5))
     with torch.no_grad():
-        for name, param in merged.named_parameters():
-            param.copy_((param.float() + mother_params[name].float()) / 2)
+        for name, tensor in merge_tensors(recipe, StateDictSource(father_params), StateDictSource(mother_params),
+                                          list(father_params)):
+            targets[name].copy_(tensor)
     return merged
 
 
