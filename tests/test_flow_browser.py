@@ -95,7 +95,7 @@ def test_breeding_flow_from_parents_to_a_saved_child(budget, tmp_path, monkeypat
         if settings["upload"]:
             cells = page.locator('#evolve-demo-tasks [role="gridcell"]')
             for row in range(4):  # the demo skills' weights to 0: only the uploaded task counts
-                cells.nth(row * 3 + 2).dblclick()
+                cells.nth(row * 4 + 2).dblclick()  # 4 columns: task, what it asks, weight, items
                 page.keyboard.press("Control+A")
                 page.keyboard.type("0")
                 page.keyboard.press("Enter")

@@ -101,6 +101,13 @@ def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
     )
     demo = [s for s in specs if "demo" in s]
     assert [s["demo"] for s in demo] == ["reverse", "uppercase", "translate", "sort"]  # weight 0 = unused
+    assert all("limit" not in s for s in demo)  # blank item count = the whole pool
+    rows = demo_task_rows()
+    rows.loc[rows["task"] == "reverse", "items"] = 40
+    assert {"demo": "reverse", "weight": 1.0, "limit": 40} in task_specs(rows, None, [], 1.0, runs_dir=tmp_path / "runs")
+    rows.loc[rows["task"] == "reverse", "items"] = 1.5
+    with pytest.raises(DarwinError, match="item count of task 'reverse'"):
+        task_specs(rows, None, [], 1.0, runs_dir=tmp_path / "runs")
     assert {"hub": "allenai/ai2_arc", "weight": 0.5, "limit": 100} in specs
     assert {"lm_eval": "arc_easy", "weight": 1.0} in specs
     (uploaded,) = [s for s in specs if "file" in s]

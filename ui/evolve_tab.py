@@ -30,7 +30,7 @@ from ui.common import guarded
 
 POLL_SECONDS = 2.0
 UPLOADS = ".uploads"
-DEMO_HEADERS = ["task", "what it asks", "weight"]
+DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
 STATE_TEXT = {
     "queued": "⏳ queued", "starting": "⏳ starting", "running": "🧬 running", FINISHED: "✅ finished",
@@ -45,11 +45,11 @@ SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genom
 
 
 def demo_task_rows() -> pd.DataFrame:
-    """Every demo skill with its weight (the zoo's skills 1, the others 0 = unused). Each uses its whole fixed
-    pool (half search, half held-out): the run config has no item count for demo tasks."""
+    """Every demo skill with its weight (the zoo's skills 1, the others 0 = unused) and an empty item count
+    (= its whole fixed pool of 400, half search, half held-out)."""
     from darwin_core.fitness.demo_tasks import DEMO_SKILLS, SKILLS
 
-    rows = [[name, skill.description, 1.0 if name in DEMO_SKILLS else 0.0] for name, skill in SKILLS.items()]
+    rows = [[name, skill.description, 1.0 if name in DEMO_SKILLS else 0.0, None] for name, skill in SKILLS.items()]
     return pd.DataFrame(rows, columns=DEMO_HEADERS)
 
 
@@ -92,7 +92,11 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
         if name and weight:
             if weight < 0:
                 raise DarwinError(f"The weight of task {name!r} must not be negative.")
-            specs.append({"demo": name, "weight": weight})
+            spec = {"demo": name, "weight": weight}
+            limit = _items(row[3] if len(row) > 3 else None, name)
+            if limit is not None:
+                spec["limit"] = limit
+            specs.append(spec)
     for row in _rows(extra_table):
         source, name = str(row[0] or "").strip().lower(), str(row[1] or "").strip()
         if not name:
@@ -368,8 +372,9 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     )
     with gr.Accordion("Fitness tasks", open=True):
         demo_tasks = gr.Dataframe(
-            value=demo_task_rows(), headers=DEMO_HEADERS, datatype=["str", "str", "number"],
-            label="Demo tasks (weight 0 = not used; each has 400 fixed items: half search, half held-out)",
+            value=demo_task_rows(), headers=DEMO_HEADERS, datatype=["str", "str", "number", "number"],
+            label="Demo tasks (weight 0 = not used; items = how many of its 400 fixed items to use, blank = all; "
+                  "split half search, half held-out)",
             interactive=True, elem_id="evolve-demo-tasks", static_columns=[0, 1],
         )
         extra_tasks = gr.Dataframe(
