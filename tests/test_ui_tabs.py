@@ -42,7 +42,7 @@ def launch_args(task_file: Path, *, father: str = "demo:father", mother_typed: s
 
     return ["demo:father" if father.startswith("demo:") else None, "" if father.startswith("demo:") else father,
             "demo:mother", mother_typed, DEMO_TABLE, EXTRA_TABLE, [handle_file(str(task_file))], 1.0, "darwin-v6",
-            "linear", 2, 0.2, generations, 0, 4, 1, "", True]
+            "linear", 2, 0.2, generations, 0, 4, 1, "", True, 0]
 
 
 def wait_for_state(runs_dir: Path, run_id: str, states: tuple[str, ...], timeout: float = 400) -> dict:

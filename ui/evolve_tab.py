@@ -38,7 +38,7 @@ STATE_TEXT = {
 }
 _CANDIDATE = re.compile(r"^g\d+c\d+$")
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
-                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri"]
+                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri", "patience"]
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -163,7 +163,7 @@ def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode
 
 def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
                upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
-               frozen, use_mri=False, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
+               frozen, use_mri=False, patience=0, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
                token: str | None, user: str | None) -> str:
     """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
     from darwin_core import hub
@@ -195,6 +195,7 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
         "topk_full": whole(topk_full, "Top-k for the full search set"),
         "frozen_layers": frozen_layers(frozen),
         "mri": "auto" if use_mri else None,
+        "patience": whole(patience if patience not in (None, "") else 0, "Patience"),
         # The page already refused visitors' local paths (hub.resolve_model with the app's mode); the demo
         # parents ship with the app, so the worker may read their folders.
         "local_mode": True,
@@ -402,6 +403,8 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             seed = gr.Number(0, label="Seed", precision=0, elem_id="evolve-seed")
             proxy_items = gr.Number(16, label="Proxy items per task (phase 1)", precision=0, minimum=1, elem_id="evolve-proxy")
             topk_full = gr.Number(2, label="Top-k on the full search set (phase 2)", precision=0, minimum=0, elem_id="evolve-topk")
+            patience = gr.Number(0, label="Stop early after this many generations without a better child (0 = never)",
+                                 precision=0, minimum=0, elem_id="evolve-patience")
     launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")
     error = gr.Markdown(elem_id="evolve-error", elem_classes=["darwin-error"])
     header = gr.Markdown("No run yet: launch one, or open one in the Runs tab.", elem_id="evolve-header")
@@ -418,7 +421,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     timer = gr.Timer(POLL_SECONDS, active=True)
 
     settings = [demo_tasks, extra_tasks, uploads, upload_weight, genome, method, population, sigma0, generations, seed,
-                proxy_items, topk_full, frozen, use_mri]
+                proxy_items, topk_full, frozen, use_mri, patience]
 
     def launch_core(state, *args):
         *values, token, user = args
