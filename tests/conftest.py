@@ -67,3 +67,14 @@ def read_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "hf_space_owner_secret")
     yield hub
     hub.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run ~10× faster on one thread (no OpenMP contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,12 +21,8 @@ TINY_PROBES = {"WORDS": ["the cat sat on the mat."], "SUMS": ["12+30=42; 7*6=42.
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~10× faster on one thread (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest's `one_thread`)."""
 
 
 @pytest.fixture(scope="module")
