@@ -44,9 +44,11 @@ ties among equal magnitudes by an unstable argsort, we keep the earliest ones (d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from darwin_core.merge.registry import TensorParams, work_dtype
+from darwin_core.merge.registry import MergeMethod, TensorParams, register, work_dtype
 
 RESCALE_EPS = 1e-7
 
@@ -193,3 +195,38 @@ def task_vector_merge(
     if params.scale != 1:
         mixed = mixed * params.scale
     return base_t + mixed
+
+
+def mergekit_delta_params(params: TensorParams, defaults: Mapping[str, bool], *, with_density: bool):
+    """The mergekit parameters of one tensor for any task-vector method (TA, TIES, DARE)."""
+    shared = {
+        "normalize": defaults["normalize"] if params.normalize is None else params.normalize,
+        "rescale": defaults["rescale"] if params.rescale is None else params.rescale,
+        "lambda": params.scale,
+    }
+    father = {"weight": 1.0 - params.ratio}
+    mother = {"weight": params.ratio}
+    if with_density:
+        father["density"] = params.density_father
+        mother["density"] = params.density_mother
+    return shared, {"father": father, "mother": mother}
+
+
+def register_task_vector_method(name: str, summary: str, *, sparsification: str | None, consensus: bool,
+                                normalize: bool, rescale: bool) -> MergeMethod:
+    """Register one task-vector method: `task_vector_merge` with its sparsification, sign election and
+    mergekit defaults, and the same method's mergekit name and parameters. Returns the MergeMethod."""
+    defaults = {"normalize": normalize, "rescale": rescale}
+
+    def kernel(father: torch.Tensor, mother: torch.Tensor, base: torch.Tensor | None, params: TensorParams) -> torch.Tensor:
+        return task_vector_merge(father, mother, base, params, sparsification=sparsification, consensus=consensus,
+                                 default_normalize=normalize, default_rescale=rescale)
+
+    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__doc__ = summary
+    with_density = sparsification is not None
+    return register(MergeMethod(
+        name=name, kernel=kernel, summary=summary, delta=True, uses_density=with_density, mergekit_name=name,
+        mergekit_params=lambda p: mergekit_delta_params(p, defaults, with_density=with_density), defaults=defaults,
+    ))
+

@@ -10,33 +10,9 @@ mergekit: `ties`, weight (1 − ratio, ratio), density (density_father, density_
 
 from __future__ import annotations
 
-import torch
+from darwin_core.merge.delta import register_task_vector_method
 
-from darwin_core.merge.delta import task_vector_merge
-from darwin_core.merge.registry import MergeMethod, TensorParams, register
-from darwin_core.merge.task_arithmetic import mergekit_delta_params
-
-DEFAULTS = {"normalize": True, "rescale": False}
-
-
-def ties(father: torch.Tensor, mother: torch.Tensor, base: torch.Tensor | None, params: TensorParams) -> torch.Tensor:
-    """Magnitude pruning + sign election (sum), mergekit's `ties`."""
-    return task_vector_merge(
-        father, mother, base, params,
-        sparsification="magnitude", consensus=True,
-        default_normalize=DEFAULTS["normalize"], default_rescale=DEFAULTS["rescale"],
-    )
-
-
-METHOD = register(
-    MergeMethod(
-        name="ties",
-        kernel=ties,
-        summary="magnitude-pruned task vectors with sign election",
-        delta=True,
-        uses_density=True,
-        mergekit_name="ties",
-        mergekit_params=lambda p: mergekit_delta_params(p, DEFAULTS, with_density=True),
-        defaults=DEFAULTS,
-    )
+METHOD = register_task_vector_method(
+    "ties", "magnitude-pruned task vectors with sign election",
+    sparsification="magnitude", consensus=True, normalize=True, rescale=False,
 )
