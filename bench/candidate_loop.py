@@ -38,17 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from darwin_core.testing.shapes import SHAPES, random_qwen3  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "assets" / "zoo"
-
-# Qwen3-style dense shapes: (hidden, layers, intermediate, heads, kv heads, head_dim, vocab, tied embeddings).
-SHAPES: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
-    "tiny": (64, 2, 128, 4, 2, 16, 1024, False),
-    "100m": (768, 12, 2048, 12, 4, 64, 32000, False),
-    "1b": (2048, 16, 6144, 16, 8, 128, 151936, True),
-    "4b": (2560, 36, 9728, 32, 8, 128, 151936, True),  # Qwen3-4B
-}
-ALPHABET = "".join(chr(c) for c in range(32, 127))
 
 
 def _sync(device: torch.device) -> None:
@@ -58,21 +51,8 @@ def _sync(device: torch.device) -> None:
 
 def write_random_pair(shape: str, root: Path, device: str, dtype: torch.dtype) -> tuple[Path, Path, int]:
     """A random-weight Qwen3 father of `shape` and a mother = father + 1% noise (a "fine-tune"), on disk."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    from darwin_core.chartok import build_char_tokenizer
-
-    hidden, layers, inter, heads, kv, head_dim, vocab, tied = SHAPES[shape]
-    config = Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
-        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model, tokenizer = random_qwen3(shape, device, dtype)
     params = sum(p.numel() for p in model.parameters())
-    tokenizer = build_char_tokenizer(ALPHABET)
     model.save_pretrained(root / "father")
     tokenizer.save_pretrained(root / "father")
     generator = torch.Generator(device=device).manual_seed(1)

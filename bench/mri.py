@@ -24,37 +24,17 @@ import torch  # noqa: E402
 
 from darwin_core import mri  # noqa: E402
 from darwin_core.probes import default_probes  # noqa: E402
-
-# Qwen3-style dense shapes: (hidden, layers, intermediate, heads, kv heads, head_dim, vocab, tied embeddings).
-SHAPES: dict[str, tuple[int, int, int, int, int, int, int, bool]] = {
-    "tiny": (64, 2, 128, 4, 2, 16, 1024, False),
-    "100m": (768, 12, 2048, 12, 4, 64, 32000, False),
-    "1b": (2048, 16, 6144, 16, 8, 128, 151936, True),
-    "4b": (2560, 36, 9728, 32, 8, 128, 151936, True),  # Qwen3-4B
-}
+from darwin_core.testing.shapes import SHAPES, random_qwen3  # noqa: E402
 
 
 def write_random_model(shape: str, out: Path, device: str) -> int:
     """A random-weight Qwen3 model of `shape` saved to `out` (bf16 off the CPU); returns its parameter count."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    from darwin_core.chartok import build_char_tokenizer
-
-    hidden, layers, inter, heads, kv, head_dim, vocab, tied = SHAPES[shape]
-    config = Qwen3Config(
-        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, tie_word_embeddings=tied,
-        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model, tokenizer = random_qwen3(shape, device, dtype)
     model.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
     del model
-    # A character tokenizer over printable ASCII: real probe texts, a vocabulary the model's embedding covers.
-    build_char_tokenizer("".join(chr(c) for c in range(32, 127)) + "\n\t").save_pretrained(out)
+    tokenizer.save_pretrained(out)  # characters: real probe texts, ids the model's embedding covers
     return params
 
 
