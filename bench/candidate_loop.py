@@ -7,11 +7,26 @@ Both loops score the same candidates (seeded darwin-v6 genomes → recipes) on t
 
 - in-memory (Darwin): parents resident on the device, `merge_tensors` → `param.copy_` into the one resident
   child, then evaluate. Timed as merge (write into the child) + evaluate.
-- disk (the mergekit-evolve way): `merge_to_disk` into a temporary folder, `from_pretrained` + tokenizer,
-  evaluate, delete. Timed as merge-to-disk + load + evaluate.
+- disk (the mergekit-evolve way, with Darwin's parts): `merge_to_disk` into a temporary folder,
+  `from_pretrained` + tokenizer, evaluate with Darwin's scorer, delete. Timed as merge-to-disk + load +
+  evaluate. This isolates what the disk round trip alone costs.
+- with --mergekit-evolve, also mergekit-evolve's own per-candidate steps (`OnDiskMergeEvaluator`:
+  `mergekit.evo.helpers.merge_model` then `evaluate_model`, re-enacted here because importing
+  `mergekit.evo` needs ray): the recipe's `to_mergekit_yaml()` → `mergekit.merge.run_merge` into a
+  `mkdtemp(prefix="merged")` folder with mergekit-evolve's MergeOptions → `lm_eval.simple_evaluate(model=
+  "huggingface", model_args={pretrained, dtype, use_cache=True}, log_samples=False, verbosity="WARNING",
+  task_manager=<built once, as mergekit-evolve does>)` on the same items written as a local lm-eval task →
+  `rmtree`. The one change from mergekit-evolve's defaults: lm-eval gets the same --batch-size as Darwin
+  (mergekit-evolve leaves it unset, which lm-eval treats as 1), and the parents' dtype (it says bfloat16).
+  Choice items become an lm-eval `multiple_choice` task scored by `acc` (equal to Darwin's,
+  tests/test_lm_eval_parity.py); the demo skills become `generate_until` tasks (greedy, stop at end of
+  sequence, the same token budget) scored by `exact_match` ignoring surrounding whitespace, as Darwin's
+  judge does; the composite is the mean over tasks in both.
 
-Both loops must give the same fitness for each candidate (same weights, same evaluator); the script checks it.
-It prints medians over candidates and the ratio disk / in-memory.
+The in-memory and disk loops must give the same fitness for each candidate (same weights, same evaluator); the
+script checks it. The mergekit-evolve loop's acc is compared with Darwin's and the agreement printed (float32
+log-likelihoods from different batchings differ by ~1e-6, which could flip a near tie). It prints medians over
+candidates and the ratios to the in-memory loop.
 
 With --shape on a GPU it also reports the in-memory merge against the HBM roofline: the least traffic a merge
 can cause is reading both parents' tensors and writing the child's (3 × model bytes); dividing by the peak
@@ -38,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from darwin_core.evolve import EvolutionConfig  # noqa: E402
 from darwin_core.testing.shapes import SHAPES, random_qwen3  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,8 +234,10 @@ def run(args: argparse.Namespace) -> dict:
         shutil.rmtree(out)
         return {"merge_s": t1 - t0, "load_s": t2 - t1, "evaluate_s": t3 - t2, "total_s": t3 - t0, "fitness": result.composite()}
 
+    mergekit_evolve = MergekitEvolveLoop(tasks, work, device, args) if args.mergekit_evolve else None
+
     # Candidate by candidate, one loop then the other, so a change in machine load hits both alike.
-    memory, disk = [], []
+    memory, disk, peer = [], [], []
     disk_count = args.candidates if args.disk_candidates is None else args.disk_candidates
     for k, genome in enumerate(candidates):
         recipe = recipe_of(genome)
@@ -234,6 +252,11 @@ def run(args: argparse.Namespace) -> dict:
             if other["fitness"] != row["fitness"]:
                 raise SystemExit(f"candidate {k}: the disk loop scored {other['fitness']} but the in-memory loop {row['fitness']}")
             disk.append(other)
+        if mergekit_evolve is not None and k <= disk_count:
+            theirs = mergekit_evolve.candidate(recipe)
+            theirs["fitness"] = float(theirs["fitness"])
+            theirs["agrees"] = bool(abs(theirs["fitness"] - row["fitness"]) < 1e-9)
+            peer.append(theirs)
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows) if rows else None
@@ -255,9 +278,14 @@ def run(args: argparse.Namespace) -> dict:
         "in_memory": {k: med(memory, k) for k in ("merge_s", "evaluate_s", "total_s")},
         "disk": {k: med(disk, k) for k in ("merge_s", "load_s", "evaluate_s", "total_s")} if disk else None,
         "fitness_match": bool(disk),
+        "mergekit_evolve": {k: med(peer, k) for k in ("merge_s", "evaluate_s", "total_s")} if peer else None,
+        "mergekit_evolve_candidates": len(peer),
+        "mergekit_evolve_agreeing": sum(r["agrees"] for r in peer),
     }
     if disk:
         report["speedup_disk_over_memory"] = report["disk"]["total_s"] / report["in_memory"]["total_s"]
+    if peer:
+        report["speedup_mergekit_evolve_over_memory"] = report["mergekit_evolve"]["total_s"] / report["in_memory"]["total_s"]
     evaluate_s = report["in_memory"]["evaluate_s"]
     report["scoring_tokens_per_s"] = n_tokens / evaluate_s
     report["scoring_tflops"] = 2 * params * n_tokens / evaluate_s / 1e12
@@ -277,6 +305,74 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+class MergekitEvolveLoop:
+    """mergekit-evolve's per-candidate work (`merge_model` + `evaluate_model` of `mergekit.evo.helpers`, its
+    on-disk evaluator), with the candidate's recipe exported to a mergekit config and each task's items written
+    as a local lm-eval task."""
+
+    def __init__(self, tasks, work: Path, device: torch.device, args: argparse.Namespace):
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+        from mergekit.options import MergeOptions
+
+        self.lm_eval = lm_eval
+        self.storage = work / "mergekit-evolve"
+        folder = self.storage / "tasks"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.names = [f"darwin_bench_{task.name}" for task in tasks]
+        for name, task in zip(self.names, tasks):
+            data = folder / f"{name}.jsonl"
+            data.write_text("".join(
+                json.dumps({"prompt": i.prompt, "choices": list(i.choices or ()), "answer": i.answer}) + "\n" for i in task.search
+            ))
+            head = (f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+                    f"  cache_dir: {folder / 'cache'}\ntest_split: test\ndoc_to_text: \"{{{{prompt}}}}\"\n")
+            if task.kind == "choice":
+                body = ("output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer | int}}\"\n"
+                        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+            else:
+                body = ("output_type: generate_until\ndoc_to_target: \"{{answer}}\"\n"
+                        f"generation_kwargs:\n  until: []\n  max_gen_toks: {task.max_new_tokens}\n  do_sample: false\n"
+                        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+                        "    regexes_to_ignore: ['^\\s+', '\\s+$']\n")
+            (folder / f"{name}.yaml").write_text(head + body)
+        self.metric = {name: "acc,none" if task.kind == "choice" else "exact_match,none" for name, task in zip(self.names, tasks)}
+        self.task_manager = TaskManager(include_path=str(folder), include_defaults=False)
+        cuda = device.type == "cuda"
+        self.options = MergeOptions(  # mergekit-evolve's (scripts/evolve.py), for its default on-disk mode
+            transformers_cache=str(self.storage / "transformers_cache"), lora_merge_cache=str(self.storage / "lora_merge_cache"),
+            cuda=cuda, low_cpu_memory=cuda, out_shard_size=1_000_000_000_000, quiet=True, read_to_gpu=cuda,
+            copy_tokenizer=True, safe_serialization=True,
+        )
+        self.device, self.dtype, self.batch_size = device, args.dtype, args.batch_size
+
+    def candidate(self, recipe) -> dict:
+        import yaml
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+
+        _sync(self.device)
+        t0 = time.perf_counter()
+        config = MergeConfiguration.model_validate(yaml.safe_load(recipe.to_mergekit_yaml()))
+        out = tempfile.mkdtemp(prefix="merged", dir=self.storage)
+        run_merge(config, out_path=out, options=self.options)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        try:
+            results = self.lm_eval.simple_evaluate(
+                model="huggingface",
+                model_args={"pretrained": out, "dtype": self.dtype, "use_cache": True},
+                tasks=self.names, log_samples=False, verbosity="WARNING", task_manager=self.task_manager,
+                num_fewshot=None, limit=None, batch_size=self.batch_size, device=str(self.device),
+            )
+        finally:
+            shutil.rmtree(out)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        score = sum(results["results"][name][self.metric[name]] for name in self.names) / len(self.names)  # equal weights
+        return {"merge_s": t1 - t0, "evaluate_s": t2 - t1, "total_s": t2 - t0, "fitness": score}
+
+
 def _limit(task, n: int):
     from dataclasses import replace
 
@@ -293,6 +389,10 @@ def _print(report: dict) -> None:
         d = report["disk"]
         print(f"disk loop       ({report['disk_candidates']} candidates): {d['total_s']:.3f} s/candidate  (merge to disk {d['merge_s']:.3f} s + load {d['load_s']:.3f} s + evaluate {d['evaluate_s']:.3f} s)")
         print(f"ratio disk / in-memory: {report['speedup_disk_over_memory']:.1f}×  (same fitness for every candidate: {report['fitness_match']})")
+    if report["mergekit_evolve"]:
+        e = report["mergekit_evolve"]
+        print(f"mergekit-evolve ({report['mergekit_evolve_candidates']} candidates): {e['total_s']:.3f} s/candidate  (mergekit run_merge {e['merge_s']:.3f} s + lm-eval simple_evaluate, load included, {e['evaluate_s']:.3f} s)")
+        print(f"ratio mergekit-evolve / in-memory: {report['speedup_mergekit_evolve_over_memory']:.1f}×  (lm-eval's score equals Darwin's for {report['mergekit_evolve_agreeing']} of {report['mergekit_evolve_candidates']} candidates)")
     print(f"scoring: {report['scoring_tokens_per_s']:,.0f} token positions/s, {report['scoring_tflops']:.2f} TFLOP/s (2·params·positions/time)")
     r = report["merge_roofline"]
     line = f"merge: {r['least_bytes'] / gb:.2f} GB least traffic in {m['merge_s'] * 1e3:.1f} ms = {r['achieved_bytes_per_s'] / gb:.0f} GB/s"
@@ -313,11 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="linear", help="merge method of the candidates' recipes")
     parser.add_argument("--parents", choices=("auto", "device", "host"), default="auto",
                         help="where the parents' tensors live (host = pinned memory, streamed per tensor)")
+    parser.add_argument("--mergekit-evolve", action="store_true",
+                        help="also time mergekit-evolve's own steps (mergekit run_merge + lm-eval simple_evaluate); needs the test extras")
     parser.add_argument("--candidates", type=int, default=5)
     parser.add_argument("--disk-candidates", type=int, default=None, help="candidates for the disk loop (default: --candidates)")
     parser.add_argument("--items", type=int, default=16, help="items per task (16 = the default proxy size)")
     parser.add_argument("--prompt-chars", type=int, default=200, help="context length of the synthetic choice items")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=EvolutionConfig.batch_size,
+                        help=f"rows per forward pass, for Darwin and lm-eval alike (default: a breeding run's, {EvolutionConfig.batch_size})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None, help="keep the written models here (default: a temp folder, removed)")
     parser.add_argument("--json", default=None, help="also write the report as JSON here")

@@ -309,3 +309,51 @@ def test_evaluate_limit_and_bad_arguments(model, char_tok):
         evaluate(model, char_tok, [choice], split="train")
     with pytest.raises(DarwinError, match="generative"):
         evaluate(model, char_tok, [gen], split="search", metrics={"echo": "acc_norm"})
+
+
+def test_shared_contexts_on_a_sliding_window_model_equal_one_forward_per_request(char_tok):
+    """Right-padding would shift a sliding window, so such models prefill one context at a time: same numbers."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(char_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, sliding_window=6, tie_word_embeddings=False,
+    )
+    sliding = MistralForCausalLM(config).to(torch.float64).eval()
+    cache = sliding(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True).past_key_values
+    from darwin_core.fitness.scoring import _pads_safely
+
+    assert not _pads_safely(cache)  # the case under test: a sliding-window cache layer
+    ours = loglikelihoods(sliding, char_tok, REQUESTS, batch_size=64, share_context_from=0)
+    expected = [reference_loglik(sliding, char_tok, c, x) for c, x in REQUESTS]
+    assert ours == pytest.approx(expected, abs=1e-9)
+
+
+def test_per_prompt_token_budgets_give_what_each_prompt_gets_alone(model, char_tok):
+    from darwin_core.fitness.generate import generate_greedy
+
+    prompts = ["Q: abc\nA:", "say hi:", "Q: a much longer prompt here\nA:", "x"]
+    budgets = [1, 5, 3, 8]
+    together = generate_greedy(model, char_tok, prompts, max_new_tokens=budgets, batch_size=4)
+    alone = [generate_greedy(model, char_tok, [p], max_new_tokens=b)[0] for p, b in zip(prompts, budgets)]
+    assert together == alone
+    assert len(together[0]) <= 1 and any(len(t) > 1 for t in together)
+    with pytest.raises(ValueError, match="one max_new_tokens per prompt"):
+        generate_greedy(model, char_tok, prompts, max_new_tokens=[1, 2])
+
+
+def test_generative_tasks_decoded_together_score_as_each_task_alone(model, char_tok):
+    from darwin_core.fitness.evaluate import evaluate
+    from darwin_core.fitness.sources import task_from_items
+
+    short = task_from_items("short", [Item(id=f"s{n}", prompt=f"say {w}:", answer=w) for n, w in enumerate(["ab", "cd", "ef", "gh"])],
+                            seed=1, max_new_tokens=2)
+    long = task_from_items("long", [Item(id=f"l{n}", prompt=f"Q: {w}\nA:", answer=w) for n, w in enumerate(["abcdef", "xyz", "12345"])],
+                           seed=1, max_new_tokens=7)
+    both = evaluate(model, char_tok, [short, long], split="search", batch_size=8)
+    assert list(both.tasks) == ["short", "long"]
+    for task in (short, long):
+        alone = evaluate(model, char_tok, [task], split="search", batch_size=8)
+        assert both.tasks[task.name].items == alone.tasks[task.name].items
+    assert all(len(r.output) <= 2 for r in both.tasks["short"].items)

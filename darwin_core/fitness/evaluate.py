@@ -162,7 +162,8 @@ def evaluate(
     """Score `model` on one split of every task.
 
     metrics: per multiple-choice task, "acc" (default) or "acc_norm" as its score.
-    samples: 1 = greedy exact match for generative tasks; k > 1 = maj@k with seeded sampling.
+    samples: 1 = greedy exact match for generative tasks, the items of all of them decoded in shared batches
+    (each task's `seconds` is then its share of that time by item count); k > 1 = maj@k with seeded sampling.
     The model is put in eval mode for the call and given back in the mode it came in.
     """
     metrics = dict(metrics or {})
@@ -179,39 +180,54 @@ def evaluate(
     started = time.perf_counter()
     results: dict[str, TaskResult] = {}
     try:
+        by_task: dict[str, tuple[Item, ...]] = {}
         for task in tasks:
-            items = split_of(task, split, limit)
-            if not items:
+            by_task[task.name] = split_of(task, split, limit)
+            if not by_task[task.name]:
                 raise DarwinError(f"Task {task.name!r} has no items in its {split} split.")
-            t0 = time.perf_counter()
             if task.kind == "choice":
                 metric = metrics.get(task.name, "acc")
                 if metric not in ("acc", "acc_norm"):
                     raise DarwinError(f"Task {task.name!r}: the metric must be 'acc' or 'acc_norm', not {metric!r}.")
-                item_results = score_choices(model, tokenizer, items, batch_size=batch_size)
             elif task.kind == "generate":
                 if task.name in metrics:
                     raise DarwinError(f"Task {task.name!r} is generative; acc/acc_norm apply to multiple choice only.")
-                if samples > 1:
-                    metric = f"maj@{samples}"
-                    item_results = score_majority(
-                        model, tokenizer, items, k=samples, max_new_tokens=task.max_new_tokens,
-                        temperature=temperature, seed=seed, ignore_case=ignore_case,
-                    )
-                else:
-                    metric = "exact_match"
-                    item_results = score_generative(
-                        model, tokenizer, items, max_new_tokens=task.max_new_tokens,
-                        batch_size=batch_size, ignore_case=ignore_case,
-                    )
             else:
                 raise DarwinError(f"Task {task.name!r} has an unknown kind {task.kind!r}.")
+        greedy = [t for t in tasks if t.kind == "generate" and samples == 1]
+        if greedy:  # every greedy item of every task in shared batches, each with its task's token budget
+            t0 = time.perf_counter()
+            items = [i for t in greedy for i in by_task[t.name]]
+            budgets = [t.max_new_tokens for t in greedy for _ in by_task[t.name]]
+            scored = iter(score_generative(model, tokenizer, items, max_new_tokens=budgets, batch_size=batch_size, ignore_case=ignore_case))
+            share = (time.perf_counter() - t0) / len(items)
+            for task in greedy:
+                n = len(by_task[task.name])
+                results[task.name] = TaskResult(
+                    name=task.name, kind=task.kind, metric="exact_match",
+                    items=tuple(next(scored) for _ in range(n)), seconds=share * n,
+                )
+        for task in tasks:
+            if task.name in results:
+                continue
+            items = by_task[task.name]
+            t0 = time.perf_counter()
+            if task.kind == "choice":
+                metric = metrics.get(task.name, "acc")
+                item_results = score_choices(model, tokenizer, items, batch_size=batch_size)
+            else:
+                metric = f"maj@{samples}"
+                item_results = score_majority(
+                    model, tokenizer, items, k=samples, max_new_tokens=task.max_new_tokens,
+                    temperature=temperature, seed=seed, ignore_case=ignore_case,
+                )
             results[task.name] = TaskResult(
                 name=task.name, kind=task.kind, metric=metric, items=tuple(item_results),
                 seconds=time.perf_counter() - t0,
             )
     finally:
         model.train(was_training)
+    results = {t.name: results[t.name] for t in tasks}  # in the tasks' order
     return EvalResult(split=split, tasks=results, seconds=time.perf_counter() - started)
 
 

@@ -3,10 +3,15 @@
 Exact-match tasks ask for a handful of tokens per prompt, many prompts at a time. A small loop of our own
 with the model's KV cache does just that: one forward pass over the left-padded prompts, then one token
 per step for the whole batch, stopping a row at end-of-sequence and the batch when every row has stopped.
-Position ids follow the attention mask, so a prompt gives the same answer alone or in any batch.
+Position ids follow the attention mask, so a prompt gives the same answer alone or in any batch. Each prompt
+may have its own token budget, so the items of several tasks share one batch (on a CPU a small model's cost
+is mostly the number of forward passes, not their width).
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
 
 import torch
 
@@ -14,9 +19,16 @@ from darwin_core.fitness.tasks import Task
 
 
 @torch.inference_mode()
-def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """The greedy continuation of each prompt (special tokens dropped, the prompt itself not included)."""
-    if max_new_tokens < 1:
+def generate_greedy(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int | Sequence[int], batch_size: int = 64
+) -> list[str]:
+    """The greedy continuation of each prompt (special tokens dropped, the prompt itself not included).
+
+    max_new_tokens: one budget for every prompt, or one per prompt."""
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError("give one max_new_tokens per prompt, or one for all")
+    if any(b < 1 for b in budgets):
         raise ValueError("max_new_tokens must be at least 1")
     device = next(model.parameters()).device
     eos_id = tokenizer.eos_token_id
@@ -27,9 +39,10 @@ def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         encoded = _encode_left_padded(tokenizer, [prompts[i] for i in index], pad_id)
-        new_tokens = _decode_batch(model, encoded["input_ids"].to(device), encoded["attention_mask"].to(device), max_new_tokens, eos_id)
+        limits = torch.tensor([budgets[i] for i in index], device=device)
+        new_tokens = _decode_batch(model, encoded["input_ids"].to(device), encoded["attention_mask"].to(device), limits, eos_id)
         for row, i in enumerate(index):
-            tokens = new_tokens[row]
+            tokens = new_tokens[row][: budgets[i]]
             if eos_id is not None and eos_id in tokens:
                 tokens = tokens[: tokens.index(eos_id)]
             outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -47,10 +60,14 @@ def _encode_left_padded(tokenizer, prompts: list[str], pad_id: int) -> dict[str,
     return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def _decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
+def _decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, limits: torch.Tensor, eos_id: int | None) -> list[list[int]]:
+    """Greedy tokens per row, up to the largest of `limits`; a row counts as done at EOS or at its own limit,
+    and the batch stops when every row is done (tokens past a row's limit are for the caller to drop)."""
     batch = input_ids.shape[0]
+    max_new_tokens = int(limits.max())
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **keep)
     cache = out.past_key_values
     next_pos = position_ids[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
@@ -62,6 +79,7 @@ def _decode_batch(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             token = torch.where(done, torch.full_like(token, eos_id), token)
             done |= token == eos_id
         generated.append(token)
+        done |= limits <= step + 1
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=-1)
