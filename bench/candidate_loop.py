@@ -16,8 +16,9 @@ Both loops score the same candidates (seeded darwin-v6 genomes → recipes) on t
   `mkdtemp(prefix="merged")` folder with mergekit-evolve's MergeOptions → `lm_eval.simple_evaluate(model=
   "huggingface", model_args={pretrained, dtype, use_cache=True}, log_samples=False, verbosity="WARNING",
   task_manager=<built once, as mergekit-evolve does>)` on the same items written as a local lm-eval task →
-  `rmtree`. The one change from mergekit-evolve's defaults: lm-eval gets the same --batch-size as Darwin
-  (mergekit-evolve leaves it unset, which lm-eval treats as 1), and the parents' dtype (it says bfloat16).
+  `rmtree`. The changes from mergekit-evolve's defaults: lm-eval gets the same --batch-size as Darwin
+  (mergekit-evolve leaves it unset, which lm-eval treats as 1), the parents' dtype (it says bfloat16), and for
+  half-precision models `softmax_dtype=float32`, as Darwin soft-maxes (else near ties pick differently).
   Choice items become an lm-eval `multiple_choice` task scored by `acc` (equal to Darwin's,
   tests/test_lm_eval_parity.py); the demo skills become `generate_until` tasks (greedy, stop at end of
   sequence, the same token budget) scored by `exact_match` ignoring surrounding whitespace, as Darwin's
@@ -346,6 +347,12 @@ class MergekitEvolveLoop:
         )
         self.device, self.dtype, self.batch_size = device, args.dtype, args.batch_size
 
+    def model_args(self, folder: str) -> dict:
+        args = {"pretrained": folder, "dtype": self.dtype, "use_cache": True}
+        if self.dtype in ("bfloat16", "float16"):  # Darwin soft-maxes half-precision logits in float32; so must lm-eval
+            args["softmax_dtype"] = "float32"
+        return args
+
     def candidate(self, recipe) -> dict:
         import yaml
         from mergekit.config import MergeConfiguration
@@ -361,7 +368,7 @@ class MergekitEvolveLoop:
         try:
             results = self.lm_eval.simple_evaluate(
                 model="huggingface",
-                model_args={"pretrained": out, "dtype": self.dtype, "use_cache": True},
+                model_args=self.model_args(out),
                 tasks=self.names, log_samples=False, verbosity="WARNING", task_manager=self.task_manager,
                 num_fewshot=None, limit=None, batch_size=self.batch_size, device=str(self.device),
             )
