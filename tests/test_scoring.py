@@ -357,3 +357,9 @@ def test_generative_tasks_decoded_together_score_as_each_task_alone(model, char_
         alone = evaluate(model, char_tok, [task], split="search", batch_size=8)
         assert both.tasks[task.name].items == alone.tasks[task.name].items
     assert all(len(r.output) <= 2 for r in both.tasks["short"].items)
+
+
+def test_choices_after_an_empty_prompt_share_nothing_and_score_as_alone(model, char_tok):
+    requests = [("", "abc"), ("", "xyz"), ("", "q")]  # one context, the prefix token alone: nothing to prefill
+    ours = loglikelihoods(model, char_tok, requests, batch_size=4, share_context_from=0)
+    assert ours == pytest.approx([reference_loglik(model, char_tok, c, x) for c, x in requests], abs=1e-9)

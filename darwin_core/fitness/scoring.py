@@ -313,7 +313,7 @@ def loglikelihoods(
             (ctx, indices)
             for ctx, indices in groups.items()
             if len(indices) > 1
-            and len(ctx) >= share_context_from
+            and len(ctx) >= max(share_context_from, 2)  # the prefill runs ctx[:-1]
             and all(len(ctx) + len(encoded[i][1]) <= window + 1 for i in indices)  # no left truncation
         ]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
