@@ -840,6 +840,12 @@ class ShardedWriter:
         return DarwinError(f"Cannot write {self.out_dir.name}: {error.strerror or error}.")
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of one file, read in chunks (model shards do not fit in memory twice)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def sha256_of_files(folder: str | os.PathLike[str]) -> dict[str, str]:
     """sha256 hex digest of every file under ``folder``, keyed by POSIX relative path, sorted.
 
@@ -848,6 +854,5 @@ def sha256_of_files(folder: str | os.PathLike[str]) -> dict[str, str]:
     folder = Path(folder)
     digests = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with open(path, "rb") as handle:
-            digests[path.relative_to(folder).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
+        digests[path.relative_to(folder).as_posix()] = sha256_file(path)
     return digests

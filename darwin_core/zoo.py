@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from darwin_core.errors import DarwinError
+from darwin_core.tensors import sha256_file
 from darwin_core.fitness.demo_tasks import DEMO_SKILLS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -225,14 +225,6 @@ def _build_models(spec: ZooSpec, log: Callable[[str], None] | None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- writing
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_member(model, tokenizer, folder: Path) -> None:

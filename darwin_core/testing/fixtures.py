@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from darwin_core.chartok import build_char_tokenizer
 from darwin_core.errors import DarwinError
+from darwin_core.tensors import sha256_file
 
 ARCHITECTURES: tuple[str, ...] = (
     "llama",
@@ -192,7 +193,7 @@ def place_in_hf_cache(
     if not files:
         raise DarwinError(f"The model folder {src} has no files.")
 
-    digests = {p.relative_to(src).as_posix(): _sha256(p) for p in files}
+    digests = {p.relative_to(src).as_posix(): sha256_file(p) for p in files}
     if _HEX40.match(revision):
         commit = revision
     else:
@@ -328,11 +329,3 @@ def _reshard(folder: Path, shards: int) -> None:
     }
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     single.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
