@@ -15,7 +15,7 @@ from the father; always role ``other``, layer ``None``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -32,6 +32,8 @@ _LAYER = re.compile(tables.LAYER_RE)
 _LAYER_ROLES = tuple((re.compile(pattern), role) for pattern, role in tables.LAYER_ROLES)
 _MODEL_ROLES = tuple((re.compile(pattern), role) for pattern, role in tables.MODEL_ROLES)
 _KEYWORDS = tuple((re.compile(pattern), role) for pattern, role in tables.KEYWORD_ROLES)
+_EMBEDDINGS = tuple(re.compile(pattern) for pattern in tables.TOKEN_EMBEDDINGS)
+_HEADS = tuple(re.compile(pattern) for pattern in tables.OUTPUT_HEADS)
 
 
 class TensorRole(NamedTuple):
@@ -146,8 +148,77 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
 def layer_count(config: dict[str, Any]) -> int:
     """Number of decoder layers of the language model (``text_config`` for multimodal checkpoints)."""
     text = text_config(config)
-    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+    for key in tables.LAYER_COUNT_KEYS:
         value = text.get(key)
         if isinstance(value, int) and value > 0:
             return value
     raise DarwinError("The model's config.json does not say how many layers it has (no num_hidden_layers).")
+
+
+def check_config_against_weights(config: dict[str, Any], shapes: Mapping[str, Sequence[int]], label: str) -> None:
+    """Refuse a config.json whose sizes the weights do not hold, before anything is built from it.
+
+    Everything downstream trusts the config: the genome makes one gene per layer, ``from_pretrained`` allocates
+    every layer and the embedding at the config's sizes (initialising what the files lack). A config claiming
+    10^9 layers or a 10^6-wide hidden state beside a tiny checkpoint would hang or exhaust memory, so each size
+    is held against the weights' own shapes: the layer count against the layers the tensor names index (or,
+    where no name carries a layer index, against the number of tensors: a layer is at least one tensor), the
+    vocabulary and hidden size against the token embedding (the output head where there is none). Every key a
+    size may go by is checked, not just the first, since transformers' attribute maps may read any of them.
+    ``shapes`` maps tensor names to shapes, from the headers; empty (pickle weights not downloaded) checks nothing.
+    """
+    if not shapes:
+        return
+    text = text_config(config)
+    layers = [value for _, value in _config_sizes(text, tables.LAYER_COUNT_KEYS)]
+    if layers:
+        found = 1 + max((split_name(n).layer for n in shapes if _in_stack(n)), default=-1)
+        held = found or len(shapes)
+        if max(layers) > held:
+            what = f"{found} layers" if found else f"{held} tensors and no layer"
+            raise DarwinError(f"The config.json of {label} says the model has {max(layers)} layers but its "
+                              f"weights hold {what}, so it is refused.")
+    table = _token_table(shapes)
+    if table is None:
+        raise DarwinError(f"The weights of {label} have no token embedding or output head to check its "
+                          "config.json against, so it is refused.")
+    name, (vocab, width) = table
+    vocab_claims = _config_sizes(text, tables.VOCAB_SIZE_KEYS) or _config_sizes(config, tables.VOCAB_SIZE_KEYS)
+    width_claims = _config_sizes(text, tables.EMBEDDING_WIDTH_KEYS)
+    hidden_claims = _config_sizes(text, tables.HIDDEN_SIZE_KEYS)
+    if width_claims:  # a narrower embedding: the hidden size must still be a width the block stack has
+        stack_dims = {int(d) for n, shape in shapes.items() if _in_stack(n) for d in shape}
+        hidden_claims = [(k, v) for k, v in hidden_claims if v not in stack_dims]
+    else:
+        width_claims = hidden_claims
+        hidden_claims = []
+    wrong = [(k, v) for k, v in vocab_claims if v != vocab] + [(k, v) for k, v in width_claims if v != width]
+    if wrong:
+        raise DarwinError(f"The config.json of {label} says {wrong[0][0]} {wrong[0][1]} but its {name} is "
+                          f"[{vocab}, {width}], so it is refused.")
+    if hidden_claims:
+        raise DarwinError(f"The config.json of {label} says {hidden_claims[0][0]} {hidden_claims[0][1]}, a width "
+                          "no tensor of its decoder layers has, so it is refused.")
+
+
+def _config_sizes(config: dict[str, Any], keys: Sequence[str]) -> list[tuple[str, int]]:
+    """(key, value) for each of ``keys`` the config sets to an integer (bools are not sizes)."""
+    return [(key, config[key]) for key in keys
+            if isinstance(config.get(key), int) and not isinstance(config.get(key), bool)]
+
+
+def _in_stack(name: str) -> bool:
+    """A language-model tensor inside the decoder block stack (not a tower, not an auxiliary head's layer)."""
+    parts = split_name(name)
+    return parts.tower == "language" and not parts.aux and parts.layer is not None
+
+
+def _token_table(shapes: Mapping[str, Sequence[int]]) -> tuple[str, tuple[int, int]] | None:
+    """(name, [vocab, width]) of the 2-D token embedding, else of the output head, else None."""
+    for patterns in (_EMBEDDINGS, _HEADS):
+        for name, shape in shapes.items():
+            parts = split_name(name)
+            if (len(shape) == 2 and parts.tower == "language" and parts.layer is None and not parts.aux
+                    and any(p.search(parts.canonical) for p in patterns)):
+                return name, (int(shape[0]), int(shape[1]))
+    return None

@@ -115,3 +115,18 @@ KEYWORD_ROLES: tuple[tuple[str, str], ...] = (
     (r"(?:^|\.)(?:A_log|dt_bias|conv1d|x_proj|dt_proj|in_proj|out_proj)(?:\.|$)", "linear_attn"),
     (r"norm|(?:^|\.)ln_?\d*(?:\.|$)", "norm"),
 )
+
+# -- config sizes the weights must hold (`anatomy.check_config_against_weights`) ---------------------------
+# The token embedding, on the prefix-stripped name outside any block: its shape [vocab, width] is what the
+# config's vocab_size and hidden size are checked against. Gemma's embed_tokens_per_layer and learned position
+# tables (wpe, embed_positions) are other tables and do not match. The output head is the fallback.
+TOKEN_EMBEDDINGS: tuple[str, ...] = (
+    r"(?:^|\.)(?:embed_tokens|wte|embed_in|word_embeddings|tok_embeddings|embeddings)\.weight$",
+)
+OUTPUT_HEADS: tuple[str, ...] = (r"^(?:lm_head|embed_out|output)\.weight$",)
+# Config keys, first present wins. The width keys name an embedding narrower than the hidden state (OPT-350m's
+# word_embed_proj_dim); without one, the embedding is as wide as the hidden size.
+LAYER_COUNT_KEYS: tuple[str, ...] = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HIDDEN_SIZE_KEYS: tuple[str, ...] = ("hidden_size", "d_model", "n_embd")
+EMBEDDING_WIDTH_KEYS: tuple[str, ...] = ("word_embed_proj_dim", "embedding_size")
+VOCAB_SIZE_KEYS: tuple[str, ...] = ("vocab_size",)

@@ -3,23 +3,27 @@
 `card_inputs(run_dir)` reads the run's config (parents), best recipe (method, hash, genome), report
 (held-out table with intervals and p-values, search fitness), health check (verdict, findings) and the parents'
 own metadata (license from their README front matter or the Hub, genealogy when a parent is itself a Darwin
-child) into a `darwin_core.card.CardInputs`; `card.build_card` turns that into the card. Pictures (the fitness
-curve) are drawn into the child folder as PNGs when the card is written (`write_card`), so they are uploaded
-with it and the card can show them.
+child) into a `darwin_core.card.CardInputs`; `card.build_card` turns that into the card.
 
-A parent that is one of the shipped demo models is named `demo:<member>`: a local path means nothing to a
-reader of the card.
+Anyone may view a card and the card is published, so two rules hold:
+- Viewing writes nothing. Pictures (fitness curve, MRI map) are drawn in memory (`render_pictures`); a page
+  shows them inline (`inline_pictures`). Only `write_card` — the owner pushing, zipping or saving the child —
+  draws them into the child folder as PNGs, beside the README that names them by file name.
+- No path of this machine appears (runs folder, Hub cache, home, temp). Parents are named by Hub id (pinned
+  `id@commit` where it must be reproducible), `demo:<member>`, `run:<id>` or a folder's name; the recipe shown
+  is `Recipe.public()`; the reproduce command carries the run's settings with task files by file name.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import re
-import shlex
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -34,8 +38,13 @@ CURVE_CAPTION = "Fitness on the search split per generation"
 MRI_PICTURE = "darwin-mri-advantage.png"
 MRI_CAPTION = "MRI layer advantage: mother − father probe importance per layer (red: the mother relies on it more)"
 CHILD_RECIPE = "darwin-recipe.yaml"
+EVOLVE_FILE = "darwin-evolve.yaml"
+NAMED_PARENTS = ("demo:", "run:")  # names darwin_core.parents resolves on any machine running Darwin
 BASELINE_COLORS = {"father": "#1f77b4", "mother": "#d62728", "uniform-50": "#7f7f7f", "mri": "#9467bd"}
 BEST_COLOR = "#2ca02c"
+
+if TYPE_CHECKING:  # darwin_core.recipe imports torch: loaded only where a recipe is read
+    from darwin_core.recipe import ParentRef
 
 _FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*(?:\n|$)", re.S)
 
@@ -52,22 +61,65 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise DarwinError(f"{path.name} in the run folder is not valid JSON.") from None
 
 
-def parent_label(ref: str, zoo_dir: str | Path | None = None) -> str:
-    """How a parent is named on the card: its Hub id, `demo:<member>` for a shipped demo model, else the folder."""
+def _cached_repo(path: Path) -> tuple[str, str] | None:
+    """(repo id, commit) when the folder is a snapshot of a Hugging Face cache (`models--org--name/snapshots/<sha>`)."""
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo.startswith("models--") or repo.count("--") < 2:
+        return None
+    return repo[len("models--"):].replace("--", "/", 1), path.name
+
+
+def _folder_label(path: Path, zoo_dir: str | Path | None) -> str:
+    """A local folder's public name: a demo member, an earlier run's child, a cached Hub repo, else its name."""
     from darwin_core import zoo
 
-    path = Path(ref).expanduser()
+    root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
+    try:
+        if path.resolve().parent == root.resolve():
+            return f"demo:{path.name}"
+    except OSError:
+        pass
+    if path.name == CHILD and (path.parent / CONFIG).is_file():
+        return f"run:{path.parent.name}"
+    cached = _cached_repo(path)
+    return cached[0] if cached else path.name
+
+
+def parent_label(ref: str, zoo_dir: str | Path | None = None) -> str:
+    """How a parent is named to people (card, pages): its Hub id as typed, `demo:<member>` / `run:<id>`, else a
+    folder's name — never the path, which only means something on this machine (and tells a visitor its layout)."""
+    from darwin_core.hub import parse_ref
+
+    text = str(ref).strip()
+    if text.startswith(NAMED_PARENTS):
+        return text
+    path = Path(text).expanduser()
     if path.is_dir():
-        root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
-        try:
-            if path.resolve().parent == root.resolve():
-                return f"demo:{path.name}"
-        except OSError:
-            pass
-        if path.name == CHILD and (path.parent / CONFIG).is_file():
-            return f"darwin-run:{path.parent.name}"
-        return path.name
-    return ref
+        return _folder_label(path, zoo_dir)
+    try:
+        parse_ref(text, local_mode=False)
+    except DarwinError:  # path-like (a folder since moved or deleted): its name only
+        return path.name or "a local folder"
+    return text
+
+
+def public_parent(ref: ParentRef, zoo_dir: str | Path | None = None, *, pinned: bool = False) -> str:
+    """A recipe parent's public name; `pinned` gives a Hub parent as `id@commit`, the form that reproduces.
+
+    A Hub parent has a revision (its path is only where the cache keeps it); a local one has a path only.
+    """
+    if ref.path and not ref.revision:
+        cached = _cached_repo(Path(ref.path))
+        if cached and pinned:
+            return f"{cached[0]}@{cached[1]}"
+        return parent_label(ref.path, zoo_dir)
+    return parent_label(ref.label() if pinned else ref.id, zoo_dir)
+
+
+def _parent_name(typed: Any, ref: ParentRef, zoo_dir: str | Path | None, *, pinned: bool) -> str:
+    """The run's config name when it is already public (`demo:`, `run:`), else the recipe parent's public name."""
+    text = str(typed or "").strip()
+    return text if text.startswith(NAMED_PARENTS) else public_parent(ref, zoo_dir, pinned=pinned)
 
 
 def folder_license(folder: str | Path) -> str | None:
@@ -87,8 +139,12 @@ def folder_license(folder: str | Path) -> str | None:
     return str(value) if value else None
 
 
-def parent_license(ref: str) -> str | None:
+def parent_license(ref: str | ParentRef) -> str | None:
     """A parent's license: its folder's README, else what the Hub (or the offline cache) says; None if unknown."""
+    if not isinstance(ref, str):  # a recipe's ParentRef: a local folder's README, else the (pinned) Hub repo
+        found = folder_license(ref.path) if ref.path else None
+        local = ref.path is not None and not ref.revision
+        return found if found or local else parent_license(ref.label())
     path = Path(ref).expanduser()
     if path.is_dir():
         return folder_license(path)
@@ -100,11 +156,12 @@ def parent_license(ref: str) -> str | None:
         return None
 
 
-def genealogy(ref: str, zoo_dir: str | Path | None = None) -> list[str]:
-    """Ancestors of one parent, oldest first, when that parent is itself a Darwin child (it has a recipe)."""
-    path = Path(ref).expanduser()
-    recipe_file = path / CHILD_RECIPE
-    if not recipe_file.is_file():
+def genealogy(ref: ParentRef, zoo_dir: str | Path | None = None) -> list[str]:
+    """Ancestors of one parent, oldest first, when that parent is itself a Darwin child (its folder has a recipe)."""
+    from darwin_core.recipe import ParentRef
+
+    recipe_file = Path(ref.path) / CHILD_RECIPE if ref.path else None
+    if recipe_file is None or not recipe_file.is_file():
         return []
     try:
         doc = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
@@ -112,13 +169,12 @@ def genealogy(ref: str, zoo_dir: str | Path | None = None) -> list[str]:
         return []
     names = []
     for role in ("father", "mother"):
-        entry = doc.get(role) or {}
-        source = entry.get("path") or entry.get("id")
-        if source:
-            names.append(parent_label(str(source), zoo_dir))
+        entry = doc.get(role) if isinstance(doc, Mapping) else None
+        if isinstance(entry, Mapping) and entry.get("id"):
+            names.append(public_parent(ParentRef.of(entry), zoo_dir))
     if not names:
         return []
-    return [f"({' × '.join(names)})", parent_label(ref, zoo_dir)]
+    return [f"({' × '.join(names)})", public_parent(ref, zoo_dir)]
 
 
 def _row(task: str, n_items: int, models: Mapping, comparisons: Mapping) -> HeldoutRow:
@@ -160,7 +216,12 @@ def _font(size: int):
 
 
 def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: int = 500) -> Path:
-    """The fitness curve as a PNG: every candidate, the best so far per generation, baselines dashed.
+    """The fitness curve written as a PNG file (see `curve_image`)."""
+    return _save_png(curve_image(curves, width=width, height=height), path)
+
+
+def curve_image(curves: Mapping, *, width: int = 900, height: int = 500) -> Any:
+    """The fitness curve as a Pillow image: every candidate, the best so far per generation, baselines dashed.
 
     Drawn with Pillow: plotly's image export needs kaleido, which neither the Space nor the CLI installs.
     """
@@ -222,8 +283,7 @@ def curve_png(curves: Mapping, path: str | Path, *, width: int = 900, height: in
         legend_y += 20
     draw.ellipse([(right + 18, legend_y + 4), (right + 26, legend_y + 12)], outline="#17becf")
     draw.text((right + 38, legend_y), "candidate", fill="black", font=small)
-
-    return _save_png(image, path)
+    return image
 
 
 def _diverging(value: float, bound: float) -> tuple[int, int, int]:
@@ -234,7 +294,12 @@ def _diverging(value: float, bound: float) -> tuple[int, int, int]:
 
 
 def advantage_png(pair: Mapping, path: str | Path, *, cell: tuple[int, int] = (90, 22)) -> Path:
-    """The MRI layer advantage map (`ui/plots.advantage_heatmap`'s data) as a PNG, drawn with Pillow."""
+    """The MRI layer advantage map written as a PNG file (see `advantage_image`)."""
+    return _save_png(advantage_image(pair, cell=cell), path)
+
+
+def advantage_image(pair: Mapping, *, cell: tuple[int, int] = (90, 22)) -> Any:
+    """The MRI layer advantage map (`ui/plots.advantage_heatmap`'s data) as a Pillow image."""
     from PIL import Image, ImageDraw
 
     advantage = pair["advantage"]
@@ -259,14 +324,25 @@ def advantage_png(pair: Mapping, path: str | Path, *, cell: tuple[int, int] = (9
         y = top + k * 30
         draw.rectangle([(scale_x, y), (scale_x + 20, y + 20)], fill=_diverging(value, bound), outline="black")
         draw.text((scale_x + 28, y + 3), f"{value:+.3g} {label}", fill="black", font=small)
-    return _save_png(image, path)
+    return image
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _save_png(image: Any, path: str | Path) -> Path:
+    return _write_bytes(_png_bytes(image), path)
+
+
+def _write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write a file whole or not at all (a reader never sees half a PNG)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    image.save(tmp, format="PNG")
+    tmp.write_bytes(data)
     tmp.replace(target)
     return target
 
@@ -284,25 +360,91 @@ def card_pictures(folder: RunFolder) -> list[tuple[str, str]]:
     return pictures
 
 
-def draw_pictures(run_dir: str | Path) -> list[tuple[str, str]]:
-    """Draw the card's pictures into the child folder (uploaded with it); returns (caption, file name) pairs."""
+def render_pictures(run_dir: str | Path, names: Collection[str] | None = None) -> list[tuple[str, str, bytes]]:
+    """(caption, file name, PNG bytes) of the card's pictures (only `names`, when given), drawn in memory.
+
+    In memory because anyone may view any run's card: viewing must not write into someone else's run folder.
+    """
     from darwin_core.jobs import curves
     from darwin_core.mri import load_scan
 
     folder = RunFolder(run_dir)
-    pictures = card_pictures(folder)
-    for _, name in pictures:
+    out = []
+    for caption, name in card_pictures(folder):
+        if names is not None and name not in names:
+            continue
         if name == CURVE_PICTURE:
-            curve_png(curves(folder.evaluations()), folder.file(CHILD) / CURVE_PICTURE)
+            out.append((caption, name, _png_bytes(curve_image(curves(folder.evaluations())))))
         elif name == MRI_PICTURE:
-            advantage_png(load_scan(folder.file(MRI_SCAN)), folder.file(CHILD) / MRI_PICTURE)
-    return pictures
+            out.append((caption, name, _png_bytes(advantage_image(load_scan(folder.file(MRI_SCAN))))))
+    return out
+
+
+def inline_pictures(markdown: str, run_dir: str | Path) -> str:
+    """The card's markdown with the pictures it names (`](darwin-fitness.png)`) as data URIs, for a page.
+
+    In the repo the PNGs sit beside the README; a page has no URL for them, and drawing them into the child
+    folder to serve them would write into a run the viewer may not own.
+    """
+    wanted = [name for _, name in card_pictures(RunFolder(run_dir)) if f"]({name})" in markdown]
+    for _, name, data in render_pictures(run_dir, wanted) if wanted else []:
+        markdown = markdown.replace(f"]({name})", f"](data:image/png;base64,{base64.b64encode(data).decode('ascii')})")
+    return markdown
+
+
+def draw_pictures(run_dir: str | Path) -> list[tuple[str, str]]:
+    """Draw the card's pictures into the child folder, beside the README that names them (uploaded with it).
+
+    Only `write_card` calls this — the owner pushing, zipping or saving the child; a preview uses `inline_pictures`.
+    """
+    child = RunFolder(run_dir).file(CHILD)
+    return [(caption, _write_bytes(data, child / name).name) for caption, name, data in render_pictures(run_dir)]
+
+
+def _public_task(task: Any) -> Any:
+    """A config task as a reader can use it: a file by its file name (they put their copy beside the config)."""
+    if isinstance(task, Mapping):
+        return {k: Path(str(v)).name if k == "file" else v for k, v in task.items()}
+    if isinstance(task, str) and Path(task).suffix.lower() in (".jsonl", ".json", ".csv"):
+        return Path(task.removeprefix("file:")).name
+    return task
+
+
+def public_config(config: Mapping[str, Any], recipe: Any, zoo_dir: str | Path | None = None) -> dict[str, Any]:
+    """The run's settings with nothing of this machine in them: parents by public name (Hub ones pinned to the
+    commit the run bred), task files and any other path-valued setting (a saved MRI scan) by file name."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("father", "mother"):
+            out[key] = _parent_name(value, getattr(recipe, key), zoo_dir, pinned=True)
+        elif key == "base" and value:
+            base = recipe.base
+            out[key] = _parent_name(value, base, zoo_dir, pinned=True) if base != "father" else parent_label(str(value), zoo_dir)
+        elif key == "tasks" and isinstance(value, (list, tuple)):
+            out[key] = [_public_task(t) for t in value]
+        elif isinstance(value, str) and (value.startswith(("/", "~", "./", "../")) or "\\" in value):
+            out[key] = Path(value).name
+        else:
+            out[key] = value
+    return out
+
+
+def reproduce_command(config: Mapping[str, Any]) -> str:
+    """Shell lines that breed the same child elsewhere: the public settings as a file, then evolve; or merge."""
+    settings = yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True).rstrip()
+    return (
+        "# the search, with this run's settings (parents pinned; put the task files named here beside it)\n"
+        f"cat > {EVOLVE_FILE} <<'EOF'\n{settings}\nEOF\n"
+        f"python -m darwin_core evolve {EVOLVE_FILE}\n"
+        f"# or the child alone, from its recipe\npython -m darwin_core merge {CHILD_RECIPE} --out child"
+    )
 
 
 def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str | Path | None = None) -> CardInputs:
     """Everything the card says about this run's child, read from the run folder (and the parents' metadata).
 
-    Pure reading: the pictures it lists are the ones `draw_pictures` makes, which `write_card` draws.
+    Pure reading: the pictures it lists are the ones `render_pictures` draws (into the child only by `write_card`).
+    Parents, recipe and reproduce command are their public forms: the card is read by anyone.
     """
     from darwin_core.recipe import Recipe
 
@@ -313,26 +455,22 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
     recipe_path, child = folder.file(BEST_RECIPE), folder.file(CHILD)
     if not recipe_path.is_file() or not (child / "config.json").is_file():
         raise DarwinError(f"Run {folder.run_id} has no child yet; a card is made once the run has finished.")
-    recipe_yaml = recipe_path.read_text(encoding="utf-8")
-    recipe = Recipe.from_yaml(recipe_yaml)
+    recipe = Recipe.from_yaml(recipe_path.read_text(encoding="utf-8"))
     report = _read_json(folder.file(REPORT)) or {}
     health = _read_json(folder.file(HEALTH))
     evaluations = folder.evaluations()
 
-    father_ref, mother_ref = str(config["father"]), str(config["mother"])
-    pictures = card_pictures(folder)
     best = report.get("best") or {}
     candidates = len({e["name"] for e in evaluations if e.get("kind") == "candidate"})
     genome = list(recipe.genome.as_dict().items()) if recipe.genome is not None else []
-    config_name = shlex.quote(str(folder.file(CONFIG)))
     return CardInputs(
-        father=parent_label(father_ref, zoo_dir),
-        mother=parent_label(mother_ref, zoo_dir),
-        recipe_yaml=recipe_yaml,
+        father=_parent_name(config.get("father"), recipe.father, zoo_dir, pinned=False),
+        mother=_parent_name(config.get("mother"), recipe.mother, zoo_dir, pinned=False),
+        recipe_yaml=recipe.public().to_yaml(),
         recipe_hash=recipe.recipe_hash,
         method=recipe.method,
-        father_license=parent_license(father_ref),
-        mother_license=parent_license(mother_ref),
+        father_license=parent_license(recipe.father),
+        mother_license=parent_license(recipe.mother),
         repo_id=repo_id,
         genome=genome,
         genome_space=recipe.genome.space if recipe.genome is not None else config.get("genome"),
@@ -343,12 +481,9 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
         candidates=candidates or None,
         health_verdict=health.get("verdict") if health else None,
         health_findings=[f"[{f['severity']}] {f['message']}" for f in health.get("findings", [])] if health else [],
-        pictures=pictures,
-        genealogy=genealogy(father_ref, zoo_dir) + genealogy(mother_ref, zoo_dir),
-        reproduce_command=(
-            f"# the search (writes a run folder with the same recipe)\npython -m darwin_core evolve {config_name}\n"
-            f"# or the child alone, from its recipe\npython -m darwin_core merge {CHILD_RECIPE} --out child"
-        ),
+        pictures=card_pictures(folder),
+        genealogy=genealogy(recipe.father, zoo_dir) + genealogy(recipe.mother, zoo_dir),
+        reproduce_command=reproduce_command(public_config(config, recipe, zoo_dir)),
     )
 
 
@@ -358,11 +493,28 @@ def card_text(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str |
     return str(card), warnings
 
 
+def _public_child_recipe(child: Path) -> None:
+    """A child merged before published recipes dropped their paths still names its parents by server paths:
+    rewrite its recipe in the public form (same recipe, same hash) before it leaves the machine."""
+    from darwin_core.recipe import Recipe
+
+    path = child / CHILD_RECIPE
+    if not path.is_file():
+        return
+    text = Recipe.load(path).public().to_yaml()
+    if path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
 def write_card(run_dir: str | Path, text: str) -> Path:
-    """Save the (possibly edited) card as the child's README.md, the file the Hub shows, with its pictures."""
+    """Save the (possibly edited) card as the child's README.md, the file the Hub shows, with its pictures.
+
+    The owner's step before the child leaves (push, zip, save): it alone writes into the child folder.
+    """
     child = RunFolder(run_dir).file(CHILD)
     if not (child / "config.json").is_file():
         raise DarwinError("This run has no child to write a card for.")
+    _public_child_recipe(child)
     draw_pictures(run_dir)
     target = child / CARD_FILE
     atomic_write_text(target, text if text.endswith("\n") else text + "\n")

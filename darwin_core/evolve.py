@@ -565,13 +565,18 @@ def _checkpoint(folder: RunFolder, state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------- the real problem
 
 
-def resolve_parent(ref: str, *, local_mode: bool):
-    """(ParentRef for the recipe, local folder) of a parent: a local folder (local mode only) or a Hub id,
-    resolved through hub.resolve_model and downloaded (weights, config, tokenizer only) when not cached."""
+def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None):
+    """(ParentRef for the recipe, local folder) of a parent named any way darwin_core.parents knows (demo:, run:,
+    a Hub id, a folder in local mode), downloaded (weights, config, tokenizer only) when not cached.
+
+    A run's parents were checked when it was submitted (the visitor's access to a gated commit, their right to a
+    `run:` child), so the worker reads a pinned cached commit without asking the Hub again.
+    """
     from darwin_core import hub
+    from darwin_core.parents import resolve_parent_name
     from darwin_core.recipe import ParentRef
 
-    resolved = hub.resolve_model(ref, local_mode=local_mode)
+    resolved = resolve_parent_name(ref, local_mode=local_mode, runs_dir=runs_dir, check_access=False)
     if resolved.folder is None:
         resolved = hub.download(resolved)
     folder = Path(resolved.folder)
@@ -580,26 +585,23 @@ def resolve_parent(ref: str, *, local_mode: bool):
     return ParentRef(id=resolved.id, revision=resolved.commit or resolved.revision, path=str(folder)), folder
 
 
-def load_tasks(config: EvolutionConfig) -> tuple[list[Task], dict[str, float]]:
-    """The config's tasks, split with `split_seed`, and their composite weights (by task name)."""
-    from darwin_core.fitness import sources
-    from darwin_core.fitness.demo_tasks import demo_task
+def load_tasks(config: EvolutionConfig, *, runs_dir: str | Path | None = None,
+               visitor_token: str | None = None) -> tuple[list[Task], dict[str, float]]:
+    """The config's tasks, split with `split_seed`, and their composite weights (by task name).
 
+    With local mode off, darwin_core.fitness.policy vets every task before anything is loaded, and Hub
+    datasets are read with the visitor's token (the page) or none (token=False, the worker): never with the
+    server's own token.
+    """
+    from darwin_core.fitness.policy import check_untrusted_tasks
+
+    if not config.local_mode:
+        check_untrusted_tasks(config.tasks, runs_dir=runs_dir)
+    hub_token: str | bool | None = visitor_token or (None if config.local_mode else False)
     tasks: list[Task] = []
     weights: dict[str, float] = {}
     for spec in config.tasks:
-        if spec.source == "demo":
-            loaded = [demo_task(spec.ref, config.split_seed, limit=spec.limit)]
-        elif spec.source == "file":
-            loaded = [sources.load_task(spec.ref, format=spec.format or "user", name=spec.name, seed=config.split_seed, limit=spec.limit)]
-        elif spec.source == "hub":
-            loaded = [sources.load_hub_task(spec.ref, format=spec.format, config=spec.config, split=spec.split, name=spec.name, seed=config.split_seed, limit=spec.limit)]
-        elif spec.source == "lm_eval":
-            loaded = sources.tasks_from_lm_eval([spec.ref], seed=config.split_seed, limit=spec.limit)
-        else:
-            raise DarwinError(f"Unknown task source {spec.source!r}.")
-        if spec.name and spec.source == "demo":
-            loaded = [replace(t, name=spec.name) for t in loaded]
+        loaded = load_spec(spec, split_seed=config.split_seed, hub_token=hub_token)
         for task in loaded:
             if task.name in weights:
                 raise DarwinError(f"Two tasks are named {task.name!r}; give one of them another name.")
@@ -610,13 +612,32 @@ def load_tasks(config: EvolutionConfig) -> tuple[list[Task], dict[str, float]]:
     return tasks, weights
 
 
+def load_spec(spec: TaskSpec, *, split_seed: int, hub_token: str | bool | None = None) -> list[Task]:
+    """The task(s) one spec names (an lm-eval group gives several), split with `split_seed`."""
+    from darwin_core.fitness import sources
+    from darwin_core.fitness.demo_tasks import demo_task
+
+    if spec.source == "demo":
+        loaded = [demo_task(spec.ref, split_seed, limit=spec.limit)]
+        return [replace(t, name=spec.name) for t in loaded] if spec.name else loaded
+    if spec.source == "file":
+        return [sources.load_task(spec.ref, format=spec.format or "user", name=spec.name, seed=split_seed, limit=spec.limit)]
+    if spec.source == "hub":
+        return [sources.load_hub_task(spec.ref, format=spec.format, config=spec.config, split=spec.split, name=spec.name,
+                                      seed=split_seed, limit=spec.limit, token=hub_token)]
+    if spec.source == "lm_eval":
+        return sources.tasks_from_lm_eval([spec.ref], seed=split_seed, limit=spec.limit)
+    raise DarwinError(f"Unknown task source {spec.source!r}.")
+
+
 DEFAULT_METHODS = {"darwin-v6": "dare_ties"}  # seed 002's engine; the other spaces default to linear
 
 
 class ModelProblem:
     """The real problem: genomes become recipes, recipes are written into the resident child, the child is scored."""
 
-    def __init__(self, config: EvolutionConfig, *, log: Callable[[str], None] | None = None):
+    def __init__(self, config: EvolutionConfig, *, log: Callable[[str], None] | None = None,
+                 runs_dir: str | Path | None = None):
         from darwin_core import anatomy
         from darwin_core.childmodel import ResidentChild
         from darwin_core.genome import get_space
@@ -626,12 +647,12 @@ class ModelProblem:
         self.log = log or (lambda message: None)
         self.method = config.method or DEFAULT_METHODS.get(config.genome, "linear")
         get_method(self.method)  # unknown method: one sentence now, not after loading the models
-        self.father_ref, self.father_dir = resolve_parent(config.father, local_mode=config.local_mode)
-        self.mother_ref, self.mother_dir = resolve_parent(config.mother, local_mode=config.local_mode)
+        self.father_ref, self.father_dir = resolve_parent(config.father, local_mode=config.local_mode, runs_dir=runs_dir)
+        self.mother_ref, self.mother_dir = resolve_parent(config.mother, local_mode=config.local_mode, runs_dir=runs_dir)
         self.base_ref, self.base_dir = ("father", None)
         if config.base:
-            self.base_ref, self.base_dir = resolve_parent(config.base, local_mode=config.local_mode)
-        self.tasks, self.weights = load_tasks(config)
+            self.base_ref, self.base_dir = resolve_parent(config.base, local_mode=config.local_mode, runs_dir=runs_dir)
+        self.tasks, self.weights = load_tasks(config, runs_dir=runs_dir)
         self.layer_count = anatomy.layer_count(json.loads((self.father_dir / "config.json").read_text(encoding="utf-8")))
         self.space = get_space(config.genome, layer_count=self.layer_count)
         self.dtype = None if config.dtype == "auto" else config.dtype
@@ -812,7 +833,7 @@ def run_evolution(
     log = log or (lambda message: None)
     folder.append_event("loading", father=config.father, mother=config.mother)
     folder.update_status(phase="loading")
-    problem = ModelProblem(config, log=log)
+    problem = ModelProblem(config, log=log, runs_dir=folder.path.parent)
     if problem.scan is not None:
         from darwin_core.mri import save_json
 
@@ -844,10 +865,12 @@ def run_evolution(
     child_dir = merge_to_disk(recipe, folder.file(CHILD), device=str(problem.child.device), overwrite=True)
     folder.append_event("child_written", path=CHILD)
 
+    from darwin_core.cardgen import parent_label  # the report is shown on pages: parents by public name, no path
+
     report: dict[str, Any] = {
         "run_id": folder.run_id,
-        "father": config.father,
-        "mother": config.mother,
+        "father": parent_label(config.father),
+        "mother": parent_label(config.mother),
         "best": best,
         "best_candidate": {**outcome.best, "kind": "candidate"},
         "generations_run": outcome.generation,

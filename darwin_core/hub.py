@@ -148,16 +148,32 @@ def parse_ref(ref: str, *, local_mode: bool) -> tuple[str, str, str | None]:
 
 
 def resolve_model(ref: str, *, local_mode: bool, token: str | None = None, allow_pickle: bool = False,
-                  cache_dir: str | Path | None = None) -> ModelRef:
-    """Resolve "org/name", "org/name@rev" or (local mode only) a folder into a ModelRef, without downloading weights."""
+                  cache_dir: str | Path | None = None, check_access: bool = True) -> ModelRef:
+    """Resolve "org/name", "org/name@rev" or (local mode only) a folder into a ModelRef, without downloading weights.
+
+    A cached snapshot is shared by every visitor of a Space, so before one is used the Hub is asked whether
+    *this* caller's token (or none) may read the repo: a gated model left in the cache by a signed-in visitor is
+    not handed to anyone else. Only the worker, reading a commit the page already fetched and checked with the
+    visitor's token, passes check_access=False; offline (a local install) there is nobody to ask.
+    """
     kind, target, revision = parse_ref(ref, local_mode=local_mode)
     if kind == "local":
         return _resolve_local(Path(target).expanduser(), allow_pickle=allow_pickle)
     from huggingface_hub import constants
 
     if constants.is_offline_mode() or _pinned_and_cached(target, revision, cache_dir):
+        if check_access and not constants.is_offline_mode():
+            verify_access(target, token)
         return _resolve_cached(target, revision, token=token, allow_pickle=allow_pickle, cache_dir=cache_dir)
     return _resolve_online(target, revision, token=token, allow_pickle=allow_pickle, cache_dir=cache_dir)
+
+
+def verify_access(repo_id: str, token: str | None, *, repo_type: str = "model") -> None:
+    """Ask the Hub whether this token (None: anonymous) may read the repo; the gated / not-found sentence if not."""
+    from huggingface_hub import HfApi
+
+    with hub_errors(repo_id, None, token):
+        HfApi().auth_check(repo_id, repo_type=repo_type, token=token or False)
 
 
 def _pinned_and_cached(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> bool:
@@ -172,12 +188,20 @@ def _pinned_and_cached(repo_id: str, revision: str | None, cache_dir: str | Path
 
 
 def _read_config(folder: Path, label: str) -> dict[str, Any]:
+    """The parsed config.json of a model folder; one that is missing, oversized or not a JSON object is refused.
+
+    The file is the model's own claim and may come from anyone: its size is checked before it is read (a real
+    config is kilobytes; a gigabyte one would be read into memory whole), and deep nesting is not a crash.
+    """
     path = folder / "config.json"
     if not path.is_file():
         raise DarwinError(f"{label} has no config.json, so it is not a transformers model.")
+    limit = 16 * 2**20  # the largest real configs (long id2label tables) are well under a megabyte
+    if path.stat().st_size > limit:
+        raise DarwinError(f"The config.json of {label} is too large to be a model config (over {limit // 2**20} MiB).")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise DarwinError(f"The config.json of {label} is not valid JSON.") from None
     if not isinstance(config, dict):
         raise DarwinError(f"The config.json of {label} is not a JSON object.")
@@ -201,8 +225,19 @@ def _card_license(folder: Path) -> str | None:
     return str(value) if value else None
 
 
-def _from_reader(reader: TensorReader) -> dict[str, Any]:
+def _from_reader(reader: TensorReader, config: dict[str, Any] | None = None, label: str = "") -> dict[str, Any]:
+    """The ModelRef fields that come from the weight headers (names, shapes, files, sizes).
+
+    Given the model's config, it is first held against those headers (`anatomy.check_config_against_weights`,
+    `tensors.check_transformers_weights`): every resolve path goes through here, so a config whose sizes the
+    weights do not hold, or that points transformers at other weights, is refused before anything is loaded.
+    """
+    from darwin_core.tensors import check_transformers_weights
+
     tensors = {name: (info.shape, info.dtype) for name, info in reader.infos().items()}
+    if config is not None:
+        check_transformers_weights(config, reader.folder, label)
+        anatomy.check_config_against_weights(config, {name: shape for name, (shape, _) in tensors.items()}, label)
     return {
         "tensors": tensors,
         "weight_files": reader.files,
@@ -221,7 +256,7 @@ def _resolve_local(folder: Path, *, allow_pickle: bool) -> ModelRef:
     config = _read_config(folder, str(folder))
     reader = TensorReader(folder, allow_pickle=allow_pickle)
     return ModelRef(id=str(folder), local=True, folder=folder, config=config, license=_card_license(folder),
-                    **_from_reader(reader))
+                    **_from_reader(reader, config, str(folder)))
 
 
 def _resolve_cached(repo_id: str, revision: str | None, *, token: str | None, allow_pickle: bool,
@@ -240,7 +275,7 @@ def _resolve_cached(repo_id: str, revision: str | None, *, token: str | None, al
         raise DarwinError(_pickle_sentence(repo_id))
     reader = TensorReader(snapshot, allow_pickle=allow_pickle)  # every weight file is there, or it says which not
     return ModelRef(id=repo_id, revision=revision, commit=snapshot.name, folder=snapshot, config=config,
-                    license=_card_license(snapshot), **_from_reader(reader))
+                    license=_card_license(snapshot), **_from_reader(reader, config, repo_id))
 
 
 def _resolve_online(repo_id: str, revision: str | None, *, token: str | None, allow_pickle: bool,
@@ -542,3 +577,29 @@ def _ffn_only(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict, differin
     return Compatibility("ffn_only", f"Same hidden size ({a.hidden_size}) but {families} "
                          f"({a.num_layers} vs {b.num_layers} layers): only feed-forward weights "
                          f"({', '.join(shared)}) can be bred; attention stays the father's.", names)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The server's own credentials
+# ------------------------------------------------------------------------------------------------------------
+AMBIENT_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+
+def seal_ambient_token() -> bool:
+    """Take the server's own Hub token out of this process (and of the workers it starts), for good.
+
+    On a public server every Hub call is made for a visitor, with the visitor's token or none. Darwin's own
+    calls pass `token or False` explicitly, but lm-eval and `datasets` fall back to HF_TOKEN / the token file
+    by themselves: removing them (and telling huggingface_hub never to use an implicit token) is the only
+    guarantee that no library acts for a visitor with the Space owner's rights. True when a token was removed.
+    """
+    import os
+
+    from huggingface_hub import constants
+
+    found = any(os.environ.pop(name, None) for name in AMBIENT_TOKEN_VARS)
+    os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    os.environ["HF_TOKEN_PATH"] = os.path.join(os.path.dirname(constants.HF_TOKEN_PATH), "darwin-no-token", "token")
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True
+    constants.HF_TOKEN_PATH = os.environ["HF_TOKEN_PATH"]
+    return found

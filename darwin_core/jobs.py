@@ -87,9 +87,13 @@ def _queue_lock(runs_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _config_yaml(config: Any) -> str:
-    """Validate and normalise a config (EvolutionConfig, mapping, YAML text or path) into its YAML text."""
+def _config_yaml(config: Any, runs_dir: Path | None = None) -> str:
+    """Validate and normalise a config (EvolutionConfig, mapping, YAML text or path) into its YAML text.
+
+    With local mode off its tasks are vetted here too (darwin_core.fitness.policy), before a run folder exists.
+    """
     from darwin_core.evolve import EvolutionConfig
+    from darwin_core.fitness.policy import check_untrusted_tasks
 
     if isinstance(config, EvolutionConfig):
         parsed = config
@@ -101,6 +105,8 @@ def _config_yaml(config: Any) -> str:
         parsed = EvolutionConfig.from_yaml(config)
     else:
         raise DarwinError("A run needs an evolution config (a mapping, YAML text or a .yaml file).")
+    if not parsed.local_mode:
+        check_untrusted_tasks(parsed.tasks, runs_dir=runs_dir)
     return parsed.to_yaml()
 
 
@@ -110,7 +116,7 @@ def _config_yaml(config: Any) -> str:
 def submit(config: Any, runs_dir: str | Path | None = None, *, run_id: str | None = None, start_worker: bool = True) -> str:
     """Queue a run; returns its id. The worker is started if none is alive."""
     root = runs_dir_default(runs_dir)
-    text = _config_yaml(config)
+    text = _config_yaml(config, root)
     with _queue_lock(root):
         folder = RunFolder.create(root, text, run_id=run_id, state=QUEUED)
         # relative paths in the config (parents, task files) mean what they meant where the run was submitted
@@ -168,6 +174,11 @@ def _state(folder: RunFolder) -> str:
             return STARTING  # the worker claimed it and its process is about to take the run's lock
         return INTERRUPTED
     return state
+
+
+def read_state(folder: RunFolder) -> str:
+    """The state a run is in now, as the runs list shows it (interrupted when no process holds a running run)."""
+    return _state(folder)
 
 
 def _claimed_recently(folder: RunFolder, seconds: float = 30.0) -> bool:
@@ -235,6 +246,8 @@ def _summary(folder: RunFolder) -> dict[str, Any]:
         "best_fitness": status.get("best_fitness"),
         "error": status.get("error"),
         "cancel_requested": folder.cancel_requested(),
+        # a gated or private parent: its pinned id is shown to the run's owner only
+        "parents_restricted": bool(status.get("parents_restricted")),
     }
     try:
         import yaml
@@ -285,7 +298,7 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
     """The folder for a run executed in this process (the CLI): a new one, or an unfinished one with the same
     config when `run_id` names it (running the same command again resumes it)."""
     root = runs_dir_default(runs_dir)
-    text = _config_yaml(config)
+    text = _config_yaml(config, root)
     with _queue_lock(root):
         if run_id and (root / check_run_id(run_id) / "config.yaml").is_file():
             folder = RunFolder(root / run_id)
@@ -336,8 +349,13 @@ def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None) ->
                 (folder.file(ERROR_LOG)).write_text(traceback.format_exc(), encoding="utf-8")
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 return _fail(folder, f"Unexpected error ({type(error).__name__}){': ' + message if message else ''}; see {ERROR_LOG} in the run folder.")
-            note = "stopped by a termination signal; resume it to continue" if terminated["flag"] else None
-            folder.update_status(state=outcome, finished_at=now_iso(), phase=None if outcome == FINISHED else "stopped", note=note)
+            if terminated["flag"] and outcome != FINISHED and not folder.cancel_requested():
+                # Nobody cancelled it: the server is stopping. The status stays "running"; once this process lets
+                # go of the run's lock the run reads as interrupted, and its owner resumes it from the checkpoint.
+                folder.update_status(phase="stopped", note="stopped by a termination signal; resume it to continue")
+                folder.append_event(INTERRUPTED, reason="termination signal")
+                return INTERRUPTED
+            folder.update_status(state=outcome, finished_at=now_iso(), phase=None if outcome == FINISHED else "stopped", note=None)
             folder.append_event(outcome)
             return outcome
     finally:
@@ -384,6 +402,12 @@ def ensure_worker(runs_dir: str | Path | None = None) -> bool:
             cwd=str(REPO_ROOT),
         )
     return True
+
+
+def start_worker_if_queued(runs_dir: str | Path | None = None) -> bool:
+    """At start-up (the app, `runs resume`): runs queued before a restart would otherwise wait forever."""
+    root = runs_dir_default(runs_dir)
+    return root.is_dir() and _has_queued(root) and ensure_worker(root)
 
 
 def _claim_next(root: Path) -> RunFolder | None:
@@ -458,8 +482,9 @@ def _run_child(folder: RunFolder) -> None:
             [sys.executable, "-m", "darwin_core.jobs", "run", str(folder.path.resolve())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
         )
-    state = folder.read_status().get("state")
-    if state in (STARTING, RUNNING, QUEUED) and not folder.is_active():
+    status = folder.read_status()
+    stopped = status.get("phase") == "stopped"  # a termination signal: interrupted (resumable), not failed
+    if status.get("state") in (STARTING, RUNNING, QUEUED) and not stopped and not folder.is_active():
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         _fail(folder, f"The run's process {how} before it finished; resume the run to continue from its last checkpoint.")
 

@@ -57,12 +57,14 @@ DEFAULT_TRANSPLANT = (0.15, 0.85)
 class ParentRef:
     """A parent model: Hub id (or a local name) + revision; `path` is where it lies on this machine.
 
-    `path` is cosmetic for the hash: the same model at another place on another machine is the same parent.
+    `path` is cosmetic for the hash and for equality: the same model at another place on another machine is
+    the same parent. It is a server path, so it never leaves the machine: `public()` drops it for what is
+    published (the child's darwin-recipe.yaml, the card).
     """
 
     id: str
     revision: str | None = None
-    path: str | None = None
+    path: str | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, value: Any) -> ParentRef:
@@ -103,6 +105,10 @@ class ParentRef:
 
     def label(self) -> str:
         return f"{self.id}@{self.revision}" if self.revision else self.id
+
+    def public(self) -> ParentRef:
+        """This parent as a reader elsewhere sees it: id and revision only, no path on this machine."""
+        return replace(self, path=None)
 
 
 def _opt_str(value: Any) -> str | None:
@@ -363,6 +369,15 @@ class Recipe:
         """sha256 (hex) of the canonical serialisation: equal for recipes that give equal bytes."""
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def public(self) -> Recipe:
+        """The recipe as published (the child's darwin-recipe.yaml, the card): no parent carries a server path.
+
+        Paths are not hashed, so the public recipe has the same `recipe_hash` and compares equal; its parents
+        are then found by Hub id@revision (`darwin_core.merge.disk.local_folder`).
+        """
+        base = self.base if self.base == "father" else self.base.public()
+        return replace(self, father=self.father.public(), mother=self.mother.public(), base=base)
 
     # -- YAML -------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ MRI_SCAN = "mri.json"
 CHILD = "child"
 CANCEL = "cancel"
 ERROR_LOG = "error.log"
+PUBLISHED = "published.json"  # written once the child is on the Hub: from then on anyone may breed from it
 LOCK = ".lock"
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"

@@ -25,7 +25,7 @@ import re
 import shutil
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -106,7 +106,11 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
     """Tensor infos (in storage order) and the ``__metadata__`` of one safetensors file, reading only its header.
 
     Reads the 8-byte little-endian header length and the JSON header, never the tensor data, so it is cheap
-    even for a 5 GB shard. A file shorter than its header promises (an interrupted download) is refused.
+    even for a 5 GB shard. The header is a claim made by whoever wrote the file, and every later allocation
+    trusts it (``get`` makes a tensor of the header's shape before reading a byte), so it is checked against the
+    file before anything is believed: each tensor's bytes lie inside the file, their length is exactly
+    shape × dtype size, and no two tensors share bytes. A header that promises a 160 GB tensor in a 1 KB file,
+    or a file shorter than its header promises (an interrupted download), is refused in one sentence.
     """
     path = Path(path)
     try:
@@ -116,30 +120,62 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
             if len(raw_len) != 8:
                 raise DarwinError(f"{path.name} is not a safetensors file (it is shorter than 8 bytes).")
             (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+            if header_len < 2 or header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
                 raise DarwinError(f"{path.name} is not a valid safetensors file (its header is truncated or corrupt).")
             header = json.loads(handle.read(header_len))
     except FileNotFoundError:
         raise DarwinError(f"The weight file {path.name} is missing from {path.parent}.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise DarwinError(f"{path.name} is not a valid safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise DarwinError(f"{path.name} is not a valid safetensors file (its header is not a JSON object).")
     metadata = header.pop("__metadata__", None) or {}
-    data_size = size - 8 - header_len
-    entries: list[tuple[int, str, TensorInfo]] = []
-    for name, entry in header.items():
-        try:
-            begin, end = (int(x) for x in entry["data_offsets"])
-            info = TensorInfo(tuple(int(x) for x in entry["shape"]), str(entry["dtype"]), end - begin, path.name,
-                              8 + header_len + begin)
-        except (KeyError, TypeError, ValueError):
-            raise DarwinError(f"{path.name} is not a valid safetensors file (bad entry for {name}).") from None
-        if end > data_size:
-            raise DarwinError(f"{path.name} is truncated: tensor {name} ends past the end of the file.")
-        entries.append((begin, name, info))
-    entries.sort(key=lambda item: item[0])
-    return {name: info for _, name, info in entries}, {str(k): str(v) for k, v in metadata.items()}
+    if not isinstance(metadata, dict):
+        raise DarwinError(f"{path.name} is not a valid safetensors file (its __metadata__ is not a JSON object).")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    entries = sorted((_header_entry(path.name, name, entry, data_size) + (name,) for name, entry in header.items()),
+                     key=lambda item: (item[0], item[1]))
+    previous_end, previous = 0, ""
+    for begin, end, _, name in entries:
+        if begin < previous_end:
+            raise DarwinError(f"{path.name} is not a valid safetensors file: tensor {name} overlaps the bytes of "
+                              f"tensor {previous}.")
+        previous_end, previous = max(previous_end, end), name
+    infos = {name: replace(info, offset=data_start + begin) for begin, _, info, name in entries}
+    return infos, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _header_entry(file: str, name: str, entry: Any, data_size: int) -> tuple[int, int, TensorInfo]:
+    """(begin, end, info) of one header entry, once its dtype, shape and offsets agree with each other and the file.
+
+    Refuses (naming the file and the tensor) anything that is not exactly what the safetensors format allows:
+    a known dtype, non-negative integer dimensions, 0 <= begin <= end <= the data's size, and end - begin equal
+    to the bytes the shape and dtype need. Nothing is allocated here; only integers are compared.
+    """
+    bad = f"{file} is not a valid safetensors file: tensor {name}"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise DarwinError(f"{bad} has no dtype, shape and data_offsets.")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise DarwinError(f"{bad} has the unknown dtype {str(dtype)[:40]}.")
+    if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
+        raise DarwinError(f"{bad} has a shape that is not a list of non-negative integers.")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(x) for x in offsets)
+            or offsets[0] > offsets[1]):
+        raise DarwinError(f"{bad} has data_offsets that are not two increasing non-negative integers.")
+    begin, end = offsets
+    if end > data_size:
+        raise DarwinError(f"{file} is truncated: tensor {name} ends past the end of the file.")
+    needed = _numel(tuple(shape)) * DTYPE_BYTES[dtype]
+    if end - begin != needed:
+        raise DarwinError(f"{bad} is {dtype} {shape} ({needed} bytes) but its data_offsets give it "
+                          f"{end - begin} bytes.")
+    return begin, end, TensorInfo(tuple(shape), dtype, needed, file)
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (not a bool, not a float: safetensors sizes and offsets are unsigned integers)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def is_partial_folder(path: str | os.PathLike[str]) -> bool:
@@ -157,6 +193,34 @@ def weight_format(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def transformers_weight_file(folder: str | os.PathLike[str]) -> str | None:
+    """The weight file ``from_pretrained`` loads from a local folder, in transformers' own order, or None.
+
+    transformers (5.x, ``_get_resolved_checkpoint_files``) takes ``model.safetensors``, then the safetensors
+    index, then ``pytorch_model.bin``, then the pickle index; any other ``*.safetensors`` name it never sees.
+    The reader must read the file transformers loads, or the father Darwin merges is not the father it scores.
+    """
+    folder = Path(folder)
+    for name in (SAFETENSORS_SINGLE, SAFETENSORS_INDEX, PICKLE_SINGLE, PICKLE_INDEX):
+        if (folder / name).is_file():
+            return name
+    return None
+
+
+def check_transformers_weights(config: dict[str, Any], folder: str | os.PathLike[str], label: str) -> None:
+    """Refuse a config.json whose ``transformers_weights`` sends ``from_pretrained`` to other weights than ours.
+
+    transformers loads the file that key names instead of its default, so a config naming a second (zeroed,
+    partial or pickle) file would make the model that is evaluated differ from the tensors that are merged.
+    """
+    named = config.get("transformers_weights")
+    if named is None:
+        return
+    if not isinstance(named, str) or named != transformers_weight_file(folder):
+        raise DarwinError(f"The config.json of {label} sets transformers_weights to {str(named)[:80]}, so "
+                          "transformers would load other weights than the ones Darwin reads; remove that key.")
+
+
 def _pickle_files(folder: Path) -> list[str]:
     """Pickle weight files by the names transformers uses (not training_args.bin and the like)."""
     return sorted(p.name for p in folder.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
@@ -171,7 +235,10 @@ class TensorReader:
     (pinned where CUDA allows) staging buffer onto another device. Reading this way rather than through a
     memory map keeps the process's resident memory at the tensors it holds, not the model it has read.
     Pickle weights (``.bin``) are refused unless ``allow_pickle=True``; they are then loaded with
-    ``torch.load(weights_only=True, mmap=True)``, which cannot run code from the file.
+    ``torch.load(weights_only=True, mmap=True)``, which cannot run code from the file. Where both formats are
+    present the safetensors are read, picked in transformers' own order (``model.safetensors``, then the index),
+    so the tensors merged are the ones ``from_pretrained`` loads; safetensors shards that transformers cannot
+    find (no index) beside a pickle are refused, since ``from_pretrained`` would silently load the pickle.
     """
 
     def __init__(self, folder: str | os.PathLike[str], device: str | torch.device = "cpu", *,
@@ -193,12 +260,19 @@ class TensorReader:
         if not self.path.is_dir():
             raise DarwinError(f"The model folder {self.path} does not exist.")
         self.folder = self.path
+        # transformers' own order (see `transformers_weight_file`): model.safetensors, then the index.
         index = self.folder / SAFETENSORS_INDEX
-        if index.is_file():
-            self._load_headers(*self._index_files(index))
-        elif (self.folder / SAFETENSORS_SINGLE).is_file():
+        if (self.folder / SAFETENSORS_SINGLE).is_file():
             self._load_headers([SAFETENSORS_SINGLE])
+        elif index.is_file():
+            self._load_headers(*self._index_files(index))
         elif files := sorted(p.name for p in self.folder.glob("*.safetensors")):
+            pickle = transformers_weight_file(self.folder)
+            if pickle is not None:  # from_pretrained never sees these shards: it would load the pickle
+                raise DarwinError(
+                    f"{self.folder.name} has safetensors shards and {pickle} but no {SAFETENSORS_INDEX}, so "
+                    "transformers would load the pickle instead of the safetensors; add the index or remove the .bin."
+                )
             self._load_headers(files)
         elif weight_format(self.folder) == "pickle":
             if not allow_pickle:
@@ -213,13 +287,24 @@ class TensorReader:
 
     # -- construction -------------------------------------------------------------------------------------
     def _index_files(self, index: Path) -> tuple[list[str], dict[str, str]]:
-        """Shard files named by an index (first-appearance order) and its weight map; a missing shard is named."""
+        """Shard files named by an index (first-appearance order) and its weight map; a missing shard is named.
+
+        The index is the model's own claim: a shard must be a plain file name in this folder, never a path (in a
+        shared Hub cache ``../`` from one snapshot reaches another repo's, perhaps gated, files).
+        """
         try:
+            if index.stat().st_size > _MAX_HEADER_BYTES:
+                raise DarwinError(f"{index.name} in {self.folder} is too large to be an index.")
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError):
             raise DarwinError(f"{index.name} in {self.folder} is not a valid index (no weight_map).") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise DarwinError(f"{index.name} in {self.folder} is not a valid index (its weight_map is not names).")
         files = list(dict.fromkeys(weight_map.values()))
         for file in files:
+            if Path(file).name != file or file in ("", ".", "..") or "\\" in file:
+                raise DarwinError(f"{index.name} in {self.folder} names the shard {file[:120]}, which is not a file "
+                                  "directly in the model folder (it may point outside it), so it is refused.")
             if not (self.folder / file).is_file():
                 raise DarwinError(f"The shard {file} listed in {index.name} is missing from {self.folder}.")
         return files, weight_map
@@ -240,10 +325,10 @@ class TensorReader:
 
     def _load_pickles(self) -> None:
         index = self.folder / PICKLE_INDEX
-        if index.is_file():
-            files, _ = self._index_files(index)
-        elif (self.folder / PICKLE_SINGLE).is_file():
+        if (self.folder / PICKLE_SINGLE).is_file():  # transformers' order: the single file before the index
             files = [PICKLE_SINGLE]
+        elif index.is_file():
+            files, _ = self._index_files(index)
         else:
             files = _pickle_files(self.folder)
         for file in files:

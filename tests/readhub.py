@@ -60,6 +60,14 @@ class ReadHub:
                     limit = int((query.get("limit") or ["1000"])[0])
                     found = [{"id": r, "modelId": r, "private": False} for r in sorted(hub.repos) if needle in r.lower()]
                     return self._send(200, json.dumps(found[:limit]).encode(), {"Content-Type": "application/json"})
+                check = re.match(r"^/api/models/([^/]+/[^/]+)/auth-check$", path)
+                if check:  # HfApi.auth_check: may this token read the repo?
+                    repo = hub.repos.get(check[1])
+                    if repo is None:
+                        return self._error(404, "RepoNotFound")
+                    if repo["gated"] and self.headers.get("Authorization") != "Bearer hf_granted":
+                        return self._error(403, "GatedRepo")
+                    return self._send(200, b"{}", {"Content-Type": "application/json"})
                 api = re.match(r"^/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(?:/.*)?)?$", path)
                 resolve = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
                 repo_id = api[1] if api else resolve[1] if resolve else None

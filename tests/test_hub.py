@@ -157,9 +157,13 @@ def test_a_gated_parent_downloaded_with_a_token_is_read_later_without_one_when_p
     assert ref.gated == "manual"
     got = download(ref, token="hf_granted", cache_dir=cache)
     read_hub.auth_seen.clear()
-    pinned = resolve_model(f"darwin-test/gated-llama@{got.commit}", local_mode=False, cache_dir=cache)
+    pinned = resolve_model(f"darwin-test/gated-llama@{got.commit}", local_mode=False, cache_dir=cache, check_access=False)
     assert pinned.folder == got.folder and pinned.tensors == got.tensors and pinned.commit == got.commit
-    assert read_hub.auth_seen == []  # a cached commit needs no Hub call at all
+    assert read_hub.auth_seen == []  # the worker's cached commit needs no Hub call at all
+    with pytest.raises(DarwinError, match="is gated"):  # anyone else asking for the cached commit is checked first
+        resolve_model(f"darwin-test/gated-llama@{got.commit}", local_mode=False, cache_dir=cache)
+    granted = resolve_model(f"darwin-test/gated-llama@{got.commit}", local_mode=False, cache_dir=cache, token="hf_granted")
+    assert granted.folder == got.folder
     with pytest.raises(DarwinError, match="is gated"):  # unpinned, it still asks the Hub, which refuses
         download(resolve_model("darwin-test/gated-llama", local_mode=False, cache_dir=tmp_path / "other"),
                  cache_dir=tmp_path / "other")

@@ -97,27 +97,26 @@ def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
     upload = write_choice_task(tmp_path / "mine.jsonl")
     specs = task_specs(
         demo_task_rows(), {"data": [["hub", "allenai/ai2_arc", 0.5, 100], ["lm_eval", "arc_easy", 1, None], ["hub", "", 1, None]]},
-        [str(upload)], 2.0, runs_dir=tmp_path / "runs",
+        [str(upload)], 2.0,
     )
     demo = [s for s in specs if "demo" in s]
     assert [s["demo"] for s in demo] == ["reverse", "uppercase", "translate", "sort"]  # weight 0 = unused
     assert all("limit" not in s for s in demo)  # blank item count = the whole pool
     rows = demo_task_rows()
     rows.loc[rows["task"] == "reverse", "items"] = 40
-    assert {"demo": "reverse", "weight": 1.0, "limit": 40} in task_specs(rows, None, [], 1.0, runs_dir=tmp_path / "runs")
+    assert {"demo": "reverse", "weight": 1.0, "limit": 40} in task_specs(rows, None, [], 1.0)
     rows.loc[rows["task"] == "reverse", "items"] = 1.5
     with pytest.raises(DarwinError, match="item count of task 'reverse'"):
-        task_specs(rows, None, [], 1.0, runs_dir=tmp_path / "runs")
+        task_specs(rows, None, [], 1.0)
     assert {"hub": "allenai/ai2_arc", "weight": 0.5, "limit": 100} in specs
     assert {"lm_eval": "arc_easy", "weight": 1.0} in specs
     (uploaded,) = [s for s in specs if "file" in s]
-    assert uploaded["weight"] == 2.0 and Path(uploaded["file"]).read_bytes() == upload.read_bytes()
-    assert str(tmp_path / "runs") in uploaded["file"]  # copied where the worker can read it later
+    assert uploaded["weight"] == 2.0 and Path(uploaded["file"]) == upload  # staged (copied) only once all is checked
     assert frozen_layers("0, 3 5-7") == [0, 3, 5, 6, 7]
     with pytest.raises(DarwinError, match="layer numbers"):
         frozen_layers("first")
     with pytest.raises(DarwinError, match="at least one fitness task"):
-        task_specs({"data": [["reverse", "", 0]]}, None, [], 1.0, runs_dir=tmp_path)
+        task_specs({"data": [["reverse", "", 0]]}, None, [], 1.0)
 
 
 def test_progress_facts_give_rate_and_eta_from_the_event_log():

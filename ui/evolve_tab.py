@@ -10,11 +10,13 @@ watches. Cancel and resume are for the run's owner only (ui/session.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ from ui import run_plots, session
 from ui.common import guarded
 
 POLL_SECONDS = 2.0
-UPLOADS = ".uploads"
 DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
 STATE_TEXT = {
@@ -83,9 +84,11 @@ def _rows(table: Any) -> list[list[Any]]:
 
 
 def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None, upload_weight: Any,
-               *, runs_dir: Path) -> list[dict[str, Any]]:
-    """The run's tasks from the three inputs: demo skills with a positive weight, extra Hub / lm-eval / file rows,
-    and uploaded files (copied into the runs folder, so the worker can still read them after the upload expires)."""
+               *, quotas: Any = None) -> list[dict[str, Any]]:
+    """The run's tasks from the three inputs: demo skills with a positive weight, extra Hub / lm-eval rows, and
+    uploaded files (still where Gradio put them; `stage_tasks` copies them once everything has been checked)."""
+    from darwin_core.quotas import check_upload
+
     specs: list[dict[str, Any]] = []
     for row in _rows(demo_table):
         name, weight = str(row[0]).strip(), _number(row[2])
@@ -104,7 +107,7 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
         weight = _number(row[2]) if len(row) > 2 else None
         source = {"hub dataset": "hub", "lm-eval": "lm_eval", "lm_eval": "lm_eval", "hub": "hub"}.get(source)
         if source is None:
-            raise DarwinError(f"Task {name!r}: the source must be 'hub' (a Hub dataset) or 'lm_eval' (an lm-evaluation-harness task).")
+            raise DarwinError(f"Task {name[:80]!r}: the source must be 'hub' (a Hub dataset) or 'lm_eval' (an lm-evaluation-harness task).")
         spec = {source: name, "weight": 1.0 if weight is None else weight}
         limit = _items(row[3] if len(row) > 3 else None, name)
         if limit is not None:
@@ -114,44 +117,73 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
     for upload in uploads or []:
         path = Path(getattr(upload, "name", None) or upload)
         if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-            raise DarwinError(f"{path.name} is not a .jsonl, .json or .csv file.")
-        data = path.read_bytes()
-        target = runs_dir / UPLOADS / hashlib.sha256(data).hexdigest()[:16] / path.name  # same bytes, same file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, data)
-        specs.append({"file": str(target.resolve()), "name": path.stem, "weight": 1.0 if weight is None else weight})
+            raise DarwinError(f"{path.name[:80]} is not a .jsonl, .json or .csv file.")
+        if quotas is not None and path.is_file():
+            check_upload(quotas, path.name, path.stat().st_size)
+        specs.append({"file": str(path), "name": path.stem, "weight": 1.0 if weight is None else weight})
     if not specs:
         raise DarwinError("Choose at least one fitness task: give a demo task a weight above 0, add a Hub or lm-eval task, or upload a file.")
     return specs
 
 
-def frozen_layers(text: str | None) -> list[int]:
-    """"0, 3, 5-7" → [0, 3, 5, 6, 7]."""
-    layers: list[int] = []
-    for part in re.split(r"[,\s]+", (text or "").strip()):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise DarwinError(f"Frozen layers are layer numbers like '0, 3, 5-7'; {part!r} is not one.")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        layers.extend(range(low, high + 1))
-    return sorted(set(layers))
+def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | None, quotas: Any) -> Any:
+    """Load every task on the page (one sentence for a bad one, before anything is written), check the item
+    quotas, then keep the run's data where the worker may read it: uploads are copied into the runs folder's
+    uploads area; off local mode, Hub and lm-eval tasks too, fetched here with the visitor's token (or none),
+    so the worker never fetches anything for a visitor and runs with local mode off."""
+    from darwin_core.evolve import TaskSpec, load_spec
+    from darwin_core.fitness.policy import check_untrusted_tasks, materialize_task, uploads_dir
+    from darwin_core.quotas import check_items
+
+    if not local_mode:
+        check_untrusted_tasks([t for t in config.tasks if t.source != "file"], runs_dir=runs_dir)
+    loaded = [(spec, load_spec(spec, split_seed=config.split_seed, hub_token=token or (None if local_mode else False)))
+              for spec in config.tasks]
+    if quotas is not None:
+        check_items(quotas, [task for _, tasks in loaded for task in tasks])
+    staged: list[TaskSpec] = []
+    for spec, tasks in loaded:
+        if spec.source == "file":
+            data = Path(spec.ref).read_bytes()
+            target = uploads_dir(runs_dir) / hashlib.sha256(data).hexdigest()[:16] / Path(spec.ref).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
+            staged.append(replace(spec, ref=str(target.resolve())))
+        elif local_mode or spec.source == "demo":
+            staged.append(spec)
+        else:
+            for task in tasks:
+                path = materialize_task(task, runs_dir)
+                staged.append(TaskSpec(source="file", ref=str(path.resolve()), name=task.name,
+                                       weight=spec.weight / len(tasks)))
+    return replace(config, tasks=tuple(staged))
+
+
+def frozen_layers(text: str | None, layer_count: int | None = None) -> list[int]:
+    """"0, 3, 5-7" → [0, 3, 5, 6, 7] (darwin_core.quotas checks every index against the layer count first)."""
+    from darwin_core.quotas import parse_frozen_layers
+
+    return parse_frozen_layers(text, layer_count)
 
 
 # ------------------------------------------------------------------------------------------- launching
 
 
 def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
-                   zoo_dir: str | Path | None, runs_dir: str | Path | None = None):
-    """(what the run's config names: a Hub id or a folder, the resolved ModelRef); one sentence when unknown."""
+                   zoo_dir: str | Path | None, runs_dir: str | Path | None = None, may_breed_run: Any = None):
+    """(what the run's config names: demo:/run:/a Hub id/a folder, the resolved ModelRef); one sentence when unknown."""
     from ui import parents
 
     from darwin_core import hub
+    from darwin_core.parents import Scheme, parse_parent
 
     ref = parents.chosen_ref(pick, typed, role)
-    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-    if ref.startswith(parents.DEMO_PREFIX) or model.local:
+    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir,
+                                      may_breed_run=may_breed_run)
+    scheme = parse_parent(ref, local_mode=local_mode).scheme
+    if scheme in (Scheme.DEMO, Scheme.RUN):
+        return ref.strip(), model
+    if model.local:
         return str(Path(model.folder).resolve()), model
     if model.gated or model.private:
         # The worker never sees the visitor's token: fetch the parent now, with it, and pin the run to the
@@ -161,51 +193,95 @@ def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode
     return ref, model
 
 
+def _whole(value: Any, name: str) -> int:
+    number = _number(value)
+    if number is None or number != int(number):
+        raise DarwinError(f"{name} must be a whole number.")
+    return int(number)
+
+
+def visitor_usage(runs_dir: Path, who: Any, secret: str, *, now: float | None = None) -> dict[str, int]:
+    """This visitor's runs queued or running now, and the candidates their runs of the last 24 hours asked for."""
+    import yaml
+
+    from darwin_core.quotas import DAY_SECONDS
+    from darwin_core.runfolder import run_folders
+
+    now = time.time() if now is None else now
+    active = candidates = 0
+    for folder in run_folders(runs_dir):
+        if not session.is_owner(folder.path, who, secret, local_mode=False):
+            continue
+        status = folder.read_status()
+        if jobs.read_state(folder) in ("queued", "starting", "running"):
+            active += 1
+        if now - float(status.get("queued_at") or 0.0) < DAY_SECONDS:
+            try:
+                config = yaml.safe_load(folder.config_text()) or {}
+                candidates += int(config.get("population") or 0) * int(config.get("generations") or 0)
+            except (yaml.YAMLError, OSError, TypeError, ValueError):
+                continue
+    return {"active_runs": active, "candidates_today": candidates}
+
+
 def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
                upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
                frozen, use_mri=False, patience=0, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
                token: str | None, user: str | None) -> str:
-    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
-    from darwin_core import hub
+    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input).
+
+    Every check (quotas, parents and the visitor's right to them, tasks) runs before anything is written."""
+    from darwin_core import hub, quotas as limits
     from darwin_core.evolve import EvolutionConfig
 
-    father, father_model = parent_for_run(father_pick, father_typed, "father", local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-    mother, mother_model = parent_for_run(mother_pick, mother_typed, "mother", local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-    compat = hub.compatibility(father_model, mother_model)
+    who = session.visitor(state, user)
+    secret = session.app_secret(runs_dir)
+    quotas = None if local_mode else limits.Quotas.from_env()
+    budget = {"population": _whole(population, "The population"), "generations": _whole(generations, "The number of generations")}
+    if quotas is not None:
+        limits.check_budget(quotas, **budget)
+        limits.check_visitor(quotas, **visitor_usage(runs_dir, who, secret),
+                             candidates_asked=budget["population"] * budget["generations"])
+    may_breed = functools.partial(parents_may_breed, runs_dir=runs_dir, who=who, secret=secret, local_mode=local_mode)
+    found = {role: parent_for_run(pick, typed, role, local_mode=local_mode, token=token, zoo_dir=zoo_dir,
+                                  runs_dir=runs_dir, may_breed_run=may_breed)
+             for role, pick, typed in (("father", father_pick, father_typed), ("mother", mother_pick, mother_typed))}
+    compat = hub.compatibility(found["father"][1], found["mother"][1])
     if compat.verdict == "incompatible":
         raise DarwinError(f"These parents cannot be bred: {compat.reason}")
-
-    def whole(value: Any, name: str) -> int:
-        number = _number(value)
-        if number is None or number != int(number):
-            raise DarwinError(f"{name} must be a whole number.")
-        return int(number)
-
     config = EvolutionConfig.from_dict({
-        "father": father,
-        "mother": mother,
-        "tasks": task_specs(demo_table, extra_table, uploads, upload_weight, runs_dir=runs_dir),
+        "father": found["father"][0],
+        "mother": found["mother"][0],
+        "tasks": task_specs(demo_table, extra_table, uploads, upload_weight, quotas=quotas),
         "genome": genome,
         "method": None if not method or method == "default" else method,
-        "population": whole(population, "The population"),
+        **budget,
         "sigma0": _number(sigma0) if _number(sigma0) is not None else 0.2,
-        "generations": whole(generations, "The number of generations"),
-        "seed": whole(seed, "The seed"),
-        "proxy_items": whole(proxy_items, "Proxy items per task"),
-        "topk_full": whole(topk_full, "Top-k for the full search set"),
-        "frozen_layers": frozen_layers(frozen),
+        "seed": _whole(seed, "The seed"),
+        "proxy_items": _whole(proxy_items, "Proxy items per task"),
+        "topk_full": _whole(topk_full, "Top-k for the full search set"),
+        "frozen_layers": frozen_layers(frozen, found["father"][1].num_layers),
         "mri": "auto" if use_mri else None,
-        "patience": whole(patience if patience not in (None, "") else 0, "Patience"),
-        # The page already refused visitors' local paths (hub.resolve_model with the app's mode); the demo
-        # parents ship with the app, so the worker may read their folders.
-        "local_mode": True,
+        "patience": _whole(patience if patience not in (None, "") else 0, "Patience"),
+        # Off local mode the worker refuses every path a visitor could have typed: parents are demo:, run: or
+        # Hub ids, tasks are files this page wrote (stage_tasks).
+        "local_mode": local_mode,
     })
+    config = stage_tasks(config, runs_dir=runs_dir, local_mode=local_mode, token=token, quotas=quotas)
     run_id = jobs.submit(config, runs_dir, start_worker=False)
-    who = session.visitor(state, user)
-    session.record_owner(runs_dir / run_id, who, session.app_secret(runs_dir))
+    session.record_owner(runs_dir / run_id, who, secret)
+    if any(model.gated or model.private for _, model in found.values()):
+        RunFolder(runs_dir / run_id).update_status(parents_restricted=True)
     jobs.ensure_worker(runs_dir)
     return run_id
 
+
+def parents_may_breed(run_id: str, *, runs_dir: Path, who: Any, secret: str, local_mode: bool) -> bool:
+    """A run's child may be bred by the run's owner, or by anyone once it has been published."""
+    from darwin_core.runfolder import PUBLISHED
+
+    folder = runs_dir / run_id
+    return (folder / PUBLISHED).is_file() or session.is_owner(folder, who, secret, local_mode=local_mode)
 
 
 # ------------------------------------------------------------------------------------------- reading a run
@@ -272,7 +348,9 @@ def genome_names(space: str | None, count: int) -> list[str]:
 def run_header(run: Mapping, *, owner: bool) -> str:
     state = run.get("state", "queued")
     parts = [f"**Run `{run['run_id']}`** — {STATE_TEXT.get(state, state)}"]
-    if run.get("father") and run.get("mother"):
+    if run.get("parents_restricted") and not owner:
+        parts.append("parents: gated or private Hub models (shown to the run's owner only)")
+    elif run.get("father") and run.get("mother"):
         parts.append(f"father `{parent_label(str(run['father']))}` × mother `{parent_label(str(run['mother']))}`")
     parts.append(f"generation {run.get('generation') or 0}/{run.get('generations') or '?'}")
     if isinstance(run.get("best_fitness"), (int, float)):
@@ -405,6 +483,10 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             topk_full = gr.Number(2, label="Top-k on the full search set (phase 2)", precision=0, minimum=0, elem_id="evolve-topk")
             patience = gr.Number(0, label="Stop early after this many generations without a better child (0 = never)",
                                  precision=0, minimum=0, elem_id="evolve-patience")
+    if not local_mode:
+        from darwin_core.quotas import Quotas
+
+        gr.Markdown(Quotas.from_env().markdown(), elem_id="evolve-limits")
     launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")
     error = gr.Markdown(elem_id="evolve-error", elem_classes=["darwin-error"])
     header = gr.Markdown("No run yet: launch one, or open one in the Runs tab.", elem_id="evolve-header")
@@ -440,10 +522,10 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
 
     def manage(action: str):
         def core(state, token, user):
-            run_id = session.current_run(state)
             who = session.visitor(state, user)
 
             def act() -> str:
+                run_id = session.current_run(state)  # a forged id is refused before any path is built
                 if not run_id:
                     raise DarwinError("There is no run on this page to " + action + ".")
                 session.require_owner(runs_dir / run_id, who, session.app_secret(runs_dir), local_mode=local_mode, action=action)
@@ -464,7 +546,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
                  api_description="Resume the page's current run from its last checkpoint (its owner only).")
 
     def poll_core(state, last, token, user):
-        run_id = session.current_run(state)
+        run_id, _ = guarded(lambda: session.current_run(state), "reading the page's run")
         now = signature(run_id, runs_dir)
         if last is not None and now == last:
             return (gr.skip(),) * 8

@@ -30,26 +30,24 @@ POLL_SECONDS = 1.5
 VERDICT_TEXT = {"healthy": "✅ Healthy", "warning": "🟡 Warning", "broken": "❌ Broken"}
 
 
-def _probes_for(config: Mapping) -> Any:
+def _probes_for(config: Mapping, runs_dir: Path) -> Any:
     """The run's own probe texts when its tasks bring them (the demo tasks do), else the default five."""
     from darwin_core.probes import probes_from_tasks
 
     try:
         from darwin_core.evolve import EvolutionConfig, load_tasks
 
-        tasks, _ = load_tasks(EvolutionConfig.from_dict(config))
+        tasks, _ = load_tasks(EvolutionConfig.from_dict(config), runs_dir=runs_dir)
         return probes_from_tasks(tasks)
     except DarwinError:
         return None
 
 
-def _parent_dir(ref: str, local_mode: bool) -> Path:
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return path
+def _parent_dir(ref: str, local_mode: bool, runs_dir: Path) -> Path:
+    """A run's parent as its config names it (demo:, run:, a Hub id, a folder in local mode)."""
     from darwin_core.evolve import resolve_parent
 
-    return Path(resolve_parent(ref, local_mode=local_mode)[1])
+    return Path(resolve_parent(ref, local_mode=local_mode, runs_dir=runs_dir)[1])
 
 
 def health_work(run_dir: Path):
@@ -62,8 +60,9 @@ def health_work(run_dir: Path):
         config = yaml.safe_load(folder.config_text()) or {}
         local = bool(config.get("local_mode", True))
         return check_health(
-            folder.file(CHILD), _parent_dir(str(config["father"]), local), _parent_dir(str(config["mother"]), local),
-            probes=_probes_for(config), device=compute_device(),
+            folder.file(CHILD), _parent_dir(str(config["father"]), local, folder.path.parent),
+            _parent_dir(str(config["mother"]), local, folder.path.parent),
+            probes=_probes_for(config, folder.path.parent), device=compute_device(),
         )
 
     return work

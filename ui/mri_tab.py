@@ -296,20 +296,17 @@ def build_mri_tab(demo: gr.Blocks, parent_inputs: Sequence[gr.components.Compone
     job = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=False)
 
-    start = session.with_token(
-        lambda which, probes, fp, ft, mp, mt, token, user: start_scan(
-            which, probes, fp, ft, mp, mt, runs_dir=runs_dir, local_mode=local_mode, token=token, zoo_dir=zoo_dir),
-        ["which", "probes", "father_pick", "father_typed", "mother_pick", "mother_typed"],
-    )
-
-    def on_scan(*args):
-        found, error = start(*args)
+    def on_scan(which, probes, father_pick, father_typed, mother_pick, mother_typed, token, user):
+        # The click handler itself is wrapped (session.with_token), so Gradio injects the visitor's sign-in on a
+        # Space; a wrapped function called from a plain handler would get no sign-in arguments at all.
+        found, error = start_scan(which, probes, father_pick, father_typed, mother_pick, mother_typed,
+                                  runs_dir=runs_dir, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
         if found is None:
             return None, error, gr.Timer(active=False)
         return found, "Starting the scan…", gr.Timer(active=True)
 
     scan.click(
-        on_scan, inputs=[which, probes, *parent_inputs], outputs=[job, status, timer],
+        session.with_token(on_scan), inputs=[which, probes, *parent_inputs], outputs=[job, status, timer],
         api_name="mri_scan", api_description="Start an MRI scan of the chosen parents in the background.",
     )
     timer.tick(

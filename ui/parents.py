@@ -20,11 +20,11 @@ import pandas as pd
 
 from darwin_core import anatomy
 from darwin_core.errors import DarwinError
+from darwin_core.parents import DEMO_PREFIX
+from darwin_core.parents import RUN_PREFIX as CHILD_PREFIX
 from ui.common import guarded, human_bytes, human_count, percent
 from ui.session import with_token
 
-DEMO_PREFIX = "demo:"
-CHILD_PREFIX = "run:"  # the child of a finished run in this app's runs folder
 DEFAULT_FATHER = f"{DEMO_PREFIX}father"
 DEFAULT_MOTHER = f"{DEMO_PREFIX}mother"
 FACTS_HEADERS = ["", "Father", "Mother"]
@@ -107,30 +107,21 @@ def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
 
 
 def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
-                   runs_dir: str | Path | None = None):
-    """(ModelRef, ParentFacts) for a demo name ("demo:father"), an earlier child ("run:<id>") or a Hub id / folder."""
-    from darwin_core import hub
-    from darwin_core.runfolder import CHILD, check_run_id
+                   runs_dir: str | Path | None = None, may_breed_run: Any = None):
+    """(ModelRef, ParentFacts) for a demo name ("demo:father"), an earlier child ("run:<id>") or a Hub id / folder.
 
-    if ref.startswith(CHILD_PREFIX):
-        run_id = check_run_id(ref[len(CHILD_PREFIX):])
-        folder = Path(runs_dir or ".") / run_id / CHILD
-        if runs_dir is None or not (folder / "config.json").is_file():
-            raise DarwinError(f"Run {run_id} has no finished child to breed.")
-        # Like the demo parents, a run's child lives on the server: allowed even where visitors' paths are refused.
-        model = hub.resolve_model(str(folder), local_mode=True, token=None)
-        return model, _facts(model, f"child of run {run_id}", {})
+    Every scheme resolves in darwin_core.parents; may_breed_run(run_id) is the visitor's right to a `run:` child.
+    """
+    from darwin_core.parents import Scheme, parse_parent, resolve_parent_name
 
-    if ref.startswith(DEMO_PREFIX):
-        name = ref[len(DEMO_PREFIX):]
-        manifest, folders = load_demo_zoo(zoo_dir)
-        if name not in folders:
-            raise DarwinError(f"There is no demo model called {name!r}; the demo parents are {', '.join(folders)}.")
-        # The demo folders ship with the app, so reading them is safe even where visitors' paths are refused.
-        model = hub.resolve_model(str(folders[name]), local_mode=True, token=None)
-        entry = manifest.get("models", {}).get(name, {})
-        return model, _facts(model, f"demo {name}", entry)
-    model = hub.resolve_model(ref, local_mode=local_mode, token=token)
+    name = parse_parent(ref, local_mode=local_mode)
+    model = resolve_parent_name(ref, local_mode=local_mode, token=token, runs_dir=runs_dir, zoo_dir=zoo_dir,
+                                may_breed_run=may_breed_run)
+    if name.scheme is Scheme.RUN:
+        return model, _facts(model, f"child of run {name.target}", {})
+    if name.scheme is Scheme.DEMO:
+        manifest, _ = load_demo_zoo(zoo_dir)
+        return model, _facts(model, f"demo {name.target}", manifest.get("models", {}).get(name.target, {}))
     return model, _facts(model, ref, {})
 
 

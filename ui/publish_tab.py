@@ -21,7 +21,7 @@ from darwin_core.runfolder import CHILD, FINISHED
 from ui import session
 from ui.common import guarded, on_space
 
-ZIPS = ".zips"
+ZIPS = "darwin-zips"
 
 
 def _run_with_child(state: Any, runs_dir: Path) -> tuple[str, Path]:
@@ -35,7 +35,10 @@ def _run_with_child(state: Any, runs_dir: Path) -> tuple[str, Path]:
 
 
 def card_preview(state: Any, repo_id: str | None, *, runs_dir: Path, zoo_dir: str | Path | None) -> tuple[str, str, str]:
-    """(header, license warnings markdown, card text) for the page's current run."""
+    """(header, license warnings markdown, card text) for the page's current run.
+
+    Open to every visitor (a watcher may read any run's card), so it only reads: nothing is written into the run
+    folder, and the card names no path of this machine (see darwin_core.cardgen)."""
     run_id, folder = _run_with_child(state, runs_dir)
     text, warnings = cardgen.card_text(folder, repo_id=(repo_id or "").strip() or None, zoo_dir=zoo_dir)
     header = f"**Run `{run_id}`** — the card below is generated from what the run measured; edit it freely before publishing."
@@ -49,7 +52,8 @@ def _owned_child(state: Any, user: str | None, action: str, *, runs_dir: Path, l
 
 
 def _with_card(folder: Path, card: str | None, repo_id: str | None, zoo_dir: str | Path | None) -> None:
-    """Write the card (the edited one, else a fresh one) as the child's README, with its pictures."""
+    """Write the card (the edited one, else a fresh one) as the child's README, with its pictures: the only write
+    into the child folder, reached through an owner-checked action (push, zip, save)."""
     text = card if card and card.strip() else cardgen.card_text(folder, repo_id=repo_id, zoo_dir=zoo_dir)[0]
     cardgen.write_card(folder, text)
 
@@ -69,6 +73,12 @@ def push(state: Any, repo_id: str | None, private: bool, card: str | None, *, to
         repo = f"{user}/{repo}"
     _with_card(folder, card, repo, zoo_dir)
     url = publish.push_to_hub(folder / CHILD, repo, token=token, private=bool(private), endpoint=endpoint)
+    if not private:  # public on the Hub now: anyone may breed from it (darwin_core.parents, `run:` parents)
+        import json
+
+        from darwin_core.runfolder import PUBLISHED, atomic_write_text
+
+        atomic_write_text(folder / PUBLISHED, json.dumps({"repo_id": repo, "url": url}) + "\n")
     return f"✅ Published: [{url}]({url})" + (" (private)" if private else "")
 
 
@@ -76,8 +86,13 @@ def zip_download(state: Any, card: str | None, *, user: str | None, runs_dir: Pa
                  zoo_dir: str | Path | None) -> str:
     run_id, folder = _owned_child(state, user, "download", runs_dir=runs_dir, local_mode=local_mode)
     _with_card(folder, card, None, zoo_dir)
-    # One zip per run, beside the runs (not inside the run folder), replaced on each download: bounded disk use.
-    target = runs_dir / ZIPS / f"darwin-child-{run_id}.zip"
+    # One zip per run, replaced on each download (bounded disk use), in the temp folder: Gradio serves files from
+    # there whatever the runs folder is (a mounted bucket outside the working and temp folders is refused).
+    import hashlib
+    import tempfile
+
+    where = hashlib.sha256(str(runs_dir.resolve()).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / ZIPS / where / f"darwin-child-{run_id}.zip"
     target.parent.mkdir(parents=True, exist_ok=True)
     return str(publish.zip_child(folder / CHILD, target))
 
@@ -168,20 +183,13 @@ def build_publish_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_d
 
 def _preview(text: str | None, state: Any, runs_dir: Path) -> str:
     """The preview: the card's body with its pictures inlined (in the repo they sit beside the README; here the
-    page has no URL for them), drawn from the run folder of the page's current run."""
-    import base64
-
+    page has no URL for them), drawn in memory from the page's current run — anyone may preview any run's card,
+    so previewing writes nothing into its folder."""
     body = _body(text)
     found, _ = guarded(lambda: _run_with_child(state, runs_dir), "finding the run")
     if found is None:
         return body
-    folder = found[1]
-    for _, name in cardgen.draw_pictures(folder):
-        picture = folder / CHILD / name
-        if f"]({name})" in body and picture.is_file():
-            data = base64.b64encode(picture.read_bytes()).decode("ascii")
-            body = body.replace(f"]({name})", f"](data:image/png;base64,{data})")
-    return body
+    return cardgen.inline_pictures(body, found[1])
 
 
 def _body(text: str | None) -> str:

@@ -26,7 +26,13 @@ HELDOUT_HEADERS = ["task", "items", "child", "father", "mother", "child − fath
                    "child − mother [95% CI]", "p vs mother"]
 
 
-def _name(ref: Any) -> str:
+HIDDEN_PARENT = "a gated or private Hub model"
+
+
+def _name(ref: Any, run: Mapping | None = None) -> str:
+    """A parent as everyone may see it: a gated or private parent's pinned id only in its owner's Evolve tab."""
+    if run is not None and run.get("parents_restricted"):
+        return HIDDEN_PARENT
     return parent_label(str(ref)) if ref else "—"
 
 
@@ -37,7 +43,7 @@ def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     for run in runs:
         best = run.get("best_fitness")
         rows.append([
-            run["run_id"], STATE_TEXT.get(run["state"], run["state"]), _name(run.get("father")), _name(run.get("mother")),
+            run["run_id"], STATE_TEXT.get(run["state"], run["state"]), _name(run.get("father"), run), _name(run.get("mother"), run),
             f"{run.get('generation') or 0}/{run.get('generations') or '?'}",
             f"{best:.4f}" if isinstance(best, (int, float)) else "—", run.get("created_at") or "—",
         ])
@@ -95,7 +101,7 @@ def report_markdown(run: Mapping) -> str:
 
 def open_run(run_id: str, runs_dir: Path) -> dict[str, Any]:
     run = jobs.read_run(run_id, runs_dir)
-    header = f"**Run `{run['run_id']}`** — {STATE_TEXT.get(run['state'], run['state'])} · father `{_name(run.get('father'))}` × mother `{_name(run.get('mother'))}`"
+    header = f"**Run `{run['run_id']}`** — {STATE_TEXT.get(run['state'], run['state'])} · father `{_name(run.get('father'), run)}` × mother `{_name(run.get('mother'), run)}`"
     return {
         "header": header,
         "error": run_error(run),
@@ -110,7 +116,7 @@ def build_runs_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir:
     """Lay out the Runs tab; `tab` (its gr.Tab) refreshes the list whenever the tab is selected."""
     runs_dir = Path(runs_dir)
     gr.Markdown(
-        f"Every run — started here or with `python -m darwin_core evolve` — is a folder under `{runs_dir}` "
+        "Every run — started here or with `python -m darwin_core evolve` — is a folder in the runs folder "
         "(set by DARWIN_RUNS_DIR). Open one to watch it in the Evolve tab, check its health or publish its child."
     )
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
@@ -130,7 +136,7 @@ def build_runs_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir:
         if found is None:
             return gr.skip(), gr.skip(), message
         frame, ids = found
-        current = session.current_run(state)
+        current, _ = guarded(lambda: session.current_run(state), "reading the page's run")
         return frame, gr.Dropdown(choices=ids, value=current if current in ids else (ids[0] if ids else None)), ""
 
     refresh.click(list_runs, inputs=[session_state], outputs=[table, picker, error], api_name="runs_list",

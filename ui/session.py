@@ -78,8 +78,14 @@ def ensure_session(state: Any) -> dict[str, Any]:
 
 
 def current_run(state: Any) -> str | None:
+    """The page's run id, or None; an API caller can send any state, so an id that is not a valid run id
+    (`../../etc`) is refused here, before any handler builds a path from it."""
+    from darwin_core.runfolder import check_run_id
+
     run_id = state.get("run_id") if isinstance(state, dict) else None
-    return run_id if isinstance(run_id, str) and run_id else None
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    return check_run_id(run_id)
 
 
 def with_run(state: Any, run_id: str | None) -> dict[str, Any]:

@@ -417,7 +417,7 @@ def load_hub_task(
     heldout_fraction: float = HELDOUT_FRACTION,
     seed: int = 0,
     limit: int | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     cache_dir: str | Path | None = None,
     max_new_tokens: int | None = None,
 ) -> Task:

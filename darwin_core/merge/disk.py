@@ -6,7 +6,9 @@ header and the recipe's dtype fix it — so the writer runs in streaming mode: i
 and each merged tensor straight to its place, holding none. Peak memory is a few tensors (the two parents' copies
 of one tensor, the float32 work and the result), whatever the model's size. The finished folder is moved into
 place atomically. The child folder gets the father's config.json (dtype updated when the recipe sets one), tokenizer
-files and generation_config.json, plus `darwin-recipe.yaml`, the recipe that reproduces it.
+files and generation_config.json, plus `darwin-recipe.yaml`, the recipe that reproduces it: its public form
+(`Recipe.public`), which names the parents by Hub id@revision and never by a path on this machine, because the
+child folder is what gets published. Merging that file elsewhere finds the parents on the Hub (or its cache).
 
 CLI: `python -m darwin_core merge RECIPE.yaml --out DIR [--device cuda] [--overwrite]`.
 """
@@ -46,7 +48,8 @@ DEFAULT_SHARD_BYTES = 5 * 10**9
 
 
 def local_folder(ref: ParentRef, who: str) -> Path:
-    """The local folder of a parent: its `path`, else the Hub (cache first, download when online).
+    """The local folder of a parent: its `path`, else its name: `demo:`/`run:` (this machine's demo zoo and
+    runs folder), else the Hub (cache first, download when online) — a published recipe carries no path.
 
     Downloads use `darwin_core.hub` (weights, config and tokenizer files only) with the `HF_TOKEN` of the
     environment, passed explicitly; this is the command-line path (`merge RECIPE.yaml`), never a Space visitor's.
@@ -58,6 +61,11 @@ def local_folder(ref: ParentRef, who: str) -> Path:
         return path
     from darwin_core.hub import download, resolve_model
 
+    if ref.id.startswith(("demo:", "run:")):
+        from darwin_core.jobs import runs_dir_default
+        from darwin_core.parents import resolve_parent_name
+
+        return Path(resolve_parent_name(ref.id, local_mode=True, runs_dir=runs_dir_default(None)).folder)
     token = os.environ.get("HF_TOKEN") or None
     resolved = resolve_model(ref.label(), local_mode=False, token=token)
     if resolved.folder is None:
@@ -215,7 +223,7 @@ def merge_to_disk(
             for file in SIDE_FILES:
                 if (father_dir / file).is_file():
                     writer.copy_file(father_dir / file)
-            writer.write_text(RECIPE_FILE, recipe.to_yaml())
+            writer.write_text(RECIPE_FILE, recipe.public().to_yaml())  # published with the child: no server path
     finally:
         for reader in (father, mother, base):
             if reader is not None:
