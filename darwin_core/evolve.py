@@ -831,7 +831,9 @@ def run_evolution(
     """
     folder = RunFolder(run_dir)
     log = log or (lambda message: None)
-    folder.append_event("loading", father=config.father, mother=config.mother)
+    from darwin_core.cardgen import parent_label  # events are shown on pages: parents by public name, no path
+
+    folder.append_event("loading", father=parent_label(config.father), mother=parent_label(config.mother))
     folder.update_status(phase="loading")
     problem = ModelProblem(config, log=log, runs_dir=folder.path.parent)
     if problem.scan is not None:
@@ -865,7 +867,6 @@ def run_evolution(
     child_dir = merge_to_disk(recipe, folder.file(CHILD), device=str(problem.child.device), overwrite=True)
     folder.append_event("child_written", path=CHILD)
 
-    from darwin_core.cardgen import parent_label  # the report is shown on pages: parents by public name, no path
 
     report: dict[str, Any] = {
         "run_id": folder.run_id,
