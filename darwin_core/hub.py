@@ -300,6 +300,7 @@ def _resolve_online(repo_id: str, revision: str | None, *, token: str | None, al
                 for name, tensor in file_meta.tensors.items():
                     tensors[name] = (tuple(int(d) for d in tensor.shape), str(tensor.dtype))
             weight_files = list(dict.fromkeys(meta.weight_map.values())) if meta.weight_map else [SAFETENSORS_SINGLE]
+            anatomy.check_config_against_weights(config, {n: s for n, (s, _) in tensors.items()}, repo_id)
             return ModelRef(**base, tensors=tensors, weight_files=weight_files, **_sizes(tensors))
         pickle_files = sorted(f for f in files if f.endswith(".bin") and "/" not in f
                               and f.startswith(("pytorch_model", "model")))
@@ -441,7 +442,7 @@ def download(ref: ModelRef, token: str | None = None, *, allow_pickle: bool = Fa
         folder = Path(snapshot_download(ref.id, revision=ref.commit or ref.revision, allow_patterns=patterns,
                                         cache_dir=cache_dir, token=token or False))
     reader = TensorReader(folder, allow_pickle=allow_pickle)
-    return replace(ref, folder=folder, **_from_reader(reader))
+    return replace(ref, folder=folder, **_from_reader(reader, ref.config or None, ref.label))
 
 
 # ------------------------------------------------------------------------------------------------------------

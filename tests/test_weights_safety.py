@@ -167,3 +167,21 @@ def test_an_oversized_config_json_is_refused_without_being_parsed(fixture_model,
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(DarwinError, match=r"config\.json .*too large"):
         resolve_model(str(folder), local_mode=True)
+
+
+def test_a_hub_config_claiming_layers_its_weights_do_not_hold_is_refused_online_before_download(read_hub, fixture_model, tmp_path):
+    import json
+    import shutil
+
+    from darwin_core.hub import resolve_model
+
+    folder = tmp_path / "liar"
+    shutil.copytree(fixture_model("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 10**9
+    (folder / "config.json").write_text(json.dumps(config))
+    read_hub.add("darwin-test/liar", folder)
+    with pytest.raises(DarwinError) as refused:
+        resolve_model("darwin-test/liar", local_mode=False, token=None, cache_dir=tmp_path / "cache")
+    assert "\n" not in str(refused.value) and "layer" in str(refused.value)
+    assert not any(p.suffix == ".safetensors" for p in (tmp_path / "cache").rglob("*"))  # no weight was fetched
