@@ -12,7 +12,7 @@ Both loops score the same candidates (seeded darwin-v6 genomes → recipes) on t
   evaluate. This isolates what the disk round trip alone costs.
 - with --mergekit-evolve, also mergekit-evolve's own per-candidate steps (`OnDiskMergeEvaluator`:
   `mergekit.evo.helpers.merge_model` then `evaluate_model`, re-enacted here because importing
-  `mergekit.evo` needs ray): the recipe's `to_mergekit_yaml()` → `mergekit.merge.run_merge` into a
+  `mergekit.evo` needs ray): `mergekit_yaml(recipe)` → `mergekit.merge.run_merge` into a
   `mkdtemp(prefix="merged")` folder with mergekit-evolve's MergeOptions → `lm_eval.simple_evaluate(model=
   "huggingface", model_args={pretrained, dtype, use_cache=True}, log_samples=False, verbosity="WARNING",
   task_manager=<built once, as mergekit-evolve does>)` on the same items written as a local lm-eval task →
@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from darwin_core.evolve import EvolutionConfig  # noqa: E402
+from darwin_core.evolution.pipeline import EvolutionConfig  # noqa: E402
+from darwin_core.merge.mergekit_export import mergekit_yaml  # noqa: E402
 from darwin_core.testing.shapes import SHAPES, random_qwen3  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +118,7 @@ class TokenCounter:
 
 def genomes(count: int, seed: int) -> list[list[float]]:
     from darwin_core.fitness.tasks import seeded_rng
-    from darwin_core.genome import DarwinV6Space
+    from darwin_core.genome.spaces import DarwinV6Space
 
     space = DarwinV6Space()
     rng = seeded_rng("bench-genomes", seed)
@@ -153,10 +154,10 @@ def copy_bandwidth(device: torch.device) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from darwin_core.childmodel import ResidentChild
+    from darwin_core.evolution.child import ResidentChild
     from darwin_core.fitness.demo_tasks import demo_tasks
     from darwin_core.fitness.evaluate import evaluate
-    from darwin_core.genome import DarwinV6Space
+    from darwin_core.genome.spaces import DarwinV6Space
     from darwin_core.merge.disk import merge_to_disk
     from darwin_core.recipe import ParentRef
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -360,7 +361,7 @@ class MergekitEvolveLoop:
 
         _sync(self.device)
         t0 = time.perf_counter()
-        config = MergeConfiguration.model_validate(yaml.safe_load(recipe.to_mergekit_yaml()))
+        config = MergeConfiguration.model_validate(yaml.safe_load(mergekit_yaml(recipe)))
         out = tempfile.mkdtemp(prefix="merged", dir=self.storage)
         run_merge(config, out_path=out, options=self.options)
         _sync(self.device)

@@ -6,7 +6,7 @@
 
 The parents are written once into --workdir (reused on later runs with the same size and dtype). Each tool runs
 as a subprocess (imports included: Darwin's `merge_to_disk` call, mergekit's `mergekit-yaml` entry point), timed by wall clock, with its peak RSS read from
-`os.wait4`. The mergekit config is the Darwin recipe's own `to_mergekit_yaml()` export, so both compute the same
+`os.wait4`. The mergekit config is the Darwin recipe's own `mergekit_yaml(recipe)` export, so both compute the same
 child (float32 math, output in the parents' dtype); the script checks that the two children agree.
 Numbers depend on the machine and on the page cache (the parents are usually cached after the first run); the
 table says which machine and what was measured, nothing else.
@@ -108,8 +108,8 @@ def disk_read_gbps(paths: list[Path], block: int = 64 << 20) -> float:
 
 def in_memory_rate(recipe, father: Path, mother: Path, device: str, repeats: int = 3) -> float:
     """GB/s of the evolution's inner loop: parents resident on `device`, the child written in place."""
-    from darwin_core.merge.apply import StateDictSource, merge_tensors
-    from darwin_core.tensors import TensorReader
+    from darwin_core.merge.methods.apply import StateDictSource, merge_tensors
+    from darwin_core.io.tensors import TensorReader
 
     f, m = TensorReader(father), TensorReader(mother)
     resident_f = StateDictSource({n: f.get(n, device) for n in f.names})
@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
+    from darwin_core.merge.mergekit_export import mergekit_yaml
     from darwin_core.recipe import Recipe
-    from darwin_core.tensors import TensorReader
+    from darwin_core.io.tensors import TensorReader
 
     dtype = getattr(torch, args.dtype)
     config = llama_shape(int(args.size_gb * 1e9), torch.empty(0, dtype=dtype).element_size())
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     mother={"id": "bench/mother", "path": str(mother)}, method="linear", ratios=0.5)
     recipe_path = recipe.save(args.workdir / "recipe.yaml")
     mk_path = args.workdir / "mergekit.yaml"
-    mk_path.write_text(recipe.to_mergekit_yaml())
+    mk_path.write_text(mergekit_yaml(recipe))
     out_darwin, out_mk = args.workdir / "child-darwin", args.workdir / "child-mergekit"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

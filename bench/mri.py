@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from darwin_core import mri  # noqa: E402
-from darwin_core.probes import default_probes  # noqa: E402
+from darwin_core.mri import scan as mri  # noqa: E402
+from darwin_core.mri.probes import default_probes  # noqa: E402
 from darwin_core.testing.shapes import SHAPES, random_qwen3  # noqa: E402
 
 

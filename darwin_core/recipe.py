@@ -8,7 +8,7 @@ cosmetic ones: local paths, the genome it came from, notes), and it seeds the DA
 the same parents gives bit-identical tensors on every run.
 
 Lookup of a tensor's parameters (`ratio_for`, `densities_for`, `plan_for`) goes through
-`darwin_core.anatomy.classify(name) -> TensorRole(layer, role, tower)`, so tables speak in layers and roles:
+`darwin_core.parents.anatomy.classify(name) -> TensorRole(layer, role, tower)`, so tables speak in layers and roles:
 
     1. frozen layer                         → ratio 0, the father's tensor as is
     2. `tensors[name]`                      (per-tensor override, e.g. from an MRI prescription)
@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from darwin_core.errors import DarwinError
-from darwin_core.merge.registry import TensorParams, get_method
+from darwin_core.merge.methods.registry import TensorParams, get_method
 
 FORMAT = "darwin-recipe/1"
 RECIPE_FILE = "darwin-recipe.yaml"
@@ -85,7 +85,7 @@ class ParentRef:
             if not value.get("id"):
                 raise DarwinError("A parent in the recipe has no id.")
             return cls(id=str(value["id"]), revision=_opt_str(value.get("revision")), path=_opt_str(value.get("path")))
-        # darwin_core.hub.ModelRef: pin the resolved commit when there is one; local models are named by folder
+        # darwin_core.parents.hub.ModelRef: pin the resolved commit when there is one; local models are named by folder
         ident = getattr(value, "id", None)
         if ident:
             folder = getattr(value, "folder", None)
@@ -463,7 +463,7 @@ class Recipe:
     # -- per-tensor resolution ----------------------------------------------------------------------------------
     def ratio_for(self, name: str) -> float:
         """The share of the mother for this tensor, before transplant thresholds (frozen layers give 0)."""
-        from darwin_core.anatomy import classify
+        from darwin_core.parents.anatomy import classify
 
         role = classify(name)
         if role.layer is not None and role.layer in self.frozen_layers:
@@ -472,7 +472,7 @@ class Recipe:
 
     def densities_for(self, name: str) -> tuple[float, float]:
         """(density of the father's task vector, density of the mother's) for this tensor."""
-        from darwin_core.anatomy import classify
+        from darwin_core.parents.anatomy import classify
 
         role = classify(name)
         return self.densities.lookup(name, role.layer, role.role)
@@ -484,7 +484,7 @@ class Recipe:
 
     def plan_for(self, name: str) -> TensorPlan:
         """Everything `merge_tensors` needs for one tensor: copy a parent, or merge with these parameters."""
-        from darwin_core.anatomy import classify
+        from darwin_core.parents.anatomy import classify
 
         role = classify(name)
         ratio = self.ratio_for(name)
@@ -509,21 +509,6 @@ class Recipe:
     @property
     def torch_dtype(self) -> torch.dtype | None:
         return DTYPES[self.dtype] if self.dtype else None
-
-    # -- mergekit ---------------------------------------------------------------------------------------------
-    def to_mergekit_yaml(self, names: Iterable[str] | None = None, *, father_dtype: str | None = None) -> str:
-        """A mergekit 0.1.5 config that computes the same child, or a DarwinError saying why none can.
-
-        Every tensor's parameters go through mergekit's filters (substring match, first match wins): one filter
-        per (layer, role) group whose values differ from the most common value, by the group's common name
-        prefix, or per tensor name where a prefix would catch other tensors; the result is checked by
-        replaying mergekit's filter rule on every tensor name. Tensors that Darwin copies from one parent
-        (frozen layers, transplant thresholds, vision/audio towers) get weight 0/1 and density 1, which gives
-        the same values up to float rounding. `names` defaults to the father's tensors (`father.path`).
-        """
-        from darwin_core.merge.mergekit_export import mergekit_yaml
-
-        return mergekit_yaml(self, names, father_dtype=father_dtype)
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from darwin_core import jobs  # noqa: E402
-from darwin_core.evolve import HELDOUT_RESULTS, SIGNIFICANCE, EvolutionConfig, ModelProblem  # noqa: E402
+from darwin_core.runs import queue as jobs  # noqa: E402
+from darwin_core.evolution.pipeline import HELDOUT_RESULTS, SIGNIFICANCE, EvolutionConfig, ModelProblem  # noqa: E402
 from darwin_core.fitness.evaluate import EvalResult, normalize_weights  # noqa: E402
 from darwin_core.fitness.stats import compare_results  # noqa: E402
 from darwin_core.recipe import Recipe, ratio_table  # noqa: E402
-from darwin_core.runfolder import REPORT  # noqa: E402
+from darwin_core.io.runfolder import REPORT  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "assets" / "zoo"

@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from darwin_core import health, mri  # noqa: E402
+from darwin_core.health import checkup as health  # noqa: E402
+from darwin_core.mri import scan as mri
 from darwin_core.errors import DarwinError  # noqa: E402
 from darwin_core.merge.disk import merge_to_disk  # noqa: E402
-from darwin_core.probes import demo_probes, resolve_probes  # noqa: E402
+from darwin_core.fitness.probes import demo_probes, resolve_probes  # noqa: E402
 from darwin_core.recipe import Recipe  # noqa: E402
 from ui import plots  # noqa: E402
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         *(
             [
                 "Perplexity counts every token of the probe texts. The demo models are trained with the loss on the "
-                "answers only (`darwin_core/zoo.py`), so the prompt's random word is unpredictable to them and the "
+                "answers only (`darwin_core/zoo/build.py`), so the prompt's random word is unpredictable to them and the "
                 "perplexities are large; the check only compares the child with its own parents.",
                 "",
             ]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from darwin_core import zoo  # noqa: E402
+from darwin_core.zoo import build as zoo  # noqa: E402
 from darwin_core.fitness.demo_tasks import SKILLS, demo_task  # noqa: E402
 
 LEAD_POINTS = 20.0

@@ -120,7 +120,7 @@ def screenshot(page: Any, name: str) -> Path:
 
 def demo_zoo_dir() -> Path:
     """The shipped demo zoo (assets/zoo), which the UI tests show."""
-    from darwin_core import zoo
+    from darwin_core.zoo import build as zoo
 
     if not (zoo.DEFAULT_ZOO_DIR / zoo.MANIFEST).is_file():
         raise FileNotFoundError(f"{zoo.DEFAULT_ZOO_DIR / zoo.MANIFEST} is missing: the demo zoo ships with the repository")

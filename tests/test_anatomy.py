@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from darwin_core.anatomy import (
+from darwin_core.parents.anatomy import (
     ROLES,
     TensorRole,
     canonical_name,
@@ -17,7 +17,7 @@ from darwin_core.anatomy import (
     summarize,
 )
 from darwin_core.errors import DarwinError
-from darwin_core.tensors import TensorReader
+from darwin_core.io.tensors import TensorReader
 from darwin_core.testing.fixtures import ARCHITECTURES
 
 L, V, A = "language", "vision", "audio"

@@ -111,7 +111,7 @@ def test_every_event_has_an_api_name_or_is_private(zoo, monkeypatch):
 def test_parents_info_endpoint_returns_the_demo_parents_architecture(zoo, monkeypatch):
     from gradio_client import Client
 
-    from darwin_core.zoo import load_zoo_manifest
+    from darwin_core.zoo.build import load_zoo_manifest
     from ui.app import build_demo
 
     monkeypatch.delenv("SPACE_ID", raising=False)
@@ -141,7 +141,7 @@ def test_a_parent_that_does_not_exist_gets_one_sentence_not_a_traceback(zoo, tmp
 
 
 def test_on_a_public_space_demo_parents_load_but_typed_local_folders_are_refused(zoo):
-    from darwin_core.hub import LOCAL_REFUSED
+    from darwin_core.parents.hub import LOCAL_REFUSED
     from ui.parents import inspect_parents
 
     facts, _, verdict, error = inspect_parents("demo:father", "", "demo:mother", "", local_mode=False, token=None, zoo_dir=zoo)

@@ -21,7 +21,7 @@ def zoo() -> Path:
 
 
 def test_parents_tab_shows_both_demo_parents_with_architecture_and_accuracies(zoo, monkeypatch):
-    from darwin_core.zoo import load_zoo_manifest
+    from darwin_core.zoo.build import load_zoo_manifest
     from ui.app import build_demo, launch_kwargs
 
     monkeypatch.delenv("SPACE_ID", raising=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard
 
-from darwin_core.card import CardInputs, HeldoutRow, build_card, resolve_license
+from darwin_core.publishing.card import CardInputs, HeldoutRow, build_card, resolve_license
 
 
 def _inputs(**overrides) -> CardInputs:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from darwin_core.runfolder import CHILD
+from darwin_core.io.runfolder import CHILD
 
 REPO_IDS = {"father": "darwin-test/privacy-father", "mother": "darwin-test/privacy-mother"}
 TASK_FILE = "privacy-choice.jsonl"
@@ -33,8 +33,8 @@ def _write_choice_task(path: Path, n: int = 16) -> Path:
 
 def _finish_run(runs_dir: Path, run_id: str, father: str, mother: str, task: Path) -> Path:
     """A finished run folder: a one-generation search with the MRI scan (so the card has both pictures)."""
-    from darwin_core import jobs
-    from darwin_core.evolve import EvolutionConfig
+    from darwin_core.runs import queue as jobs
+    from darwin_core.evolution.pipeline import EvolutionConfig
 
     config = EvolutionConfig(father=father, mother=mother, tasks=({"file": str(task), "name": "mc"},), genome="darwin-v6",
                              method="linear", population=2, generations=1, proxy_items=4, topk_full=1, seed=3,
@@ -120,7 +120,7 @@ def test_previewing_a_finished_runs_card_leaves_its_run_folder_byte_for_byte_unc
 
 
 def test_the_owners_written_card_puts_its_pictures_beside_the_readme(local_run, tmp_path):
-    from darwin_core import cardgen
+    from darwin_core.publishing import cardgen
 
     run = _copy(local_run, tmp_path)
     text, _ = cardgen.card_text(run)
@@ -135,7 +135,7 @@ def test_the_owners_written_card_puts_its_pictures_beside_the_readme(local_run, 
 
 @pytest.mark.parametrize("which", ["local_run", "cached_run"])
 def test_the_card_the_childs_recipe_and_readme_carry_no_server_path(which, request, offline_cache, fixture_pair, tmp_path):
-    from darwin_core import cardgen
+    from darwin_core.publishing import cardgen
 
     run = _copy(request.getfixturevalue(which), tmp_path)
     father, mother = fixture_pair("llama", related=True)
@@ -152,8 +152,9 @@ def test_the_card_the_childs_recipe_and_readme_carry_no_server_path(which, reque
 def test_the_reproduce_command_pins_hub_parents_by_commit_and_runs_with_the_task_file_by_name(cached_run, offline_cache):
     import yaml
 
-    from darwin_core import cardgen, hub
-    from darwin_core.evolve import EvolutionConfig
+    from darwin_core.publishing import cardgen
+    from darwin_core.parents import hub
+    from darwin_core.evolution.pipeline import EvolutionConfig
 
     _, snapshots = offline_cache
     text, _ = cardgen.card_text(cached_run)
@@ -174,7 +175,7 @@ def test_the_reproduce_command_pins_hub_parents_by_commit_and_runs_with_the_task
 def test_the_published_recipe_keeps_the_runs_hash_and_remerges_the_same_child_from_the_hub_cache(cached_run, tmp_path):
     from darwin_core.merge.disk import merge_to_disk
     from darwin_core.recipe import Recipe
-    from darwin_core.tensors import sha256_of_files
+    from darwin_core.io.tensors import sha256_of_files
 
     run = _copy(cached_run, tmp_path)
     published = Recipe.load(run / CHILD)
@@ -187,7 +188,7 @@ def test_the_published_recipe_keeps_the_runs_hash_and_remerges_the_same_child_fr
 
 
 def test_a_parent_is_named_by_scheme_or_folder_name_never_by_its_path(local_run, offline_cache):
-    from darwin_core.cardgen import parent_label
+    from darwin_core.parents.names import parent_label
 
     _, snapshots = offline_cache
     assert parent_label(str(local_run / CHILD)) == "run:local"  # an earlier run's child, as `run:` names it

@@ -86,7 +86,7 @@ def test_evaluation_pool_is_fixed_and_unique():
 
 
 def test_a_demo_task_limit_keeps_that_many_items_split_like_the_full_task():
-    from darwin_core.evolve import EvolutionConfig, load_tasks
+    from darwin_core.evolution.pipeline import EvolutionConfig, load_tasks
 
     full = demo_task("reverse", 0)
     small = demo_task("reverse", 0, limit=40)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from darwin_core.errors import DarwinError
-from darwin_core.evolve import (
+from darwin_core.evolution.pipeline import (
     Cancelled,
     EvolutionConfig,
     SearchSettings,
@@ -33,7 +33,7 @@ from darwin_core.evolve import (
 from darwin_core.fitness.evaluate import EvalResult, TaskResult
 from darwin_core.fitness.scoring import ItemResult
 from darwin_core.fitness.tasks import Item, Task
-from darwin_core.runfolder import CHECKPOINT, EVALUATIONS, RunFolder
+from darwin_core.io.runfolder import CHECKPOINT, EVALUATIONS, RunFolder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def _folder(tmp_path: Path, name: str) -> RunFolder:
 
 
 def test_cma_state_pickled_with_its_own_rng_proposes_the_same_next_generation():
-    from darwin_core.evolve import _new_es
+    from darwin_core.evolution.pipeline import _new_es
 
     problem = SyntheticProblem()
     es = _new_es(problem, _settings())
@@ -261,7 +261,7 @@ def test_the_in_memory_child_is_bit_identical_to_the_child_merged_to_disk(fixtur
     import torch
     from transformers import AutoModelForCausalLM
 
-    from darwin_core.childmodel import ResidentChild
+    from darwin_core.evolution.child import ResidentChild
     from darwin_core.merge.disk import merge_to_disk
     from darwin_core.recipe import Recipe, density_table, ratio_table
 
@@ -285,7 +285,7 @@ def _count_generation(folder: RunFolder, generation: int) -> int:
 
 
 def test_a_run_killed_mid_generation_and_resumed_ends_exactly_like_an_uninterrupted_one(fixture_pair, tmp_path):
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
 
     father, mother = fixture_pair("llama")
     config = tiny_config(father, mother, write_choice_task(tmp_path / "mc.jsonl"))
@@ -295,7 +295,7 @@ def test_a_run_killed_mid_generation_and_resumed_ends_exactly_like_an_uninterrup
 
     killed = jobs.prepare_foreground(config, tmp_path / "runs", run_id="killed")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "darwin_core.jobs", "run", str(killed.path)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "darwin_core", "runs", "run", str(killed.path)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:
@@ -321,7 +321,7 @@ def test_a_run_killed_mid_generation_and_resumed_ends_exactly_like_an_uninterrup
 def test_a_finished_run_folder_holds_the_recipe_the_child_and_a_heldout_report(fixture_pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
     from darwin_core.recipe import Recipe
 
     father, mother = fixture_pair("llama")
@@ -349,7 +349,7 @@ def test_a_finished_run_folder_holds_the_recipe_the_child_and_a_heldout_report(f
 @pytest.mark.slow
 def test_on_the_demo_family_the_bred_child_beats_both_parents_on_the_heldout_composite(tmp_path):
     """The default budget on the demo zoo, CPU: hybrid vigour with p < 0.05 against each parent."""
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
 
     zoo = REPO / "assets" / "zoo"
     config = EvolutionConfig(father=str(zoo / "father"), mother=str(zoo / "mother"), device="cpu")
@@ -362,7 +362,7 @@ def test_on_the_demo_family_the_bred_child_beats_both_parents_on_the_heldout_com
 
 
 def test_the_child_is_a_merge_baseline_only_when_it_beat_the_best_candidate_on_the_full_search_set():
-    from darwin_core.evolve import choose_child
+    from darwin_core.evolution.pipeline import choose_child
 
     class Lines:
         def baseline_names(self):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from darwin_core.chartok import build_char_tokenizer
+from darwin_core.parents.chartok import build_char_tokenizer
 from darwin_core.errors import DarwinError
 from darwin_core.testing.fixtures import (
     ARCHITECTURES,
@@ -35,7 +35,7 @@ MOE_LAYOUTS = {
 
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a single-file or sharded checkpoint (independent of darwin_core.tensors on purpose)."""
+    """All tensors of a single-file or sharded checkpoint (independent of darwin_core.io.tensors on purpose)."""
     files = sorted(folder.glob("*.safetensors"))
     out: dict[str, torch.Tensor] = {}
     for path in files:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from darwin_core.errors import DarwinError
-from darwin_core.genome import GENOME_TABLE_MD, SPACE_NAMES, block_of, get_space, odds_combine
+from darwin_core.genome.spaces import GENOME_TABLE_MD, SPACE_NAMES, block_of, get_space, odds_combine
 
 L = 12  # layers: blocks of darwin-v6 are layers {0,1}, {2,3}, ... {10,11}
 SEED_002 = [0.4989, 0.1766, 0.9021, 0.6122, 0.9951, 0.9617, 0.5740, 0.5811, 0.5736, 0.4697, 0.4930, 0.8418,

@@ -10,10 +10,10 @@ import dataclasses
 import pytest
 import torch
 
-from darwin_core.genome import get_space
+from darwin_core.genome.spaces import get_space
 from darwin_core.merge.disk import merge_to_disk
 from darwin_core.recipe import density_table
-from darwin_core.tensors import TensorReader, sha256_of_files
+from darwin_core.io.tensors import TensorReader, sha256_of_files
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -42,7 +42,7 @@ def test_cuda_merge_is_byte_identical_twice_and_matches_cpu(arch, method, fixtur
 
 @pytest.mark.parametrize("seed", [0, 1, 0x7FFFFFFF, 0xDEADBEEF_CAFEF00D, 2**64 - 1])
 def test_the_fused_cuda_keep_mask_equals_the_torch_mask_bit_for_bit(seed):
-    from darwin_core.merge.delta import keep_mask
+    from darwin_core.merge.methods.delta import keep_mask
 
     for shape, density in (((1,), 0.5), ((3, 5), 0.3), ((4096, 1031), 0.9), ((3 * (1 << 22) + 17,), 0.1)):
         on_cpu = keep_mask(shape, density, seed, "cpu")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from darwin_core import health
-from darwin_core.anatomy import classify
+from darwin_core.health import checkup as health
+from darwin_core.parents.anatomy import classify
 from darwin_core.cli import main as cli_main
 from darwin_core.merge.disk import merge_to_disk
-from darwin_core.probes import demo_probes
+from darwin_core.fitness.probes import demo_probes
 from darwin_core.recipe import Recipe
 from darwin_core.testing.fixtures import write_pair
 

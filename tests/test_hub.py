@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.hub import (
+from darwin_core.parents.hub import (
     LOCAL_REFUSED,
     ModelRef,
     compatibility,
@@ -21,7 +21,7 @@ from darwin_core.hub import (
     parse_ref,
     resolve_model,
 )
-from darwin_core.tensors import TensorReader
+from darwin_core.io.tensors import TensorReader
 from darwin_core.testing.fixtures import place_in_hf_cache
 
 
@@ -280,7 +280,7 @@ def test_families_without_a_shared_ffn_tensor_are_incompatible(fixture_model):
 def test_search_suggests_matching_repo_ids_online_and_nothing_offline(read_hub, fixture_model, monkeypatch):
     from huggingface_hub import constants
 
-    from darwin_core.hub import search_models
+    from darwin_core.parents.hub import search_models
 
     for name in ("darwin-test/tiny-llama", "darwin-test/llama-chat", "darwin-test/qwen"):
         read_hub.add(name, extra={"config.json": b"{}"})

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from darwin_core import jobs
+from darwin_core.runs import queue as jobs
 from darwin_core.errors import DarwinError
-from darwin_core.evolve import EvolutionConfig
-from darwin_core.runfolder import RunFolder
+from darwin_core.evolution.pipeline import EvolutionConfig
+from darwin_core.io.runfolder import RunFolder
 from tests.test_evolve import write_choice_task
 
 TIMEOUT = 300
@@ -64,7 +64,7 @@ def test_two_runs_queued_at_once_run_one_after_the_other_and_both_finish(fixture
     config_file = tmp_path / "second.yaml"
     config_file.write_text(_config(fixture_pair, tmp_path, seed=2).to_yaml())
     submitted = subprocess.run(
-        [sys.executable, "-m", "darwin_core.jobs", "submit", str(config_file), "--runs-dir", str(runs_dir)],
+        [sys.executable, "-m", "darwin_core", "runs", "submit", str(config_file), "--runs-dir", str(runs_dir)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=True,
     )
     second = submitted.stdout.strip().splitlines()[-1]

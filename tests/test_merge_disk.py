@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.genome import get_space
-from darwin_core.merge.apply import StateDictSource, merge_tensors
+from darwin_core.genome.spaces import get_space
+from darwin_core.merge.methods.apply import StateDictSource, merge_tensors
 from darwin_core.merge.disk import merge_to_disk
 from darwin_core.recipe import RECIPE_FILE, Recipe, density_table
-from darwin_core.tensors import TensorReader, sha256_of_files
+from darwin_core.io.tensors import TensorReader, sha256_of_files
 from darwin_core.testing.fixtures import ARCHITECTURES
 
 SEED_002 = [0.4989, 0.1766, 0.9021, 0.6122, 0.9951, 0.9617, 0.5740, 0.5811, 0.5736, 0.4697, 0.4930, 0.8418,

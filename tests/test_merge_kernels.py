@@ -9,8 +9,8 @@ import torch
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge import TensorParams, get_method, method_names
-from darwin_core.merge.apply import StateDictSource, merge_tensors
-from darwin_core.merge.delta import keep_mask, magnitude_prune
+from darwin_core.merge.methods.apply import StateDictSource, merge_tensors
+from darwin_core.merge.methods.delta import keep_mask, magnitude_prune
 from darwin_core.recipe import Recipe
 
 

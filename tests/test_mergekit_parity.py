@@ -4,7 +4,7 @@
    (`mergekit.merge_methods.merge_tensors`) with the parameters our mapping gives (max relative error ≤ 1e-5).
 2. DARE with density < 1: mergekit draws its masks from torch's global RNG, ours are seeded per tensor, so the
    masks differ by design (merge/delta.py); given the same mask, the drop and L1 rescaling are mergekit's own.
-3. Export parity: a recipe exported with `to_mergekit_yaml()` and merged by mergekit (`run_merge`, the function
+3. Export parity: a recipe exported with `mergekit_yaml(recipe)` and merged by mergekit (`run_merge`, the function
    behind `mergekit-yaml`; the CLI itself in a slow test) equals our `merge_to_disk` output.
 """
 
@@ -18,11 +18,12 @@ import pytest
 import torch
 import yaml
 
+from darwin_core.merge.mergekit_export import mergekit_yaml
 from darwin_core.merge import get_method
-from darwin_core.merge.apply import merge_tensors
+from darwin_core.merge.methods.apply import merge_tensors
 from darwin_core.merge.disk import merge_to_disk
 from darwin_core.recipe import Recipe
-from darwin_core.tensors import TensorReader
+from darwin_core.io.tensors import TensorReader
 from darwin_core.testing.fixtures import ARCHITECTURES, write_tiny_model
 
 mk_methods = pytest.importorskip("mergekit.merge_methods")
@@ -108,7 +109,7 @@ def test_methods_with_a_common_ancestor_agree_with_mergekit(tmp_path):
 def test_dare_drop_and_rescale_equal_mergekits_for_the_same_mask(density):
     from mergekit.sparsify import RescaleNorm, rescaled_masked_tensor
 
-    from darwin_core.merge.delta import dare_drop, keep_mask
+    from darwin_core.merge.methods.delta import dare_drop, keep_mask
 
     delta = torch.randn(64, 96, generator=torch.Generator().manual_seed(0))
     mask = keep_mask(delta.shape, density, seed=11, device="cpu")
@@ -152,7 +153,7 @@ def run_mergekit(config_text: str, out_dir) -> None:
 
 
 def export_parity(recipe: Recipe, tmp_path, tag: str) -> float:
-    run_mergekit(recipe.to_mergekit_yaml(), tmp_path / f"mk-{tag}")
+    run_mergekit(mergekit_yaml(recipe), tmp_path / f"mk-{tag}")
     ours = fused_like_mergekit(TensorReader(merge_to_disk(recipe, tmp_path / f"ours-{tag}")))
     theirs = TensorReader(tmp_path / f"mk-{tag}")
     assert set(theirs.names) == set(ours), set(theirs.names) ^ set(ours)
@@ -177,9 +178,9 @@ def test_export_refuses_what_fused_experts_would_compute_differently(fixture_pai
 
     father, mother = fixture_pair("mixtral")
     with pytest.raises(DarwinError, match="experts of a layer as one fused tensor, so SLERP's angle"):
-        Recipe(father=father, mother=mother, method="slerp", ratios=0.3).to_mergekit_yaml()
+        mergekit_yaml(Recipe(father=father, mother=mother, method="slerp", ratios=0.3))
     with pytest.raises(DarwinError, match="TIES' top-k would span all experts"):
-        Recipe(father=father, mother=mother, method="ties", densities=0.5).to_mergekit_yaml()
+        mergekit_yaml(Recipe(father=father, mother=mother, method="ties", densities=0.5))
 
 
 @pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "dare_ties", "dare_linear", "transplant"])
@@ -197,7 +198,7 @@ def test_export_parity_with_a_common_ancestor(tmp_path):
     mother = write_tiny_model("mistral", tmp_path / "mother", seed=2, base_dir=base)
     recipe = Recipe(father=father, mother=mother, base=base, method="ties", ratios=ROLE_RATIOS,
                     densities={"default": [0.8, 0.5], "roles": {"ffn": [0.4, 0.9]}}, frozen_layers=[1])
-    config = yaml.safe_load(recipe.to_mergekit_yaml())
+    config = yaml.safe_load(mergekit_yaml(recipe))
     assert config["base_model"] == str(base) and "parameters" in config["models"][0]
     assert export_parity(recipe, tmp_path, "ancestor") <= TOLERANCE
 
@@ -207,7 +208,7 @@ def test_mergekit_yaml_cli_on_an_exported_recipe(fixture_pair, tmp_path):
     father, mother = fixture_pair("llama", related=False)
     recipe = Recipe(father=father, mother=mother, method="slerp", ratios=ROLE_RATIOS, frozen_layers=[3])
     config = tmp_path / "mergekit.yaml"
-    config.write_text(recipe.to_mergekit_yaml())
+    config.write_text(mergekit_yaml(recipe))
     cli = [sys.executable, "-c", "from mergekit.scripts.run_yaml import main; main()"]
     subprocess.run([*cli, str(config), str(tmp_path / "mk"), "--no-copy-tokenizer", "--no-write-model-card"],
                    check=True, capture_output=True)

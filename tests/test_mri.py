@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from darwin_core import modelparts, mri
+from darwin_core.parents import modelparts
+from darwin_core.mri import scan as mri
 from darwin_core.cli import main as cli_main
 from darwin_core.errors import DarwinError
-from darwin_core.probes import default_probes, load_probes, probes_from_tasks, resolve_probes
+from darwin_core.fitness.probes import probes_from_tasks, resolve_probes
+from darwin_core.mri.probes import default_probes, load_probes
 from darwin_core.testing.fixtures import ARCHITECTURES, write_pair, write_tiny_model
 
 MOE_ARCHS = {"qwen3_moe", "qwen3_5_moe_text", "mixtral"}
@@ -232,7 +234,7 @@ def test_prescription_leans_to_the_parent_whose_layer_matters_more_for_a_weighte
 
 
 def test_prescription_feeds_the_darwin_v6_genome(pair):
-    from darwin_core.genome import get_space
+    from darwin_core.genome.spaces import get_space
 
     father, mother = pair("qwen3")
     ratios = mri.scan_pair(father, mother, probes=TINY_PROBES)["prescription"]

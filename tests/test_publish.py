@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from darwin_core.errors import DarwinError
-from darwin_core.publish import push_to_hub, save_locally, zip_child
+from darwin_core.publishing.push import push_to_hub, save_locally, zip_child
 from darwin_core.testing.fakehub import FakeHub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

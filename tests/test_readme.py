@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from darwin_core.genome import GENOME_TABLE_MD
+from darwin_core.genome.spaces import GENOME_TABLE_MD
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -15,7 +15,7 @@ def test_readme_genome_table_is_the_one_in_the_code() -> None:
 def test_readme_breeding_config_is_a_valid_config_with_the_defaults_it_claims() -> None:
     import re
 
-    from darwin_core.evolve import EvolutionConfig
+    from darwin_core.evolution.pipeline import EvolutionConfig
 
     block = re.search(r"```yaml\n(# breed\.yaml.*?)```", README.read_text(), re.S).group(1)
     config = EvolutionConfig.from_yaml(block)

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
+from darwin_core.merge.mergekit_export import mergekit_yaml
 from darwin_core.errors import DarwinError
 from darwin_core.recipe import GenomeRecord, ParentRef, Recipe, load_recipe, recipe_hash
 
@@ -168,7 +169,7 @@ def test_mergekit_export_reproduces_every_tensor_parameter_through_filters():
         densities={"default": [1.0, 0.6], "layers": {2: {"*": [1.0, 0.3]}}},
         transplant=(0.1, 0.95), frozen_layers=[3], normalize=False,
     )
-    config = yaml.safe_load(recipe.to_mergekit_yaml(NAMES, father_dtype="bfloat16"))
+    config = yaml.safe_load(mergekit_yaml(recipe, NAMES, father_dtype="bfloat16"))
     assert config["merge_method"] == "ties" and config["base_model"] == "/p/f"
     assert config["dtype"] == "float32" and config["out_dtype"] == "bfloat16"
     assert config["parameters"]["normalize"] is False
@@ -186,21 +187,21 @@ def test_mergekit_export_reproduces_every_tensor_parameter_through_filters():
 def test_mergekit_export_says_why_not_when_it_cannot():
     recipe = Recipe(father="org/f", mother="org/m", method="dare_ties", method_weight=0.36)
     with pytest.raises(DarwinError, match="method_weight 0.36 blends dare_ties with linear interpolation"):
-        recipe.to_mergekit_yaml(NAMES, father_dtype="float32")
+        mergekit_yaml(recipe, NAMES, father_dtype="float32")
     with pytest.raises(DarwinError, match="needs the father's tensor names"):
-        Recipe(father="org/f", mother="org/m").to_mergekit_yaml()
+        mergekit_yaml(Recipe(father="org/f", mother="org/m"))
     moe = [f"model.layers.0.mlp.experts.{e}.up_proj.weight" for e in range(2)]
     per_expert = Recipe(father="org/f", mother="org/m", ratios={"default": 0.5, "tensors": {moe[0]: 0.3}})
     with pytest.raises(DarwinError, match="fused tensor"):
-        per_expert.to_mergekit_yaml(moe, father_dtype="float32")
+        mergekit_yaml(per_expert, moe, father_dtype="float32")
 
 
 def test_mergekit_export_warns_in_the_yaml_that_dare_masks_differ():
     recipe = Recipe(father="org/f", mother="org/m", method="dare_ties", densities={"default": [1.0, 0.5]})
-    text = recipe.to_mergekit_yaml(NAMES, father_dtype="float32")
+    text = mergekit_yaml(recipe, NAMES, father_dtype="float32")
     assert "DARE masks differ" in text
-    assert "DARE masks differ" not in Recipe(father="org/f", mother="org/m", method="dare_ties").to_mergekit_yaml(
-        NAMES, father_dtype="float32")
+    assert "DARE masks differ" not in mergekit_yaml(
+        Recipe(father="org/f", mother="org/m", method="dare_ties"), NAMES, father_dtype="float32")
 
 
 def test_dataclass_replace_gives_a_new_hash():

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from darwin_core.chartok import build_char_tokenizer
+from darwin_core.parents.chartok import build_char_tokenizer
 from darwin_core.errors import DarwinError
 from darwin_core.fitness.scoring import (
     encode_pair,

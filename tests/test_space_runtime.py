@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from darwin_core import jobs
+from darwin_core.runs import queue as jobs
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import RunFolder
+from darwin_core.io.runfolder import RunFolder
 from tests.test_jobs import _config, _wait, runs_dir  # noqa: F401 — the fixture that leaves no worker behind
 
 

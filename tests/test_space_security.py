@@ -107,7 +107,7 @@ def test_server_paths_named_as_tasks_are_refused_off_local_mode(runs_dir, source
 
 
 def test_a_config_naming_a_task_file_outside_the_uploads_is_refused_by_the_worker_rule(tmp_path):
-    from darwin_core.evolve import EvolutionConfig, load_tasks
+    from darwin_core.evolution.pipeline import EvolutionConfig, load_tasks
 
     secret = tmp_path / "secret.jsonl"
     secret.write_text('{"prompt": "p", "answer": "a"}\n{"prompt": "q", "answer": "b"}\n')
@@ -152,7 +152,7 @@ def test_every_allow_listed_lm_eval_task_is_multiple_choice_without_functions_in
 
 
 def test_a_gated_model_in_the_shared_cache_is_refused_to_an_anonymous_visitor(read_hub, unsealed, fixture_model, runs_dir):
-    from darwin_core import hub
+    from darwin_core.parents import hub
     from ui.parents import inspect_parents
 
     read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)
@@ -172,7 +172,7 @@ def test_a_gated_model_in_the_shared_cache_is_refused_to_an_anonymous_visitor(re
 def test_the_sealed_server_sends_no_token_of_its_own_whatever_library_asks(read_hub, unsealed):
     from huggingface_hub.utils import build_hf_headers, get_token
 
-    from darwin_core.hub import seal_ambient_token
+    from darwin_core.parents.hub import seal_ambient_token
 
     assert get_token() == SPACE_TOKEN  # what lm-eval and datasets would send without the seal
     assert seal_ambient_token() is True
@@ -193,7 +193,7 @@ def _finished_child(runs_dir: Path, owner_state: dict) -> str:
 
 
 def test_visitor_b_cannot_breed_from_an_unpublished_child_of_visitor_a(runs_dir):
-    from darwin_core.runfolder import PUBLISHED
+    from darwin_core.io.runfolder import PUBLISHED
 
     run_id = _finished_child(runs_dir, _state("a"))
     before = _snapshot(runs_dir)
@@ -219,7 +219,7 @@ def test_the_owner_breeds_from_their_own_child_and_the_config_names_it_by_run_id
     ({"frozen": "0-1000000"}, "does not exist: the father has"),
 ])
 def test_each_budget_quota_refusal_is_one_sentence_and_writes_nothing(runs_dir, settings, sentence):
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
 
     before = _snapshot(runs_dir)
     with pytest.raises(DarwinError, match=sentence) as refused:
@@ -244,7 +244,7 @@ def test_uploads_and_items_beyond_the_quotas_are_refused_before_anything_is_writ
 
 def test_a_visitor_with_the_maximum_of_queued_runs_is_asked_to_wait(runs_dir, monkeypatch):
     monkeypatch.setenv("DARWIN_MAX_QUEUED_RUNS", "1")
-    monkeypatch.setattr("darwin_core.jobs.ensure_worker", lambda runs_dir=None: False)  # keep the first one queued
+    monkeypatch.setattr("darwin_core.runs.queue.ensure_worker", lambda runs_dir=None: False)  # keep the first one queued
     first = _launch(runs_dir)
     before = _snapshot(runs_dir)
     with pytest.raises(DarwinError, match="You already have 1 runs queued or running"):

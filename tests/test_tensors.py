@@ -1,4 +1,4 @@
-"""Lazy reading and crash-safe writing of model weights (darwin_core.tensors)."""
+"""Lazy reading and crash-safe writing of model weights (darwin_core.io.tensors)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from darwin_core.errors import DarwinError
-from darwin_core.tensors import (
+from darwin_core.io.tensors import (
     ShardedWriter,
     TensorReader,
     clean_stale_partials,
@@ -206,7 +206,7 @@ def test_a_real_write_failure_leaves_no_complete_looking_output(tmp_path):
     code = """
         import resource, signal, sys, torch
         from darwin_core.errors import DarwinError
-        from darwin_core.tensors import ShardedWriter
+        from darwin_core.io.tensors import ShardedWriter
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
         try:
@@ -232,7 +232,7 @@ def test_a_killed_writer_leaves_only_a_partial_folder_that_the_next_write_cleans
     code = """
         import sys, time, torch
         from pathlib import Path
-        from darwin_core.tensors import ShardedWriter
+        from darwin_core.io.tensors import ShardedWriter
         with ShardedWriter(sys.argv[1], max_shard_bytes=1000) as writer:
             for i in range(4):
                 writer.add(f"w{i}", torch.zeros(100))

@@ -306,7 +306,7 @@ def test_a_gated_parent_without_a_token_gets_one_sentence(app, read_hub, fixture
 
 
 def test_a_failed_run_shows_the_failure_sentence_from_its_folder(app, finished_run):
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
 
     client, runs_dir, _, zoo = app
     config = {"father": str(zoo / "father"), "mother": str(zoo / "mother"), "tasks": [{"file": str(runs_dir / "missing.jsonl")}],

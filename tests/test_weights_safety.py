@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.hub import resolve_model
-from darwin_core.tensors import TensorReader, read_safetensors_header, write_safetensors
+from darwin_core.parents.hub import resolve_model
+from darwin_core.io.tensors import TensorReader, read_safetensors_header, write_safetensors
 from darwin_core.testing.fixtures import place_in_hf_cache
 
 
@@ -173,7 +173,7 @@ def test_a_hub_config_claiming_layers_its_weights_do_not_hold_is_refused_online_
     import json
     import shutil
 
-    from darwin_core.hub import resolve_model
+    from darwin_core.parents.hub import resolve_model
 
     folder = tmp_path / "liar"
     shutil.copytree(fixture_model("llama"), folder)

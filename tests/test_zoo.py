@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from darwin_core import zoo
+from darwin_core.zoo import build as zoo
 from darwin_core.errors import DarwinError
 from darwin_core.fitness.demo_tasks import demo_task
 from darwin_core.fitness.generate import exact_match_accuracy, generate_greedy

@@ -11,8 +11,8 @@ from typing import Any
 
 import gradio as gr
 
-from darwin_core import jobs
-from darwin_core.jobs import runs_dir_default
+from darwin_core.runs import queue as jobs
+from darwin_core.runs.queue import runs_dir_default
 from ui import evolve_tab, health_tab, mri_tab, parents, publish_tab, runs_tab, session
 from ui.common import local_mode_default, on_space, server_name_default
 
@@ -40,7 +40,7 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
     local_mode = local_mode_default() if local_mode is None else local_mode
     if not local_mode:
         # A public server acts for visitors only with their own tokens: its own leaves the process for good.
-        from darwin_core.hub import seal_ambient_token
+        from darwin_core.parents.hub import seal_ambient_token
 
         seal_ambient_token()
     jobs.start_worker_if_queued(runs_dir)  # runs queued before a restart start now, not at the next launch
@@ -81,7 +81,7 @@ def launch_kwargs() -> dict[str, Any]:
     """What app.py passes to launch(): in Gradio 6 theme and css belong to launch(), not to Blocks()."""
     kwargs: dict[str, Any] = {"server_name": server_name_default(), "theme": THEME, "css": CSS}
     if not local_mode_default():  # Gradio refuses bigger uploads at /gradio_api/upload, before they reach a disk
-        from darwin_core.quotas import Quotas
+        from darwin_core.runs.quotas import Quotas
 
         kwargs["max_file_size"] = Quotas.from_env().upload_bytes
     return kwargs

@@ -1,6 +1,6 @@
 """Evolve tab: set up a search, queue it, and watch it live from the run folder.
 
-Launch only validates the settings and queues a run (`darwin_core.jobs.submit`); the evolution runs in the
+Launch only validates the settings and queues a run (`darwin_core.runs.queue.submit`); the evolution runs in the
 jobs worker, a separate process that outlives this page. A `gr.Timer` re-reads the run folder every couple of
 seconds: fitness per candidate and best so far per generation with the parents and baselines as reference
 lines, the best genome, ETA, candidates per minute, memory. The run id is kept in the browser
@@ -23,10 +23,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core import jobs
-from darwin_core.cardgen import parent_label
+from darwin_core.runs import queue as jobs
+from darwin_core.parents.names import parent_label
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder, atomic_write_bytes
+from darwin_core.io.runfolder import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder, atomic_write_bytes
 from ui import run_plots, session
 from ui.common import guarded
 
@@ -87,7 +87,7 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
                *, quotas: Any = None) -> list[dict[str, Any]]:
     """The run's tasks from the three inputs: demo skills with a positive weight, extra Hub / lm-eval rows, and
     uploaded files (still where Gradio put them; `stage_tasks` copies them once everything has been checked)."""
-    from darwin_core.quotas import check_upload
+    from darwin_core.runs.quotas import check_upload
 
     specs: list[dict[str, Any]] = []
     for row in _rows(demo_table):
@@ -131,9 +131,9 @@ def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | N
     quotas, then keep the run's data where the worker may read it: uploads are copied into the runs folder's
     uploads area; off local mode, Hub and lm-eval tasks too, fetched here with the visitor's token (or none),
     so the worker never fetches anything for a visitor and runs with local mode off."""
-    from darwin_core.evolve import TaskSpec, load_spec
+    from darwin_core.evolution.pipeline import TaskSpec, load_spec
     from darwin_core.fitness.policy import check_untrusted_tasks, materialize_task, uploads_dir
-    from darwin_core.quotas import check_items
+    from darwin_core.runs.quotas import check_items
 
     if not local_mode:
         check_untrusted_tasks([t for t in config.tasks if t.source != "file"], runs_dir=runs_dir)
@@ -160,8 +160,8 @@ def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | N
 
 
 def frozen_layers(text: str | None, layer_count: int | None = None) -> list[int]:
-    """"0, 3, 5-7" → [0, 3, 5, 6, 7] (darwin_core.quotas checks every index against the layer count first)."""
-    from darwin_core.quotas import parse_frozen_layers
+    """"0, 3, 5-7" → [0, 3, 5, 6, 7] (darwin_core.runs.quotas checks every index against the layer count first)."""
+    from darwin_core.runs.quotas import parse_frozen_layers
 
     return parse_frozen_layers(text, layer_count)
 
@@ -174,7 +174,7 @@ def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode
     """(what the run's config names: demo:/run:/a Hub id/a folder, the resolved ModelRef); one sentence when unknown."""
     from ui import parents
 
-    from darwin_core import hub
+    from darwin_core.parents import hub
     from darwin_core.parents import Scheme, parse_parent
 
     ref = parents.chosen_ref(pick, typed, role)
@@ -204,8 +204,8 @@ def visitor_usage(runs_dir: Path, who: Any, secret: str, *, now: float | None = 
     """This visitor's runs queued or running now, and the candidates their runs of the last 24 hours asked for."""
     import yaml
 
-    from darwin_core.quotas import DAY_SECONDS
-    from darwin_core.runfolder import run_folders
+    from darwin_core.runs.quotas import DAY_SECONDS
+    from darwin_core.io.runfolder import run_folders
 
     now = time.time() if now is None else now
     active = candidates = 0
@@ -231,8 +231,9 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
     """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input).
 
     Every check (quotas, parents and the visitor's right to them, tasks) runs before anything is written."""
-    from darwin_core import hub, quotas as limits
-    from darwin_core.evolve import EvolutionConfig
+    from darwin_core.parents import hub
+    from darwin_core.runs import quotas as limits
+    from darwin_core.evolution.pipeline import EvolutionConfig
 
     who = session.visitor(state, user)
     secret = session.app_secret(runs_dir)
@@ -278,7 +279,7 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
 
 def parents_may_breed(run_id: str, *, runs_dir: Path, who: Any, secret: str, local_mode: bool) -> bool:
     """A run's child may be bred by the run's owner, or by anyone once it has been published."""
-    from darwin_core.runfolder import PUBLISHED
+    from darwin_core.io.runfolder import PUBLISHED
 
     folder = runs_dir / run_id
     return (folder / PUBLISHED).is_file() or session.is_owner(folder, who, secret, local_mode=local_mode)
@@ -335,7 +336,7 @@ def _duration(seconds: float | None) -> str:
 def genome_names(space: str | None, count: int) -> list[str]:
     """Dimension names of a genome of `count` values in `space` (generic names when the space is unknown)."""
     try:
-        from darwin_core.genome import get_space
+        from darwin_core.genome.spaces import get_space
 
         names = get_space(space or "", layer_count=count).names
         if len(names) == count:
@@ -440,8 +441,8 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
                      runs_dir: str | Path, local_mode: bool, zoo_dir: str | Path | None = None) -> dict[str, Any]:
     """Lay out the Evolve tab; `parent_inputs` = the Parents tab's (father pick, father typed, mother pick,
     mother typed). Returns its components by name."""
-    from darwin_core.genome import SPACE_NAMES
-    from darwin_core.merge.registry import method_names
+    from darwin_core.genome.spaces import SPACE_NAMES
+    from darwin_core.merge.methods.registry import method_names
 
     runs_dir = Path(runs_dir)
     gr.Markdown(
@@ -484,7 +485,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             patience = gr.Number(0, label="Stop early after this many generations without a better child (0 = never)",
                                  precision=0, minimum=0, elem_id="evolve-patience")
     if not local_mode:
-        from darwin_core.quotas import Quotas
+        from darwin_core.runs.quotas import Quotas
 
         gr.Markdown(Quotas.from_env().markdown(), elem_id="evolve-limits")
     launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")

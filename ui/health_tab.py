@@ -1,6 +1,6 @@
 """Health tab: the current run's child against both parents, and its held-out results.
 
-The health check (`darwin_core.health.check_health`: interference, function loss, NaN/Inf, perplexity,
+The health check (`darwin_core.health.checkup.check_health`: interference, function loss, NaN/Inf, perplexity,
 degeneration, layer by layer with the MRI's probe importance) loads three models, so it runs in a background
 thread (ui/mri_tab.start_background) and writes `health.json` into the run folder, where the card and every
 other browser find it. It starts by itself the first time the run's owner looks at a finished run here, or with
@@ -17,10 +17,10 @@ from typing import Any
 import gradio as gr
 import yaml
 
-from darwin_core import jobs
-from darwin_core.cardgen import HEALTH
+from darwin_core.runs import queue as jobs
+from darwin_core.publishing.cardgen import HEALTH
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import CHILD, FINISHED, RunFolder
+from darwin_core.io.runfolder import CHILD, FINISHED, RunFolder
 from ui import plots, run_plots, session
 from ui.common import guarded
 from ui.mri_tab import background_state, compute_device, start_background
@@ -32,10 +32,10 @@ VERDICT_TEXT = {"healthy": "✅ Healthy", "warning": "🟡 Warning", "broken": "
 
 def _probes_for(config: Mapping, runs_dir: Path) -> Any:
     """The run's own probe texts when its tasks bring them (the demo tasks do), else the default five."""
-    from darwin_core.probes import probes_from_tasks
+    from darwin_core.fitness.probes import probes_from_tasks
 
     try:
-        from darwin_core.evolve import EvolutionConfig, load_tasks
+        from darwin_core.evolution.pipeline import EvolutionConfig, load_tasks
 
         tasks, _ = load_tasks(EvolutionConfig.from_dict(config), runs_dir=runs_dir)
         return probes_from_tasks(tasks)
@@ -45,7 +45,7 @@ def _probes_for(config: Mapping, runs_dir: Path) -> Any:
 
 def _parent_dir(ref: str, local_mode: bool, runs_dir: Path) -> Path:
     """A run's parent as its config names it (demo:, run:, a Hub id, a folder in local mode)."""
-    from darwin_core.evolve import resolve_parent
+    from darwin_core.evolution.pipeline import resolve_parent
 
     return Path(resolve_parent(ref, local_mode=local_mode, runs_dir=runs_dir)[1])
 
@@ -54,7 +54,7 @@ def health_work(run_dir: Path):
     """The check of one run's child against its parents (for start_background)."""
 
     def work() -> Mapping:
-        from darwin_core.health import check_health
+        from darwin_core.health.checkup import check_health
 
         folder = RunFolder(run_dir)
         config = yaml.safe_load(folder.config_text()) or {}

@@ -25,7 +25,7 @@ import gradio as gr
 import pandas as pd
 
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import atomic_write_text
+from darwin_core.io.runfolder import atomic_write_text
 from ui import session
 from ui.common import guarded
 
@@ -53,7 +53,7 @@ def start_background(result: Path, work: Callable[[], Mapping], *, what: str) ->
 
     Returns False when the result already exists or a thread for it is running (nothing started).
     """
-    from darwin_core.mri import save_json
+    from darwin_core.mri.scan import save_json
 
     key = str(result.resolve())
     with _threads_lock:
@@ -145,10 +145,12 @@ def _scan_work(which: str, models: Sequence[Any], probes: str, token: str | None
     """The scan, run in the background: downloads Hub parents first (weights, config, tokenizer only)."""
 
     def work() -> Mapping:
-        from darwin_core import hub, mri
+        from darwin_core.parents import hub
+        from darwin_core.mri import scan as mri
+        from darwin_core.fitness.probes import resolve_probes
 
         folders = [Path((m if m.folder is not None else hub.download(m, token)).folder) for m in models]
-        chosen = None if probes == "default" else probes
+        chosen = None if probes == "default" else resolve_probes(probes)
         device = compute_device()
         if which == "both":
             return mri.scan_pair(folders[0], folders[1], probes=chosen, device=device)
@@ -162,7 +164,7 @@ def _scan_work(which: str, models: Sequence[Any], probes: str, token: str | None
 
 def prescription_table(prescription: Mapping[str, float]) -> pd.DataFrame:
     """Seed 002's per-tensor mri_ratio, averaged per layer and role (the per-tensor list is in the scan JSON)."""
-    from darwin_core.anatomy import classify
+    from darwin_core.parents.anatomy import classify
 
     groups: dict[tuple[int, str], list[float]] = {}
     for name, ratio in prescription.items():
@@ -235,7 +237,7 @@ def start_scan(which: str, probes: str, father_pick, father_typed, mother_pick, 
             refs.append(ref)
             models.append(model)
         if which == "both":
-            from darwin_core import hub
+            from darwin_core.parents import hub
 
             compat = hub.compatibility(*models)
             if compat.verdict != "full":

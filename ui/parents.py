@@ -3,7 +3,7 @@
 Each parent is one of the embedded demo parents or a child of an earlier finished run (both picked from a
 dropdown; they live on the server, so they are allowed on a Space too) or a Hub id / local folder typed in the
 text field (a typed value wins). What a
-model *is* (architecture, layers, hidden size, parameters, bytes, dtype) comes from `darwin_core.hub`, which
+model *is* (architecture, layers, hidden size, parameters, bytes, dtype) comes from `darwin_core.parents.hub`, which
 reads the config and safetensors headers without downloading weights; the demo parents' held-out accuracies
 come from the zoo manifest, measured when the zoo was built. The UI only renders.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core import anatomy
+from darwin_core.parents import anatomy
 from darwin_core.errors import DarwinError
 from darwin_core.parents import DEMO_PREFIX
 from darwin_core.parents import RUN_PREFIX as CHILD_PREFIX
@@ -53,7 +53,7 @@ class ParentFacts:
 
 def load_demo_zoo(zoo_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """The zoo manifest and the member folders (raises DarwinError when the zoo is missing or incomplete)."""
-    from darwin_core import zoo
+    from darwin_core.zoo import build as zoo
 
     root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
     return zoo.load_zoo_manifest(root), zoo.zoo_paths(root)
@@ -74,7 +74,7 @@ def demo_choices(manifest: dict[str, Any], folders: dict[str, Path]) -> list[tup
 
 def child_choices(runs_dir: str | Path | None) -> list[tuple[str, str]]:
     """Children of this app's finished runs, newest first, as dropdown (label, value) pairs."""
-    from darwin_core import jobs
+    from darwin_core.runs import queue as jobs
 
     if runs_dir is None:
         return []
@@ -214,7 +214,7 @@ def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pi
                     *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
                     runs_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """Everything the tab shows: (facts table, compatibility table, verdict, error message)."""
-    from darwin_core import hub
+    from darwin_core.parents import hub
 
     def work() -> tuple[pd.DataFrame, pd.DataFrame, str]:
         father_ref = chosen_ref(father_pick, father_typed, "father")
@@ -284,7 +284,7 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
     demo.load(refresh_choices, outputs=[father_pick, mother_pick], api_name="parent_choices")
 
     def search(query, token, user):  # the visitor's token, so their private repos are suggested too
-        from darwin_core import hub
+        from darwin_core.parents import hub
 
         return gr.update(choices=hub.search_models(query or "", token=token), value=None)
 

@@ -1,10 +1,10 @@
 """Publish tab: the child's model card (generated from what the run measured, editable), then out it goes.
 
-The card comes from `darwin_core.cardgen` (the run folder's recipe, report, health check, parents' licenses)
-through `darwin_core.card.build_card`; the license warnings are shown above it. Push uploads the child folder
+The card comes from `darwin_core.publishing.cardgen` (the run folder's recipe, report, health check, parents' licenses)
+through `darwin_core.publishing.card.build_card`; the license warnings are shown above it. Push uploads the child folder
 with the card as its README: on a Space with the visitor's own OAuth token ("Sign in with Hugging Face" at the top
 of the page; an expired sign-in asks to sign in again), locally with HF_TOKEN. The token is passed to
-`darwin_core.publish.push_to_hub` and nowhere else: never into the run folder, a log line or the page. Download
+`darwin_core.publishing.push.push_to_hub` and nowhere else: never into the run folder, a log line or the page. Download
 as a zip and (local mode only) save to a folder are the other ways out. Only the run's owner may do any of it.
 """
 
@@ -15,9 +15,11 @@ from typing import Any
 
 import gradio as gr
 
-from darwin_core import cardgen, jobs, publish
+from darwin_core.publishing import cardgen
+from darwin_core.runs import queue as jobs
+from darwin_core.publishing import push as publish
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import CHILD, FINISHED
+from darwin_core.io.runfolder import CHILD, FINISHED
 from ui import session
 from ui.common import guarded, on_space
 
@@ -38,7 +40,7 @@ def card_preview(state: Any, repo_id: str | None, *, runs_dir: Path, zoo_dir: st
     """(header, license warnings markdown, card text) for the page's current run.
 
     Open to every visitor (a watcher may read any run's card), so it only reads: nothing is written into the run
-    folder, and the card names no path of this machine (see darwin_core.cardgen)."""
+    folder, and the card names no path of this machine (see darwin_core.publishing.cardgen)."""
     run_id, folder = _run_with_child(state, runs_dir)
     text, warnings = cardgen.card_text(folder, repo_id=(repo_id or "").strip() or None, zoo_dir=zoo_dir)
     header = f"**Run `{run_id}`** — the card below is generated from what the run measured; edit it freely before publishing."
@@ -76,7 +78,7 @@ def push(state: Any, repo_id: str | None, private: bool, card: str | None, *, to
     if not private:  # public on the Hub now: anyone may breed from it (darwin_core.parents, `run:` parents)
         import json
 
-        from darwin_core.runfolder import PUBLISHED, atomic_write_text
+        from darwin_core.io.runfolder import PUBLISHED, atomic_write_text
 
         atomic_write_text(folder / PUBLISHED, json.dumps({"repo_id": repo, "url": url}) + "\n")
     return f"✅ Published: [{url}]({url})" + (" (private)" if private else "")

@@ -1,8 +1,8 @@
 """Pure functions from a run's measurements to plotly figures for the Evolve, Runs and Health tabs.
 
-Data in (the `curves` dict of `darwin_core.jobs.curves`, a genome, a report), figure out; no Gradio and no
+Data in (the `curves` dict of `darwin_core.runs.queue.curves`, a genome, a report), figure out; no Gradio and no
 reading of files, so tests check a figure's data without a browser. Colours follow ui/plots.py: father blue,
-mother red, child green. The card's PNG of the curve is drawn by `darwin_core.cardgen.curve_png`.
+mother red, child green. The card's PNG of the curve is drawn by `darwin_core.publishing.cardgen.curve_png`.
 """
 
 from __future__ import annotations

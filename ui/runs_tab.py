@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core import jobs
-from darwin_core.cardgen import parent_label
+from darwin_core.runs import queue as jobs
+from darwin_core.parents.names import parent_label
 from darwin_core.errors import DarwinError
 from ui import run_plots, session
 from ui.common import guarded, percent
@@ -56,7 +56,7 @@ def _points(value: float) -> str:
 
 def heldout_table(report: Mapping | None) -> pd.DataFrame:
     """The held-out comparison of report.json: scores, the paired-bootstrap interval of the difference, McNemar p."""
-    from darwin_core.cardgen import heldout_rows
+    from darwin_core.publishing.cardgen import heldout_rows
 
     rows = []
     for r in heldout_rows((report or {}).get("heldout")):

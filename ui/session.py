@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from darwin_core.errors import DarwinError
-from darwin_core.runfolder import atomic_write_text
+from darwin_core.io.runfolder import atomic_write_text
 
 OWNER_FILE = "owner.json"
 SECRET_FILE = ".darwin-secret"
@@ -80,7 +80,7 @@ def ensure_session(state: Any) -> dict[str, Any]:
 def current_run(state: Any) -> str | None:
     """The page's run id, or None; an API caller can send any state, so an id that is not a valid run id
     (`../../etc`) is refused here, before any handler builds a path from it."""
-    from darwin_core.runfolder import check_run_id
+    from darwin_core.io.runfolder import check_run_id
 
     run_id = state.get("run_id") if isinstance(state, dict) else None
     if not isinstance(run_id, str) or not run_id:

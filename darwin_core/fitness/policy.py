@@ -95,7 +95,7 @@ def materialize_task(task: Any, runs_dir: str | Path) -> Path:
     import hashlib
     import json
 
-    from darwin_core.runfolder import atomic_write_text
+    from darwin_core.io.runfolder import atomic_write_text
 
     lines = []
     for item in (*task.search, *task.heldout):

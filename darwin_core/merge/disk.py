@@ -15,10 +15,8 @@ CLI: `python -m darwin_core merge RECIPE.yaml --out DIR [--device cuda] [--overw
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.merge.apply import merge_tensors
+from darwin_core.merge.methods.apply import merge_tensors
 from darwin_core.recipe import RECIPE_FILE, ParentRef, Recipe
 
 # Files a model folder carries besides its weights; copied from the father when present.
@@ -51,7 +49,7 @@ def local_folder(ref: ParentRef, who: str) -> Path:
     """The local folder of a parent: its `path`, else its name: `demo:`/`run:` (this machine's demo zoo and
     runs folder), else the Hub (cache first, download when online) — a published recipe carries no path.
 
-    Downloads use `darwin_core.hub` (weights, config and tokenizer files only) with the `HF_TOKEN` of the
+    Downloads use `darwin_core.parents.hub` (weights, config and tokenizer files only) with the `HF_TOKEN` of the
     environment, passed explicitly; this is the command-line path (`merge RECIPE.yaml`), never a Space visitor's.
     """
     if ref.path:
@@ -59,10 +57,10 @@ def local_folder(ref: ParentRef, who: str) -> Path:
         if not path.is_dir():
             raise DarwinError(f"The {who} folder {path} does not exist.")
         return path
-    from darwin_core.hub import download, resolve_model
+    from darwin_core.parents.hub import download, resolve_model
 
     if ref.id.startswith(("demo:", "run:")):
-        from darwin_core.jobs import runs_dir_default
+        from darwin_core.io.runfolder import runs_dir_default
         from darwin_core.parents import resolve_parent_name
 
         return Path(resolve_parent_name(ref.id, local_mode=True, runs_dir=runs_dir_default(None)).folder)
@@ -200,7 +198,7 @@ def merge_to_disk(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
     """Write the child of `recipe` to `out_dir` (complete, or not at all) and return its path."""
-    from darwin_core.tensors import ShardedWriter, TensorReader
+    from darwin_core.io.tensors import ShardedWriter, TensorReader
 
     father_dir = local_folder(recipe.father, "father")
     mother_dir = local_folder(recipe.mother, "mother")
@@ -231,23 +229,3 @@ def merge_to_disk(
     return Path(out_dir)
 
 
-def _run(args: argparse.Namespace) -> int:
-    recipe = Recipe.load(args.recipe)
-    start = time.perf_counter()
-    out = merge_to_disk(recipe, args.out, device=args.device, overwrite=args.overwrite,
-                        max_shard_bytes=int(float(args.max_shard_gb) * 10**9))
-    print(f"wrote {out} ({recipe.method}, recipe {recipe.recipe_hash[:16]}) in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "merge", help="write the child of a recipe to a folder",
-        description="Merge two parent models by a Darwin recipe (YAML) into a new model folder.",
-    )
-    parser.add_argument("recipe", help="recipe YAML file (or a child folder holding darwin-recipe.yaml)")
-    parser.add_argument("--out", required=True, help="output model folder")
-    parser.add_argument("--device", default="cpu", help="where the math runs: cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once complete)")
-    parser.add_argument("--max-shard-gb", default=5, type=float, help="largest output shard in GB (default 5)")
-    parser.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""Export a Recipe as a mergekit 0.1.5 YAML config (`Recipe.to_mergekit_yaml`), where mergekit can express it.
+"""Export a Recipe as a mergekit 0.1.5 YAML config (`mergekit_yaml`), where mergekit can express it.
 
 Parameter mapping, per tensor with ratio r (share of the mother) and densities (d_f, d_m):
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from darwin_core.errors import DarwinError
-from darwin_core.merge.registry import TensorParams, get_method
+from darwin_core.merge.methods.registry import TensorParams, get_method
 
 if TYPE_CHECKING:
     from darwin_core.recipe import ParentRef, Recipe
@@ -88,7 +88,7 @@ def _first_match(name: str, filters: list[tuple[str, Any]], default: Any) -> Any
 
 def _conditional(values: dict[str, Any]) -> Any:
     """Filters reproducing `values` (tensor name → value) under mergekit's substring/first-match rule."""
-    from darwin_core.anatomy import classify
+    from darwin_core.parents.anatomy import classify
 
     default = Counter(values.values()).most_common(1)[0][0]
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -161,7 +161,15 @@ def _check_experts(values: dict[str, Any]) -> None:
 
 
 def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_dtype: str | None = None) -> str:
-    """See `Recipe.to_mergekit_yaml`."""
+    """A mergekit 0.1.5 config that computes the same child, or a DarwinError saying why none can.
+
+        Every tensor's parameters go through mergekit's filters (substring match, first match wins): one filter
+        per (layer, role) group whose values differ from the most common value, by the group's common name
+        prefix, or per tensor name where a prefix would catch other tensors; the result is checked by
+        replaying mergekit's filter rule on every tensor name. Tensors that Darwin copies from one parent
+        (frozen layers, transplant thresholds, vision/audio towers) get weight 0/1 and density 1, which gives
+        the same values up to float rounding. `names` defaults to the father's tensors (`recipe.father.path`).
+        """
     method = get_method(recipe.method)
     if recipe.method_weight < 1.0 and recipe.method not in ("linear", "transplant"):
         raise DarwinError(
@@ -174,7 +182,7 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
             raise DarwinError(
                 "Exporting to mergekit needs the father's tensor names: give names= or a recipe with the father's local path."
             )
-        from darwin_core.tensors import TensorReader
+        from darwin_core.io.tensors import TensorReader
 
         reader = TensorReader(recipe.father.path)
         if names is None:

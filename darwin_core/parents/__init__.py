@@ -5,9 +5,9 @@ from darwin_core.parents.names import (
     RUN_PREFIX,
     ParentName,
     Scheme,
-    display_name,
+    parent_label,
     parse_parent,
     resolve_parent_name,
 )
 
-__all__ = ["DEMO_PREFIX", "RUN_PREFIX", "ParentName", "Scheme", "display_name", "parse_parent", "resolve_parent_name"]
+__all__ = ["DEMO_PREFIX", "RUN_PREFIX", "ParentName", "Scheme", "parent_label", "parse_parent", "resolve_parent_name"]

@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 
 from darwin_core.errors import DarwinError
+from darwin_core.io.runfolder import CHILD, CONFIG, check_run_id
 
 DEMO_PREFIX = "demo:"
 RUN_PREFIX = "run:"
@@ -42,8 +43,8 @@ class ParentName:
 
 def parse_parent(ref: str, *, local_mode: bool) -> ParentName:
     """The scheme of what a user typed; one sentence for what is none of them (paths refused off local mode)."""
-    from darwin_core import hub
-    from darwin_core.runfolder import check_run_id
+    from darwin_core.parents import hub
+
 
     text = (ref or "").strip()
     if text.startswith(DEMO_PREFIX):
@@ -59,7 +60,7 @@ def parse_parent(ref: str, *, local_mode: bool) -> ParentName:
 
 def run_child_folder(run_id: str, runs_dir: str | Path | None) -> Path:
     """The child folder of a finished run; one sentence when there is none."""
-    from darwin_core.runfolder import CHILD, check_run_id
+
 
     folder = Path(runs_dir or ".") / check_run_id(run_id) / CHILD
     if runs_dir is None or not (folder / "config.json").is_file():
@@ -68,9 +69,9 @@ def run_child_folder(run_id: str, runs_dir: str | Path | None) -> Path:
 
 
 def demo_folder(name: str, zoo_dir: str | Path | None = None) -> Path:
-    from darwin_core import zoo
+    from darwin_core.parents.demo import DEFAULT_ZOO_DIR, zoo_paths
 
-    folders = zoo.zoo_paths(Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR)
+    folders = zoo_paths(Path(zoo_dir) if zoo_dir is not None else DEFAULT_ZOO_DIR)
     if name not in folders:
         raise DarwinError(f"There is no demo model called {name!r}; the demo parents are {', '.join(folders)}.")
     return folders[name]
@@ -85,7 +86,7 @@ def resolve_parent_name(ref: str, *, local_mode: bool, token: str | None = None,
     the worker, whose configs were checked when they were submitted). check_access=False only for the worker
     reading a commit the page already fetched with the visitor's token.
     """
-    from darwin_core import hub
+    from darwin_core.parents import hub
 
     name = parse_parent(ref, local_mode=local_mode)
     if name.scheme is Scheme.RUN:
@@ -98,13 +99,43 @@ def resolve_parent_name(ref: str, *, local_mode: bool, token: str | None = None,
     return hub.resolve_model(ref.strip(), local_mode=local_mode, token=token, check_access=check_access)
 
 
-def display_name(ref: str) -> str:
-    """How a parent is shown to people: schemes and Hub ids as they are, a local folder by its folder name only."""
-    text = (ref or "").strip()
+def cached_repo(path: Path) -> tuple[str, str] | None:
+    """(repo id, commit) when the folder is a snapshot of a Hugging Face cache (`models--org--name/snapshots/<sha>`)."""
+    repo = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo.startswith("models--") or repo.count("--") < 2:
+        return None
+    return repo[len("models--"):].replace("--", "/", 1), path.name
+
+
+def _folder_label(path: Path, zoo_dir: str | Path | None) -> str:
+    """A local folder's public name: a demo member, an earlier run's child, a cached Hub repo, else its name."""
+    from darwin_core.parents.demo import DEFAULT_ZOO_DIR
+
+    root = Path(zoo_dir) if zoo_dir is not None else DEFAULT_ZOO_DIR
+    try:
+        if path.resolve().parent == root.resolve():
+            return f"demo:{path.name}"
+    except OSError:
+        pass
+    if path.name == CHILD and (path.parent / CONFIG).is_file():
+        return f"run:{path.parent.name}"
+    cached = cached_repo(path)
+    return cached[0] if cached else path.name
+
+
+def parent_label(ref: str, zoo_dir: str | Path | None = None) -> str:
+    """How a parent is named to people (card, pages): its Hub id as typed, `demo:<member>` / `run:<id>`, else a
+    folder's name — never the path, which only means something on this machine (and tells a visitor its layout)."""
+    from darwin_core.parents.hub import parse_ref
+
+    text = str(ref).strip()
     if text.startswith((DEMO_PREFIX, RUN_PREFIX)):
         return text
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _folder_label(path, zoo_dir)
     try:
-        name = parse_parent(text, local_mode=False)
-    except DarwinError:
-        return Path(text.rstrip("/")).name or text
-    return f"{name.target}@{name.revision}" if name.revision else name.target
+        parse_ref(text, local_mode=False)
+    except DarwinError:  # path-like (a folder since moved or deleted): its name only
+        return path.name or "a local folder"
+    return text

@@ -21,7 +21,7 @@ def random_qwen3(shape: str, device: str | torch.device, dtype: torch.dtype, see
     """(model, tokenizer): a Qwen3 of `shape` with transformers' random init (seeded), built on `device`."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from darwin_core.chartok import build_char_tokenizer
+    from darwin_core.parents.chartok import build_char_tokenizer
 
     hidden, layers, inter, heads, kv, head_dim, vocab, tied = SHAPES[shape]
     config = Qwen3Config(

@@ -1,0 +1,14 @@
+"""Merge methods: one module each, registered by name, and the one kernel path (`merge_tensors`).
+
+    from darwin_core.merge.methods import get_method, merge_tensors
+    get_method("slerp").kernel(father_t, mother_t, None, TensorParams(ratio=0.3))
+
+This sub-package sits below the recipe in the layer order (a recipe names a method and resolves its
+parameters); the rest of `darwin_core.merge` (writing a child to disk, mergekit export) sits above it.
+"""
+
+from darwin_core.merge.methods import dare, linear, slerp, task_arithmetic, ties, transplant  # noqa: F401  (registers)
+from darwin_core.merge.methods.apply import merge_tensors
+from darwin_core.merge.methods.registry import MergeMethod, TensorParams, get_method, method_names, register
+
+__all__ = ["MergeMethod", "TensorParams", "get_method", "method_names", "register", "merge_tensors"]

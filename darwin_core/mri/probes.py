@@ -1,0 +1,72 @@
+"""MRI probe texts: what the scan runs through a model to see which layers each kind of input relies on.
+
+Probes are data, not code: the defaults (seed 002's five categories REASONING, CODE, MATH, KNOWLEDGE,
+LANGUAGE) live in `darwin_core/mri/data/probes.yaml` and can be replaced by any mapping category → texts, e.g.
+the demo zoo's tasks, which bring their own worked examples (`darwin_core.fitness.probes`). A category's weight in
+the prescription defaults to an equal share (weights sum to 1, so the probe score stays on the scale of one
+cosine distance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import yaml
+
+from darwin_core.errors import DarwinError
+
+DEFAULT_PROBES_PATH = Path(__file__).resolve().parent / "data" / "probes.yaml"
+DEFAULT_CATEGORIES: tuple[str, ...] = ("REASONING", "CODE", "MATH", "KNOWLEDGE", "LANGUAGE")
+
+Probes = dict[str, list[str]]
+
+
+def validate_probes(probes: Mapping[str, Iterable[str]]) -> Probes:
+    """A clean copy (category → list of texts), or DarwinError naming what is wrong."""
+    if not isinstance(probes, Mapping) or not probes:
+        raise DarwinError("The probe set is empty; give at least one category with at least one text.")
+    clean: Probes = {}
+    for category, texts in probes.items():
+        if not isinstance(category, str) or not category.strip():
+            raise DarwinError("Every probe category needs a non-empty name.")
+        if isinstance(texts, str) or not isinstance(texts, Iterable):
+            raise DarwinError(f"Probe category {category!r} must be a list of texts.")
+        items = list(texts)
+        if not items or not all(isinstance(t, str) and t.strip() for t in items):
+            raise DarwinError(f"Probe category {category!r} needs at least one text, and every text must be non-empty.")
+        clean[category] = items
+    return clean
+
+
+def load_probes(path: str | Path | None = None) -> Probes:
+    """Probe texts from a YAML file (category: [texts]); the shipped defaults when `path` is None."""
+    file = Path(path) if path is not None else DEFAULT_PROBES_PATH
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DarwinError(f"The probe file {file} does not exist.") from None
+    except yaml.YAMLError as error:
+        raise DarwinError(f"The probe file {file} is not valid YAML ({error.__class__.__name__}).") from None
+    return validate_probes(data or {})
+
+
+def default_probes() -> Probes:
+    return load_probes(None)
+
+
+def resolve_probes(probes: Mapping[str, Iterable[str]] | str | Path | None) -> Probes:
+    """Accept None (the five defaults), a YAML path, or a mapping (the demo tasks' probes: `fitness.probes`)."""
+    if probes is None:
+        return default_probes()
+    if isinstance(probes, (str, Path)):
+        return load_probes(probes)
+    return validate_probes(probes)
+
+
+def equal_weights(categories: Iterable[str]) -> dict[str, float]:
+    """Equal weights summing to 1 (seed 002 leaves the weights open; equal is the neutral choice)."""
+    names = list(categories)
+    if not names:
+        raise DarwinError("There are no probe categories to weight.")
+    return {name: 1.0 / len(names) for name in names}

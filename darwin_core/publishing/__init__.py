@@ -1,0 +1,1 @@
+"""Publishing: the card's inputs, the card, its pictures and the push to the Hub."""

@@ -1,0 +1,1 @@
+"""The embedded demo family (base, father, mother): its builder, manifest and checks."""
