@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from darwin_core import jobs
+from darwin_core.runs import queue as jobs
 from tests.browser import CHROMIUM, chromium_page, demo_zoo_dir, screenshot, served
 from tests.test_space_security import _snapshot, unsealed  # noqa: F401 — the fixture puts the token seal back
 

@@ -188,7 +188,7 @@ def _stop_worker(runs: Path) -> None:
     """The page started the worker in its own session; end it (by the pid in its lock file) once the run is over."""
     import signal
 
-    from darwin_core.jobs import WORKER_LOCK, worker_alive
+    from darwin_core.runs.queue import WORKER_LOCK, worker_alive
 
     if worker_alive(runs):
         pid = int((runs / WORKER_LOCK).read_text().split()[0])
