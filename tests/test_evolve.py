@@ -101,7 +101,7 @@ def _folder(tmp_path: Path, name: str) -> RunFolder:
 
 
 def test_cma_state_pickled_with_its_own_rng_proposes_the_same_next_generation():
-    from darwin_core.evolution.pipeline import _new_es
+    from darwin_core.evolution.search import _new_es
 
     problem = SyntheticProblem()
     es = _new_es(problem, _settings())
@@ -208,6 +208,22 @@ def test_a_proxy_that_covers_the_search_set_skips_phase_two(tmp_path):
     run_search(folder, SyntheticProblem(n_search=8), _settings(proxy_items=50, generations=2))
     candidates = [e for e in folder.evaluations() if e["kind"] == "candidate"]
     assert len(candidates) == 12 and all(e["phase"] == "full" for e in candidates)
+
+
+def test_every_line_of_evaluations_reads_back_as_the_record_the_loop_wrote_and_names_parse_to_generation_and_index(tmp_path):
+    from darwin_core.evolution.pipeline import EvaluationRecord, candidate_name, parse_candidate_name
+
+    folder = _folder(tmp_path, "records")
+    run_search(folder, SyntheticProblem(), _settings(generations=2))
+    for entry in folder.evaluations():
+        assert EvaluationRecord.from_json(entry).to_json() == entry
+        parsed = parse_candidate_name(entry["name"])
+        if entry["kind"] == "baseline":
+            assert parsed is None
+        else:
+            assert parsed == (entry["generation"], entry["index"]) and candidate_name(*parsed) == entry["name"]
+    for not_a_candidate in ("father", "uniform-50", "child", "g01c2", "g1c", "g1c2\n", "xg1c2"):
+        assert parse_candidate_name(not_a_candidate) is None
 
 
 # --------------------------------------------------------------------------------------------- config

@@ -63,7 +63,7 @@ def test_breeding_flow_from_parents_to_a_saved_child(budget, tmp_path, monkeypat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ui.app import build_demo, launch_kwargs
-    from ui.mri_tab import join_background
+    from darwin_core.runs.jobs import wait_until_idle
 
     monkeypatch.delenv("SPACE_ID", raising=False)
     settings = BUDGETS[budget]
@@ -173,7 +173,7 @@ def test_breeding_flow_from_parents_to_a_saved_child(budget, tmp_path, monkeypat
         _tab(page, "Runs")
         page.locator('#runs-table [role="gridcell"]').get_by_text(run_id).first.wait_for(timeout=30_000)
         shot(page, "runs")
-    join_background(300)
+    wait_until_idle(runs_dir, 300)
 
     model = AutoModelForCausalLM.from_pretrained(destination)
     tokenizer = AutoTokenizer.from_pretrained(destination)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from darwin_core.errors import DarwinError
-from darwin_core.genome.spaces import GENOME_TABLE_MD, SPACE_NAMES, block_of, get_space, odds_combine
+from darwin_core.genome.spaces import GENOME_TABLE_MD, SPACE_NAMES, block_of, default_method, get_space, odds_combine
 
 L = 12  # layers: blocks of darwin-v6 are layers {0,1}, {2,3}, ... {10,11}
 SEED_002 = [0.4989, 0.1766, 0.9021, 0.6122, 0.9951, 0.9617, 0.5740, 0.5811, 0.5736, 0.4697, 0.4930, 0.8418,
@@ -188,6 +188,16 @@ def test_to_recipe_is_pure_and_records_the_genome():
 def test_ties_recipes_from_genomes_keep_the_ratio_meaningful():
     assert recipe(method="ties").normalize is False
     assert recipe(method="dare_ties").normalize is None
+
+
+def test_each_space_names_its_default_method_darwin_v6_the_dare_ties_of_seed_002():
+    defaults = {name: default_method(name) for name in SPACE_NAMES}
+    assert defaults == {"darwin-v6": "dare_ties", "per-layer": "linear", "per-layer-ffn": "linear",
+                        "per-block-role": "linear"}
+    assert get_space("darwin-v6").default_method == "dare_ties"
+    assert get_space("per-layer", layer_count=L).default_method == "linear"
+    with pytest.raises(DarwinError, match="Unknown genome space 'nope'"):
+        default_method("nope")
 
 
 def test_out_of_bounds_and_wrong_length_genomes_are_refused():

@@ -215,7 +215,8 @@ def test_two_parents_of_the_same_architecture_are_fully_compatible(fixture_pair,
     assert compatibility(father, sharded).verdict == "full"
 
 
-def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_fully_compatible(fixture_model):
+def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_refused_until_names_are_mapped(fixture_model):
+    """Their language tensors match by canonical name, but the merge path pairs tensors by exact name."""
     text = _ref(fixture_model, "gemma4_text")
     wrapped = {("lm_head.weight" if n == "lm_head.weight" else "model.language_model." + n.removeprefix("model.")): v
                for n, v in text.tensors.items()}
@@ -224,15 +225,20 @@ def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_fully_compatible(
               "text_config": text.config, "vision_config": {"hidden_size": 8}}
     multimodal = dataclasses.replace(text, id="mm", tensors=wrapped, config=config)
     result = compatibility(multimodal, text)
-    assert result.verdict == "full" and "prefix" in result.reason
+    assert result.verdict == "incompatible" and "prefix" in result.reason and not result.breedable
+    assert "(model.language_model." in result.reason and "cannot be bred yet" in result.reason
+    assert compatibility(multimodal, multimodal).verdict == "full"  # the same wrapper on both sides is bred
 
 
-def test_qwen3_and_llama_with_the_same_hidden_size_breed_only_their_ffns(fixture_model):
-    """Decision: equal shapes across families are not 'full' (Qwen3's attention has q/k norms)."""
+def test_qwen3_and_llama_with_the_same_hidden_size_are_ffn_only_and_refused_until_ffn_breeding_lands(fixture_model):
+    """Decision: equal shapes across families are not 'full' (Qwen3's attention has q/k norms); FFN-only breeding
+    is not implemented, so the verdict refuses rather than blend the attention it promised to keep."""
     result = compatibility(_ref(fixture_model, "qwen3"), _ref(fixture_model, "llama"))
     assert result.verdict == "ffn_only"
     assert "mlp.down_proj.weight" in result.reason and "qwen3 vs llama" in result.reason
     assert any("q_norm" in name for name in result.differing)
+    assert not result.breedable and result.refusal.startswith("These parents cannot be bred: ")
+    assert "not implemented yet" in result.refusal
 
 
 def test_the_seeds_cross_architecture_pair_gemma4_and_qwen3_5_is_ffn_only(fixture_model):

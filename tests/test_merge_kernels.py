@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge import TensorParams, get_method, method_names
+from darwin_core.merge.methods import Method
 from darwin_core.merge.methods.apply import StateDictSource, merge_tensors
 from darwin_core.merge.methods.delta import keep_mask, magnitude_prune
 from darwin_core.recipe import Recipe
@@ -29,6 +31,31 @@ def test_registry_has_the_seven_methods_and_refuses_unknown_names():
     assert set(method_names()) >= {"linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "transplant"}
     with pytest.raises(DarwinError, match="Unknown merge method 'nope'"):
         get_method("nope")
+
+
+def test_the_method_names_are_the_registered_methods_and_recipes_store_plain_names():
+    assert sorted(Method) == list(method_names())
+    assert all(type(get_method(name).name) is str and type(get_method(name).mergekit_name) is str for name in Method)
+    recipe = Recipe(father="org/f", mother="org/m", method=Method.TIES)
+    assert type(recipe.method) is str and recipe.method == "ties" and "method: ties" in recipe.to_yaml()
+
+
+_OTHER_VALUES = {"ratio": 0.7, "density_father": 0.4, "density_mother": 0.3, "normalize": True, "rescale": False,
+                 "scale": 1.7, "mask_seeds": (5, 9)}
+
+
+@pytest.mark.parametrize("name", sorted(Method))
+def test_a_kernel_reads_only_the_parameters_its_method_declares(name):
+    method = get_method(name)
+    father, mother = _pair(seed=3)
+    base = father - 0.05 * _pair(seed=4)[1] if method.delta else None  # an ancestor: the father's density counts
+    params = TensorParams(ratio=0.35, density_father=0.6, density_mother=0.5, normalize=False, rescale=True)
+    reference = method.kernel(father, mother, base, params)
+    undeclared = [f.name for f in dataclasses.fields(TensorParams) if f.name not in method.parameters]
+    for name_ in undeclared:
+        changed = method.kernel(father, mother, base, dataclasses.replace(params, **{name_: _OTHER_VALUES[name_]}))
+        assert torch.equal(changed, reference), name_
+    assert "ratio" in method.parameters and method.uses_density == ("density_mother" in method.parameters)
 
 
 def test_linear_ratio_0_is_the_father_and_1_the_mother_bit_for_bit():

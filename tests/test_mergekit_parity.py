@@ -53,7 +53,7 @@ def mergekit_tensor(recipe: Recipe, name: str, father: torch.Tensor, mother: tor
         tensors.append(base)
         ids.append("base")
         base_index = 2
-    elif method.delta or recipe.method == "slerp":
+    elif method.mergekit_base:
         base_index = 0
     non_base = [i for i in ids if i != ids[base_index]] if base_index is not None else ids
     parameters = dict(shared)

@@ -11,6 +11,7 @@ import torch
 
 from darwin_core.parents import modelparts
 from darwin_core.mri import scan as mri
+from darwin_core.mri import static as mri_static
 from darwin_core.cli import main as cli_main
 from darwin_core.errors import DarwinError
 from darwin_core.fitness.probes import probes_from_tasks, resolve_probes
@@ -61,8 +62,8 @@ def test_tensor_profile_std_and_norm_are_exact():
 
 
 def test_large_tensors_are_histogrammed_on_a_deterministic_sample(monkeypatch):
-    monkeypatch.setattr(mri, "SAMPLE_THRESHOLD", 1000)
-    monkeypatch.setattr(mri, "HIST_SAMPLE", 500)
+    monkeypatch.setattr(mri_static, "SAMPLE_THRESHOLD", 1000)  # the static profile reads them from its module
+    monkeypatch.setattr(mri_static, "HIST_SAMPLE", 500)
     t = torch.randn(100, 50, generator=torch.Generator().manual_seed(1))
     first, second = mri.tensor_profile(t), mri.tensor_profile(t.clone())
     assert first["sampled"] is True

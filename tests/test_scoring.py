@@ -322,7 +322,7 @@ def test_shared_contexts_on_a_sliding_window_model_equal_one_forward_per_request
     )
     sliding = MistralForCausalLM(config).to(torch.float64).eval()
     cache = sliding(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True).past_key_values
-    from darwin_core.fitness.scoring import _pads_safely
+    from darwin_core.fitness.loglikelihood import _pads_safely
 
     assert not _pads_safely(cache)  # the case under test: a sliding-window cache layer
     ours = loglikelihoods(sliding, char_tok, REQUESTS, batch_size=64, share_context_from=0)

@@ -61,7 +61,7 @@ def space(monkeypatch, unsealed):  # noqa: F811
 def bucket_runs():
     """A runs folder outside the working folder and the temp folder (like a Space's mounted storage bucket);
     removed afterwards, once no run and no worker is left on it."""
-    from ui.mri_tab import join_background
+    from darwin_core.runs.jobs import wait_until_idle
     from ui.publish_tab import ZIPS
 
     candidates = [Path("/var/tmp"), Path.home()]
@@ -77,7 +77,7 @@ def bucket_runs():
             if run["state"] in ("queued", "starting", "running"):
                 jobs.cancel(run["run_id"], root)
         _wait(lambda: not jobs.worker_alive(root), "the worker to exit", timeout=120)
-        join_background(300)
+        wait_until_idle(root, 300)
     finally:
         import hashlib
 
@@ -137,7 +137,7 @@ def test_a_space_visitor_scans_breeds_checks_and_downloads_the_child_as_a_zip(sp
         for plot in ("mri-father", "mri-mother", "mri-advantage", "mri-divergence"):
             page.locator(f"#{plot} .js-plotly-plot").wait_for()
         assert page.locator("#mri-prescription [role='gridcell']").count() > 0
-        assert list((bucket_runs / ".mri").glob("*.json")), "the scan is kept in the runs folder"
+        assert list(bucket_runs.glob("scan-*/mri.json")), "the scan is kept in the runs folder"
         _no_error_toast(page, "MRI")
         screenshot(page, "space-mri")
 

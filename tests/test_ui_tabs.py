@@ -71,9 +71,9 @@ def app(tmp_path_factory, request):
     request.addfinalizer(mp.undo)
     with served(build_demo(runs_dir=runs_dir, zoo_dir=zoo, local_mode=True)) as url:
         yield Client(url, verbose=False), runs_dir, write_choice_task(scratch / "reverse-choice.jsonl"), zoo
-    from ui.mri_tab import join_background
+    from darwin_core.runs.jobs import wait_until_idle
 
-    join_background(300)  # a health check started by a test must not be cut off by the interpreter's exit
+    wait_until_idle(runs_dir, 300)  # a health check started by a test must not be cut off by the interpreter's exit
 
 
 @pytest.fixture(scope="module")

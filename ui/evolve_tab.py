@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -23,6 +22,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from darwin_core.evolution.pipeline import parse_candidate_name
 from darwin_core.runs import queue as jobs
 from darwin_core.parents.names import parent_label
 from darwin_core.errors import DarwinError
@@ -37,7 +37,6 @@ STATE_TEXT = {
     "queued": "⏳ queued", "starting": "⏳ starting", "running": "🧬 running", FINISHED: "✅ finished",
     FAILED: "❌ failed", CANCELLED: "⏹ cancelled", INTERRUPTED: "⚠ interrupted",
 }
-_CANDIDATE = re.compile(r"^g\d+c\d+$")
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
                  "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri", "patience"]
 
@@ -248,8 +247,8 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
                                   runs_dir=runs_dir, may_breed_run=may_breed)
              for role, pick, typed in (("father", father_pick, father_typed), ("mother", mother_pick, mother_typed))}
     compat = hub.compatibility(found["father"][1], found["mother"][1])
-    if compat.verdict == "incompatible":
-        raise DarwinError(f"These parents cannot be bred: {compat.reason}")
+    if compat.refusal:
+        raise DarwinError(compat.refusal)
     config = EvolutionConfig.from_dict({
         "father": found["father"][0],
         "mother": found["mother"][0],
@@ -304,7 +303,7 @@ def _rss_bytes(pid: Any) -> int | None:
 def progress_facts(run: Mapping, events: Sequence[Mapping], config: Mapping, *, now: float | None = None) -> dict[str, Any]:
     """Candidates measured / planned, candidates per minute, ETA of the search (seconds), from the event log."""
     now = time.time() if now is None else now
-    measured = [e for e in events if e.get("event") == "evaluated" and _CANDIDATE.match(str(e.get("name", "")))]
+    measured = [e for e in events if e.get("event") == "evaluated" and parse_candidate_name(str(e.get("name", ""))) is not None]
     population = int(config.get("population") or 0)
     generations = int(run.get("generations") or config.get("generations") or 0)
     proxy_is_full = all(e.get("phase") == "full" for e in measured) and bool(measured)

@@ -1,9 +1,9 @@
 """Health tab: the current run's child against both parents, and its held-out results.
 
 The health check (`darwin_core.health.checkup.check_health`: interference, function loss, NaN/Inf, perplexity,
-degeneration, layer by layer with the MRI's probe importance) loads three models, so it runs in a background
-thread (ui/mri_tab.start_background) and writes `health.json` into the run folder, where the card and every
-other browser find it. It starts by itself the first time the run's owner looks at a finished run here, or with
+degeneration, layer by layer with the MRI's probe importance) loads three models, so it is a job of the worker
+(`api.check`), queued behind any evolution or scan in flight, and writes `health.json` into the run folder, where
+the card and every other browser find it. It starts by itself the first time the run's owner looks at a finished run here, or with
 the button; a `gr.Timer` polls until it is there. The held-out table (intervals and McNemar p) is the run's own
 report.json, measured by the run.
 """
@@ -15,57 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import yaml
 
-from darwin_core.runs import queue as jobs
-from darwin_core.publishing.cardgen import HEALTH
+from darwin_core import api
 from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import CHILD, FINISHED, RunFolder
+from darwin_core.io.runfolder import FINISHED
+from darwin_core.runs import queue as jobs
 from ui import plots, run_plots, session
 from ui.common import guarded
-from ui.mri_tab import background_state, compute_device, start_background
 from ui.runs_tab import HELDOUT_HEADERS, heldout_table, report_markdown
 
 POLL_SECONDS = 1.5
 VERDICT_TEXT = {"healthy": "✅ Healthy", "warning": "🟡 Warning", "broken": "❌ Broken"}
-
-
-def _probes_for(config: Mapping, runs_dir: Path) -> Any:
-    """The run's own probe texts when its tasks bring them (the demo tasks do), else the default five."""
-    from darwin_core.fitness.probes import probes_from_tasks
-
-    try:
-        from darwin_core.evolution.pipeline import EvolutionConfig, load_tasks
-
-        tasks, _ = load_tasks(EvolutionConfig.from_dict(config), runs_dir=runs_dir)
-        return probes_from_tasks(tasks)
-    except DarwinError:
-        return None
-
-
-def _parent_dir(ref: str, local_mode: bool, runs_dir: Path) -> Path:
-    """A run's parent as its config names it (demo:, run:, a Hub id, a folder in local mode)."""
-    from darwin_core.evolution.pipeline import resolve_parent
-
-    return Path(resolve_parent(ref, local_mode=local_mode, runs_dir=runs_dir)[1])
-
-
-def health_work(run_dir: Path):
-    """The check of one run's child against its parents (for start_background)."""
-
-    def work() -> Mapping:
-        from darwin_core.health.checkup import check_health
-
-        folder = RunFolder(run_dir)
-        config = yaml.safe_load(folder.config_text()) or {}
-        local = bool(config.get("local_mode", True))
-        return check_health(
-            folder.file(CHILD), _parent_dir(str(config["father"]), local, folder.path.parent),
-            _parent_dir(str(config["mother"]), local, folder.path.parent),
-            probes=_probes_for(config, folder.path.parent), device=compute_device(),
-        )
-
-    return work
 
 
 def verdict_markdown(report: Mapping) -> str:
@@ -91,16 +51,21 @@ def view(run_id: str | None, *, runs_dir: Path, who: session.Visitor, local_mode
         "heldout_plot": run_plots.heldout_figure(run["report"]["heldout"]) if (run.get("report") or {}).get("heldout") else None,
         "verdict": "", "chart": None, "status": "", "polling": False,
     }
-    result = folder / HEALTH
-    state, payload = background_state(result)
+    job = api.health_job_id(run_id)
+    state, payload = api.job_result(job, runs_dir)
+    stored = api.run_health(run_id, runs_dir)
+    if stored is not None and state in ("none", "finished"):
+        state, payload = "finished", stored
     if state == "none" and run["state"] == FINISHED and run.get("child_dir") and (start or owner):
         if start and not owner:
             session.require_owner(folder, who, session.app_secret(runs_dir), local_mode=local_mode, action="check")
-        start_background(result, health_work(folder), what=f"checking the health of run {run_id}")
-        state, payload = background_state(result)
-    if state == "done":
+        api.check(run_id, runs_dir)
+        state, payload = api.job_result(job, runs_dir)
+    if state == "finished":
         out["verdict"], out["chart"] = verdict_markdown(payload), plots.health_chart(payload)
-    elif state == "running":
+    elif state == "queued":
+        out["status"], out["polling"] = "Checking the child against both parents: waiting for the device, where another job runs first.", True
+    elif state in ("starting", "running"):
         out["status"], out["polling"] = "Checking the child against both parents… (loads three models; the page can be closed)", True
     elif state == "failed":
         out["status"] = f"**⚠ The health check failed: {payload}**"

@@ -1,163 +1,29 @@
-"""MRI tab: scan the father, the mother or both in the background, then show where their skills live.
+"""MRI tab: scan the father, the mother or both, then show where their skills live.
 
-The click handler only starts a thread and returns; a `gr.Timer` polls until the scan's JSON is on disk. Scans
-are kept under `<runs dir>/.mri/<key>.json` (key = the parents' folders, weight file sizes and times, and the
-probe set), so a reload, another browser or a later run finds a finished scan at once. Pictures come from
-`ui/plots.py` (pure figure functions); the prescription table aggregates seed 002's per-tensor mri_ratio by
-layer and role.
-
-`start_background` / `background_state` are the small thread runner the Health tab uses too: one model-loading
-job at a time in this process (the accelerator is one resource), the result or a one-sentence failure written
-next to where the result goes.
+The click handler queues the scan as a job of the worker (`api.scan`) and returns; a `gr.Timer` polls until the
+job's `mri.json` is there. A scan waits while another device job (an evolution, a health check) runs, so two
+models never share the accelerator, and the same parents with the same probe set are served from the stored
+scan, for a reload, another browser or a later run. Pictures come from `ui/plots.py` (pure figure functions);
+the prescription table aggregates seed 002's per-tensor mri_ratio by layer and role.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import atomic_write_text
+from darwin_core import api
 from ui import session
 from ui.common import guarded
 
-LOG = logging.getLogger("darwin.ui")
-
-MRI_DIR = ".mri"
 PROBE_CHOICES = [("the demo tasks' worked examples", "demo"), ("the five default categories (reasoning, code, math, knowledge, language)", "default")]
 SCAN_CHOICES = [("both parents (adds divergence and the prescription)", "both"), ("father only", "father"), ("mother only", "mother")]
 PRESCRIPTION_HEADERS = ["layer", "role", "tensors", "mean mri_ratio (share of mother)"]
 POLL_SECONDS = 1.5
-
-# ------------------------------------------------------------------------------------------- background jobs
-
-_threads: dict[str, threading.Thread] = {}
-_threads_lock = threading.Lock()
-DEVICE_LOCK = threading.Lock()  # scans and health checks load models: one at a time in this process
-
-
-def _error_path(result: Path) -> Path:
-    return result.with_name(result.name + ".error")
-
-
-def start_background(result: Path, work: Callable[[], Mapping], *, what: str) -> bool:
-    """Run `work` in a thread and save what it returns as JSON at `result` (or its failure sentence beside it).
-
-    Returns False when the result already exists or a thread for it is running (nothing started).
-    """
-    from darwin_core.mri.scan import save_json
-
-    key = str(result.resolve())
-    with _threads_lock:
-        running = _threads.get(key)
-        if result.is_file() or (running is not None and running.is_alive()):
-            return False
-        result.parent.mkdir(parents=True, exist_ok=True)
-        _error_path(result).unlink(missing_ok=True)
-
-        def target() -> None:
-            try:
-                with DEVICE_LOCK:
-                    report = work()
-                save_json(report, result)
-            except DarwinError as error:
-                atomic_write_text(_error_path(result), str(error))
-            except Exception as error:  # noqa: BLE001 — a bug: the log gets the traceback, the page one line
-                LOG.exception("unexpected error while %s", what)
-                atomic_write_text(_error_path(result), f"Unexpected error ({type(error).__name__}) while {what}; the server log has the details.")
-
-        thread = threading.Thread(target=target, name=f"darwin-{what}", daemon=True)
-        _threads[key] = thread
-        thread.start()
-        return True
-
-
-def join_background(timeout: float | None = None) -> None:
-    """Wait for this process's background scans and checks (tests, and a clean shutdown, call it)."""
-    with _threads_lock:
-        threads = list(_threads.values())
-    for thread in threads:
-        thread.join(timeout)
-
-
-def background_state(result: Path) -> tuple[str, Any]:
-    """("done", parsed JSON) | ("failed", sentence) | ("running", None) | ("none", None)."""
-    # Whether the thread is alive is read before the files: a thread that ends between the two reads has
-    # written its result or its error by then, so a finished job is never mistaken for a lost one.
-    with _threads_lock:
-        thread = _threads.get(str(result.resolve()))
-    alive = thread is not None and thread.is_alive()
-    if result.is_file():
-        try:
-            return "done", json.loads(result.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return "failed", f"{result.name} is not valid JSON."
-    error = _error_path(result)
-    if error.is_file():
-        return "failed", error.read_text(encoding="utf-8").strip()
-    return ("running", None) if alive else ("none", None)
-
-
-def compute_device() -> str:
-    """Where scans and health checks run: the first GPU when there is one, else the CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# ------------------------------------------------------------------------------------------- parents → folders
-
-
-def resolve_for_scan(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
-                     zoo_dir: str | Path | None, runs_dir: str | Path | None = None):
-    """(the reference as the user gave it, its hub.ModelRef) — metadata only, nothing downloaded yet."""
-    from ui import parents
-
-    ref = parents.chosen_ref(pick, typed, role)
-    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-    return ref, model
-
-
-def _identity(model: Any) -> list[Any]:
-    """What decides a scan's input: a folder's weight and config files (name, size, time), or a Hub commit."""
-    if model.folder is None:
-        return [model.id, model.commit or model.revision]
-    folder = Path(model.folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
-    return [str(folder.resolve())] + [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]
-
-
-def scan_path(runs_dir: Path, models: Sequence[Any], probes: str) -> Path:
-    """Where the scan of these models with this probe set is kept (content-addressed by what decides it)."""
-    key = json.dumps({"models": [_identity(m) for m in models], "probes": probes}, sort_keys=True)
-    return runs_dir / MRI_DIR / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
-
-
-def _scan_work(which: str, models: Sequence[Any], probes: str, token: str | None) -> Callable[[], Mapping]:
-    """The scan, run in the background: downloads Hub parents first (weights, config, tokenizer only)."""
-
-    def work() -> Mapping:
-        from darwin_core.parents import hub
-        from darwin_core.mri import scan as mri
-        from darwin_core.fitness.probes import resolve_probes
-
-        folders = [Path((m if m.folder is not None else hub.download(m, token)).folder) for m in models]
-        chosen = None if probes == "default" else resolve_probes(probes)
-        device = compute_device()
-        if which == "both":
-            return mri.scan_pair(folders[0], folders[1], probes=chosen, device=device)
-        return mri.scan_model(folders[0], probes=chosen, device=device)
-
-    return work
-
 
 # ------------------------------------------------------------------------------------------- rendering
 
@@ -225,44 +91,34 @@ def render_scan(scan: Mapping, labels: Sequence[str]) -> tuple:
 
 def start_scan(which: str, probes: str, father_pick, father_typed, mother_pick, mother_typed, *, runs_dir: Path,
                local_mode: bool, token: str | None, zoo_dir: str | Path | None) -> tuple[dict | None, str]:
-    """Resolve the parents, start the scan in the background (or find it done); returns (job, message)."""
+    """Resolve the parents and queue the scan (or find it stored); returns (job, message)."""
+    from ui import parents
+
     def work() -> dict:
-        if which not in ("both", "father", "mother"):
-            raise DarwinError("Choose what to scan: both parents, the father or the mother.")
-        roles = ["father", "mother"] if which == "both" else [which]
         picks = {"father": (father_pick, father_typed), "mother": (mother_pick, mother_typed)}
-        refs, models = [], []
-        for role in roles:
-            ref, model = resolve_for_scan(*picks[role], role, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-            refs.append(ref)
-            models.append(model)
-        if which == "both":
-            from darwin_core.parents import hub
+        refs = {role: parents.chosen_ref(*picks[role], role) for role in ("father", "mother")}
+        job_id, labels = api.scan(which, refs, probes, local_mode=local_mode, token=token, zoo_dir=zoo_dir,
+                                  runs_dir=runs_dir)
+        return {"job": job_id, "labels": labels, "which": which}
 
-            compat = hub.compatibility(*models)
-            if compat.verdict != "full":
-                raise DarwinError(f"A pair scan needs parents with the same tensors: {compat.reason}")
-        result = scan_path(runs_dir, models, probes)
-        # The token goes to the thread's download and nowhere else (never into the scan file or a log line).
-        start_background(result, _scan_work(which, models, probes, token), what=f"scanning {' and '.join(refs)}")
-        return {"path": str(result), "labels": refs, "which": which}
-
-    job, error = guarded(work, "starting an MRI scan")
-    return job, error
+    return guarded(work, "starting an MRI scan")
 
 
-def poll_scan(job: Mapping | None) -> tuple:
+def poll_scan(job: Mapping | None, *, runs_dir: Path) -> tuple:
     """Timer tick: (status, timer, summary, four figures, prescription table) — gr.skip() while nothing changed."""
     skip = (gr.skip(),) * 6
     if not job:
         return ("", gr.Timer(active=False), *skip)
-    state, payload = background_state(Path(job["path"]))
+    state, payload = api.job_result(job["job"], runs_dir)
     labels = job["labels"]
-    if state == "running":
+    if state == "queued":
+        return ("Waiting for the device: another job (an evolution, a scan or a health check) runs first; the "
+                "scan starts as soon as it is done.", gr.Timer(active=True), *skip)
+    if state in ("starting", "running"):
         return (f"Scanning {' and '.join(labels)}… (this page can be closed; the scan keeps going)", gr.Timer(active=True), *skip)
     if state == "failed":
         return (f"**⚠ {payload}**", gr.Timer(active=False), *skip)
-    if state == "none":
+    if state != "finished":
         return ("The scan stopped before it finished (the server restarted?); press Scan again.", gr.Timer(active=False), *skip)
     return (f"Scan of {' and '.join(labels)} done.", gr.Timer(active=False), *render_scan(payload, labels))
 
@@ -312,7 +168,7 @@ def build_mri_tab(demo: gr.Blocks, parent_inputs: Sequence[gr.components.Compone
         api_name="mri_scan", api_description="Start an MRI scan of the chosen parents in the background.",
     )
     timer.tick(
-        poll_scan, inputs=[job], outputs=[status, timer, summary, first, second, advantage, divergence, prescription],
+        lambda found: poll_scan(found, runs_dir=runs_dir), inputs=[job], outputs=[status, timer, summary, first, second, advantage, divergence, prescription],
         api_visibility="private", show_progress="hidden",
     )
     return {"scan": scan, "status": status, "timer": timer, "job": job}

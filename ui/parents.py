@@ -178,7 +178,7 @@ def facts_table(father: ParentFacts, mother: ParentFacts) -> pd.DataFrame:
 
 VERDICTS = {
     "full": "Breedable: every tensor can be blended.",
-    "ffn_only": "Breedable for feed-forward weights only.",
+    "ffn_only": "Not breedable yet: only the feed-forward weights line up.",
     "incompatible": "Not breedable.",
 }
 

@@ -16,7 +16,7 @@ from darwin_core.runs.queue import IDLE_SECONDS, cancel, execute, list_runs, rea
 def _print_run(run: dict[str, Any]) -> None:
     best = run.get("best_fitness")
     shown = f"{best:.4f}" if isinstance(best, (int, float)) else "—"
-    print(f"{run['run_id']}  {run['state']:<11}  gen {run.get('generation') or 0}/{run.get('generations') or '?'}  best {shown}")
+    print(f"{run['run_id']}  {run.get('kind', 'evolve'):<7}  {run['state']:<11}  gen {run.get('generation') or 0}/{run.get('generations') or '?'}  best {shown}")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from darwin_core.io.dtypes import dtype_from_name
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.apply import StateDictSource
 
@@ -195,7 +196,7 @@ class ResidentChild:
         hf_logging.disable_progress_bar()  # a worker's log is for the run's progress, not per-tensor bars
         self.device = resolve_device(device)
         self.father_dir, self.mother_dir = Path(father), Path(mother)
-        load_dtype = _torch_dtype(dtype) if dtype not in (None, "auto") else "auto"
+        load_dtype = dtype_from_name(dtype) if dtype not in (None, "auto") else "auto"
         self.model = AutoModelForCausalLM.from_pretrained(self.father_dir, dtype=load_dtype).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(self.father_dir)
         folders = [self.father_dir, self.mother_dir] + ([Path(base)] if base is not None else [])
@@ -263,13 +264,3 @@ class ResidentChild:
             return
         items = merge_tensors(recipe, self.father, self.mother, self.names, device=self.device, base=self.base)
         self.write(items, label=label)
-
-
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    try:
-        return table[str(dtype).lower()]
-    except KeyError:
-        raise DarwinError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None

@@ -145,6 +145,28 @@ def split_of(task: Task, split: Split, limit: int | None = None) -> tuple[Item, 
     return items
 
 
+def _checked_items(
+    tasks: Sequence[Task], split: Split, limit: int | None, metrics: Mapping[str, ChoiceMetric]
+) -> dict[str, tuple[Item, ...]]:
+    """Each task's items of `split`, after checking every task's kind and metric, so that a bad task fails
+    before any model time is spent on the others."""
+    by_task: dict[str, tuple[Item, ...]] = {}
+    for task in tasks:
+        by_task[task.name] = split_of(task, split, limit)
+        if not by_task[task.name]:
+            raise DarwinError(f"Task {task.name!r} has no items in its {split} split.")
+        if task.kind == "choice":
+            metric = metrics.get(task.name, "acc")
+            if metric not in ("acc", "acc_norm"):
+                raise DarwinError(f"Task {task.name!r}: the metric must be 'acc' or 'acc_norm', not {metric!r}.")
+        elif task.kind == "generate":
+            if task.name in metrics:
+                raise DarwinError(f"Task {task.name!r} is generative; acc/acc_norm apply to multiple choice only.")
+        else:
+            raise DarwinError(f"Task {task.name!r} has an unknown kind {task.kind!r}.")
+    return by_task
+
+
 def evaluate(
     model,
     tokenizer,
@@ -180,20 +202,7 @@ def evaluate(
     started = time.perf_counter()
     results: dict[str, TaskResult] = {}
     try:
-        by_task: dict[str, tuple[Item, ...]] = {}
-        for task in tasks:
-            by_task[task.name] = split_of(task, split, limit)
-            if not by_task[task.name]:
-                raise DarwinError(f"Task {task.name!r} has no items in its {split} split.")
-            if task.kind == "choice":
-                metric = metrics.get(task.name, "acc")
-                if metric not in ("acc", "acc_norm"):
-                    raise DarwinError(f"Task {task.name!r}: the metric must be 'acc' or 'acc_norm', not {metric!r}.")
-            elif task.kind == "generate":
-                if task.name in metrics:
-                    raise DarwinError(f"Task {task.name!r} is generative; acc/acc_norm apply to multiple choice only.")
-            else:
-                raise DarwinError(f"Task {task.name!r} has an unknown kind {task.kind!r}.")
+        by_task = _checked_items(tasks, split, limit, metrics)
         greedy = [t for t in tasks if t.kind == "generate" and samples == 1]
         if greedy:  # every greedy item of every task in shared batches, each with its task's token budget
             t0 = time.perf_counter()

@@ -1,262 +1,47 @@
 """Where fitness tasks come from: user files, benchmark files in their own published formats, Hub datasets,
 and lm-evaluation-harness tasks. Every source ends as a `Task` with a seeded search / held-out split.
 
-A *format* is a function `record -> Item`; the same function serves a local file and the
-Hub dataset in that schema, so ARC from `ARC-Challenge-Dev.jsonl` and ARC from
-`allenai/ai2_arc` give the same prompts. Prompts copy lm-evaluation-harness's task
-YAMLs (arc_easy/arc_challenge, mmlu, click, leaderboard_musr, gsm8k), so a score here
-means what the same score means there.
-
-User file schema (JSONL, JSON list or CSV, one item per row/line):
-
-    {"id": optional str, "prompt" or "question": str,
-     "choices": optional list of str, "answer": index (0-based int), letter (A, B, ...) or text}
-
-With "choices" the item is scored by log-likelihood (the prompt is the context, each
-choice is appended after a space); without, by generation and exact match of the
-extracted answer. In CSV, choices are a "choices" column holding a JSON list, or
-columns choice0, choice1, ...; CSV cells are text, so an answer is read as a choice's
-text first, then as a letter, then as an index. Rows must be all multiple choice or
-all generative.
+The formats themselves (`record -> Item`, one per published schema, and the user file schema) live in
+`darwin_core.fitness.formats`; this module reads files, Hub datasets and lm-eval tasks through them, and
+re-exports their public names. Rows of one task must be all multiple choice or all generative.
 """
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
 import re
-import string
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from darwin_core.errors import DarwinError
+from darwin_core.fitness.formats import (
+    FORMATS,
+    LETTERS,
+    BadRecord,
+    Record,
+    arc_item,
+    click_item,
+    click_prompt,
+    gsm8k_item,
+    mmlu_item,
+    mmlu_prompt,
+    musr_item,
+    user_item,
+)
 from darwin_core.fitness.tasks import Item, Task, split_items
+
+__all__ = [
+    "FORMATS", "GENERATE_MAX_NEW_TOKENS", "HELDOUT_FRACTION", "HUB_DATASETS", "LETTERS", "BadRecord", "Record",
+    "arc_item", "click_item", "click_prompt", "gsm8k_item", "load_hub_task", "load_task", "mmlu_item",
+    "mmlu_prompt", "musr_item", "read_items", "read_records", "task_from_items", "tasks_from_lm_eval", "user_item",
+]
 
 HELDOUT_FRACTION = 0.5
 GENERATE_MAX_NEW_TOKENS = 256  # room for a chain of thought before the final number (GSM8K)
-LETTERS = string.ascii_uppercase
-
-Record = dict[str, Any]
-
-
-class BadRecord(ValueError):
-    """A row that does not fit its format; turned into a DarwinError that names the file and line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Field helpers
-
-
-def _field(record: Record, *names: str) -> Any:
-    for name in names:
-        if name in record and record[name] is not None:
-            return record[name]
-    raise BadRecord(f"it has no {' or '.join(repr(n) for n in names)} field")
-
-
-def _text(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise BadRecord(f"its {what} is not text")
-    text = str(value)
-    if not text.strip():
-        raise BadRecord(f"its {what} is empty")
-    return text
-
-
-def _choices(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):  # a stringified list (MuSR on the Hub, a CSV "choices" cell)
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                raise BadRecord("its choices are not a list") from None
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise BadRecord("its choices are not a list of at least two options")
-    choices = tuple(str(c) for c in value)
-    if any(not c.strip() for c in choices):
-        raise BadRecord("one of its choices is empty")
-    return choices
-
-
-def _answer_index(answer: Any, choices: Sequence[str]) -> int:
-    """An answer given as 0-based index (int), as a choice's text, as a letter, or as a digit string (in that order)."""
-    if isinstance(answer, bool):
-        raise BadRecord("its answer is true/false, not a choice")
-    if isinstance(answer, int):
-        index = answer
-    elif isinstance(answer, float) and answer.is_integer():
-        index = int(answer)
-    elif isinstance(answer, str):
-        text = answer.strip()
-        if text in choices:
-            return choices.index(text)
-        if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
-            return LETTERS.index(text.upper())
-        if text.isdigit():
-            index = int(text)
-        else:
-            raise BadRecord(f"its answer {answer!r} is not one of its choices, a letter or an index")
-    else:
-        raise BadRecord("its answer is not an index, a letter or a choice")
-    if not 0 <= index < len(choices):
-        raise BadRecord(f"its answer index {index} is out of range for {len(choices)} choices")
-    return index
-
-
-def _id(record: Record, fallback: str) -> str:
-    value = record.get("id")
-    if value is None or str(value).strip() == "":
-        return fallback
-    return str(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Formats (record -> Item); `prefix` makes fallback ids unique per source
-
-
-def user_item(record: Record, index: int, prefix: str = "item") -> Item:
-    prompt = _text(_field(record, "prompt", "question"), "prompt")
-    item_id = _id(record, f"{prefix}-{index}")
-    choices = _user_choices(record)
-    answer = _field(record, "answer")
-    if choices is None:
-        return Item(id=item_id, prompt=prompt, answer=_text(answer, "answer").strip())
-    return Item(id=item_id, prompt=prompt, answer=str(_answer_index(answer, choices)), choices=choices)
-
-
-def _user_choices(record: Record) -> tuple[str, ...] | None:
-    if record.get("choices") not in (None, ""):
-        return _choices(record["choices"])
-    numbered = []
-    while record.get(f"choice{len(numbered)}") not in (None, ""):
-        numbered.append(record[f"choice{len(numbered)}"])
-    return _choices(numbered) if numbered else None
-
-
-def arc_item(record: Record, index: int, prefix: str = "arc") -> Item:
-    """ARC: official jsonl (`question.stem`, `question.choices[{text,label}]`) or HF `allenai/ai2_arc`
-    (`question`, `choices{text,label}`). lm-eval arc: "Question: {q}\\nAnswer:", choices = texts."""
-    question = _field(record, "question")
-    if isinstance(question, dict):  # official AI2 jsonl
-        stem = _text(question.get("stem"), "question stem")
-        raw = question.get("choices")
-        if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
-            raise BadRecord("its question.choices is not a list of {text, label}")
-        texts, labels = [c.get("text") for c in raw], [str(c.get("label")) for c in raw]
-    else:  # Hugging Face allenai/ai2_arc
-        stem = _text(question, "question")
-        raw = _field(record, "choices")
-        if not isinstance(raw, dict):
-            raise BadRecord("its choices is not {text: [...], label: [...]}")
-        texts, labels = list(raw.get("text") or []), [str(label) for label in raw.get("label") or []]
-    choices = _choices(texts)
-    if len(labels) != len(choices):
-        raise BadRecord("its choices and labels differ in number")
-    key = str(_field(record, "answerKey")).strip()
-    if key not in labels:
-        raise BadRecord(f"its answerKey {key!r} is not one of the labels {labels}")
-    return Item(id=_id(record, f"{prefix}-{index}"), prompt=f"Question: {stem}\nAnswer:", answer=str(labels.index(key)), choices=choices)
-
-
-def mmlu_prompt(question: str, choices: Sequence[str], subject: str | None) -> str:
-    """lm-eval's mmlu template (description + question + lettered options + "Answer:")."""
-    lines = [question.strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + ["Answer:"]
-    description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" if subject else ""
-    return description + "\n".join(lines)
-
-
-def mmlu_item(record: Record, index: int, prefix: str = "mmlu", subject: str | None = None) -> Item:
-    """MMLU: csv `question,choice0..3,answer` (index) or HF `cais/mmlu` (`question, subject, choices, answer`).
-    Choices are the letters, as in lm-eval's mmlu, so acc and acc_norm coincide."""
-    question = _text(_field(record, "question"), "question")
-    subject = record.get("subject") or subject
-    if record.get("choices") not in (None, ""):
-        options = _choices(record["choices"])
-    else:
-        options = _user_choices(record)
-        if options is None:
-            raise BadRecord("it has neither choices nor choice0..choiceN columns")
-    answer = _field(record, "answer")
-    if isinstance(answer, str) and answer.strip().isdigit():
-        answer = int(answer.strip())  # MMLU's answer column is an index, even when the choices are numbers
-    gold = _answer_index(answer, options)
-    fallback = f"{subject or prefix}-{index}"
-    return Item(id=_id(record, fallback), prompt=mmlu_prompt(question, options, subject), answer=str(gold), choices=tuple(LETTERS[: len(options)]))
-
-
-def click_prompt(paragraph: str, question: str, options: Sequence[str]) -> str:
-    """lm-eval's CLIcK context (click_cul / click_lang utils.get_context), listing every option."""
-    letters = LETTERS[: len(options)]
-    listed = f"A:{options[0]}" + "".join(f", {letters[i]}: {options[i]}" for i in range(1, len(options)))
-    letter_list = ", ".join(letters)
-    if paragraph:
-        head = f"주어진 맥락을 천천히 읽고, 질문에 대한 적절한 정답을 {letter_list} 중에 골라 알파벳 하나로 답하시오.\n\n맥락: {paragraph}\n질문: {question}"
-    else:
-        head = f"주어진 질문을 천천히 읽고, 적절한 정답을 {letter_list} 중에 골라 알파벳 하나로 답하시오.\n\n질문: {question}"
-    return f"{head}\n보기:\n{listed}\n정답:"
-
-
-def click_item(record: Record, index: int, prefix: str = "click") -> Item:
-    """CLIcK: `id, paragraph, question, choices[], answer` where answer is the choice TEXT; scored on letters."""
-    question = _text(_field(record, "question"), "question")
-    options = _choices(_field(record, "choices"))
-    answer = _text(_field(record, "answer"), "answer")
-    if answer not in options:
-        raise BadRecord("its answer is not the text of one of its choices")
-    paragraph = str(record.get("paragraph") or "")
-    return Item(
-        id=_id(record, f"{prefix}-{index}"),
-        prompt=click_prompt(paragraph, question, options),
-        answer=str(options.index(answer)),
-        choices=tuple(LETTERS[: len(options)]),
-    )
-
-
-def musr_item(record: Record, index: int, prefix: str = "musr") -> Item:
-    """MuSR (HF `TAUR-Lab/MuSR`): `narrative, question, choices` (stringified list), `answer_index`
-    (or `answer_choice`). lm-eval leaderboard_musr prompt; choices are the full option texts."""
-    narrative = _text(_field(record, "narrative"), "narrative")
-    question = _text(_field(record, "question"), "question")
-    options = _choices(_field(record, "choices"))
-    if record.get("answer_index") is not None:
-        try:
-            gold = _answer_index(int(record["answer_index"]), options)
-        except (TypeError, ValueError):
-            raise BadRecord("its answer_index is not a whole number") from None
-    else:
-        gold = _answer_index(_text(_field(record, "answer_choice"), "answer_choice"), options)
-    listed = "".join(f"{i + 1} - {c}\n" for i, c in enumerate(options))
-    prompt = f"{narrative}\n\n{question}\n\n{listed}\nAnswer:"
-    return Item(id=_id(record, f"{prefix}-{index}"), prompt=prompt, answer=str(gold), choices=options)
-
-
-_GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
-
-
-def gsm8k_item(record: Record, index: int, prefix: str = "gsm8k") -> Item:
-    """GSM8K: `question`, `answer` ending "#### N" → generative item with gold N (commas dropped)."""
-    question = _text(_field(record, "question"), "question")
-    match = _GSM8K_FINAL.search(_text(_field(record, "answer"), "answer"))
-    if not match:
-        raise BadRecord("its answer does not end with '#### <number>'")
-    gold = match.group(1).replace(",", "").strip()
-    return Item(id=_id(record, f"{prefix}-{index}"), prompt=f"Question: {question}\nAnswer:", answer=gold)
-
-
-FORMATS: dict[str, Callable[..., Item]] = {
-    "user": user_item,
-    "arc": arc_item,
-    "mmlu": mmlu_item,
-    "click": click_item,
-    "musr": musr_item,
-    "gsm8k": gsm8k_item,
-}
 
 # Hub dataset id -> (format, config, split); split None = all splits in order.
 HUB_DATASETS: dict[str, tuple[str, str | None, str | None]] = {

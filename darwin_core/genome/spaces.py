@@ -6,6 +6,9 @@ bytes). Ratios are "share of the mother": 0 = father, 1 = mother.
 
 Spaces (`get_space(name, layer_count=...)`):
 
+Each space also names the merge method a search in it uses when the run names none (`default_method`):
+dare_ties for darwin-v6 (seed 002's engine), linear for the others.
+
 - `darwin-v6` (14 dims, seed 002): global_ratio, attn_ratio, ffn_ratio, embed_ratio, density_a, density_b,
   block_0..block_5, mri_trust, merge_method_weight. The ratio dimensions combine by multiplying the mother's
   odds (see GENOME_TABLE_MD for the exact formula and a worked example), the MRI prescription is blended in with
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from darwin_core.errors import DarwinError
+from darwin_core.merge.methods.registry import Method, get_method
 from darwin_core.recipe import DEFAULT_TRANSPLANT, GenomeRecord, Recipe, density_table, ratio_table
 
 # Which role follows which role-ratio dimension of darwin-v6 (roles not listed get no role factor).
@@ -74,6 +78,7 @@ class GenomeSpace:
     """Base class: dimensions, bounds, default, validation; subclasses implement `_tables`."""
 
     name: str = ""
+    default_method: str = Method.LINEAR.value  # the merge method of a search that names none
     transplant: tuple[float, float] | None = None
     uses_mri = False
 
@@ -135,11 +140,12 @@ class GenomeSpace:
         if bad:
             raise DarwinError(f"Frozen layer {bad[0]} does not exist (the parents have {layer_count} layers).")
         ratios, densities, method_weight = self._tables(values, layer_count, frozen, mri_ratios or {})
+        merge_method = get_method(method)
         return Recipe(
             father=father, mother=mother, method=method, base=base, ratios=ratios, densities=densities,
             transplant=self.transplant, frozen_layers=frozen, dtype=dtype, seed=seed,
-            # TIES with normalize on ignores the ratio when only the mother has a task vector (see merge/ties.py)
-            normalize=False if method == "ties" else None,
+            # e.g. TIES with normalize on ignores the ratio when only the mother has a task vector (methods/ties.py)
+            normalize=merge_method.genome_normalize,
             method_weight=method_weight,
             genome=GenomeRecord(self.name, tuple(self.names), tuple(values)),
         )
@@ -152,6 +158,7 @@ class DarwinV6Space(GenomeSpace):
     """The 14-dim genome of seed 002; see GENOME_TABLE_MD for how each dimension enters."""
 
     name = "darwin-v6"
+    default_method = Method.DARE_TIES.value  # seed 002's engine
     transplant = DEFAULT_TRANSPLANT
     uses_mri = True
 
@@ -265,6 +272,22 @@ class PerBlockRoleSpace(GenomeSpace):
 
 
 SPACE_NAMES = ("darwin-v6", "per-layer", "per-layer-ffn", "per-block-role")
+_SPACE_CLASSES: dict[str, type[GenomeSpace]] = {
+    "darwin-v6": DarwinV6Space, "per-layer": PerLayerSpace, "per-layer-ffn": PerLayerSpace,
+    "per-block-role": PerBlockRoleSpace,
+}
+
+
+def _unknown_space(name: str) -> DarwinError:
+    return DarwinError(f"Unknown genome space {name!r}; known spaces are: {', '.join(SPACE_NAMES)}.")
+
+
+def default_method(name: str) -> str:
+    """The merge method a search in the space called `name` uses when it names none, without building the
+    space (the per-layer spaces need the parents' layer count for that; their default method does not)."""
+    if name not in _SPACE_CLASSES:
+        raise _unknown_space(name)
+    return _SPACE_CLASSES[name].default_method
 
 
 def get_space(name: str, *, layer_count: int | None = None, blocks: int = V6_BLOCKS) -> GenomeSpace:
@@ -277,7 +300,7 @@ def get_space(name: str, *, layer_count: int | None = None, blocks: int = V6_BLO
         return PerLayerSpace(layer_count, ffn_only=name == "per-layer-ffn")
     if name == "per-block-role":
         return PerBlockRoleSpace(blocks)
-    raise DarwinError(f"Unknown genome space {name!r}; known spaces are: {', '.join(SPACE_NAMES)}.")
+    raise _unknown_space(name)
 
 
 def _v6_rows() -> str:

@@ -1,1 +1,1 @@
-"""Files on disk: the only code that opens tensor files (safetensors header, reader, sharded writer, dtype table), the run folder's layout, atomic writes and hashes."""
+"""Files on disk: the only code that opens tensor files (`tensors.py` re-exports the safetensors header, reader, sharded writer, dtype table and hashes from their modules), whole-or-nothing writes (`atomic.py`), and the run folder's layout (`runfolder.py`)."""

@@ -25,8 +25,8 @@ Layout of `runs/<run_id>/`:
 
 Beside the runs: `worker.log`, `.worker.lock` (held by the one worker) and `.queue.lock` (see jobs.py).
 
-Every whole-file write goes through a temporary file in the same folder and `os.replace`, so a reader or a
-crash never sees half a status, checkpoint or recipe. JSONL files are appended line by line; a line torn by a
+Every whole-file write goes through `io.atomic` (a temporary file in the same folder, fsync, `os.replace`), so
+a reader or a crash never sees half a status, checkpoint or recipe. JSONL files are appended line by line; a line torn by a
 kill is ignored on read and cut off on resume.
 """
 
@@ -40,13 +40,13 @@ import os
 import pickle
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from darwin_core.errors import DarwinError
+from darwin_core.io.atomic import atomic_write_bytes, atomic_write_text  # callers also import them from here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: assets/, and the cwd of worker processes
 RUNS_DIR_ENV = "DARWIN_RUNS_DIR"
@@ -93,26 +93,6 @@ def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
         raise DarwinError(f"Run id {run_id!r} is not valid; use letters, digits, '.', '_' or '-' (at most 128).")
     return run_id
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-to-temp, fsync, rename: readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_line(record: dict[str, Any]) -> bytes:

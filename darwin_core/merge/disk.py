@@ -45,30 +45,42 @@ SIDE_FILES = (
 DEFAULT_SHARD_BYTES = 5 * 10**9
 
 
-def local_folder(ref: ParentRef, who: str) -> Path:
-    """The local folder of a parent: its `path`, else its name: `demo:`/`run:` (this machine's demo zoo and
-    runs folder), else the Hub (cache first, download when online) — a published recipe carries no path.
+def parent_model(ref: ParentRef, who: str) -> Any:
+    """The hub.ModelRef of a recipe's parent from its config and safetensors headers, no weight downloaded: its
+    `path`, else its name: `demo:`/`run:` (this machine's demo zoo and runs folder), else the Hub (the cache, or
+    the headers by range requests when online) — a published recipe carries no path.
 
-    Downloads use `darwin_core.parents.hub` (weights, config and tokenizer files only) with the `HF_TOKEN` of the
-    environment, passed explicitly; this is the command-line path (`merge RECIPE.yaml`), never a Space visitor's.
+    Hub calls use the `HF_TOKEN` of the environment, passed explicitly; this is the command-line path
+    (`merge RECIPE.yaml`), never a Space visitor's.
     """
+    from darwin_core.parents.hub import resolve_model
+
     if ref.path:
         path = Path(ref.path)
         if not path.is_dir():
             raise DarwinError(f"The {who} folder {path} does not exist.")
-        return path
-    from darwin_core.parents.hub import download, resolve_model
-
+        return resolve_model(str(path), local_mode=True)
     if ref.id.startswith(("demo:", "run:")):
         from darwin_core.io.runfolder import runs_dir_default
         from darwin_core.parents import resolve_parent_name
 
-        return Path(resolve_parent_name(ref.id, local_mode=True, runs_dir=runs_dir_default(None)).folder)
-    token = os.environ.get("HF_TOKEN") or None
-    resolved = resolve_model(ref.label(), local_mode=False, token=token)
-    if resolved.folder is None:
-        resolved = download(resolved, token=token)
-    return Path(resolved.folder)
+        return resolve_parent_name(ref.id, local_mode=True, runs_dir=runs_dir_default(None))
+    return resolve_model(ref.label(), local_mode=False, token=os.environ.get("HF_TOKEN") or None)
+
+
+def fetched_folder(model: Any) -> Path:
+    """The local folder of a resolved parent, downloading what breeding needs (weights, config, tokenizer files)
+    with the environment's `HF_TOKEN` when it is a Hub model not in the cache yet."""
+    from darwin_core.parents.hub import download
+
+    if model.folder is None:
+        model = download(model, token=os.environ.get("HF_TOKEN") or None)
+    return Path(model.folder)
+
+
+def local_folder(ref: ParentRef, who: str) -> Path:
+    """The local folder of a parent (`parent_model`, then `fetched_folder`)."""
+    return fetched_folder(parent_model(ref, who))
 
 
 def _config_text(father: Path, dtype: str | None) -> str | None:
@@ -197,11 +209,18 @@ def merge_to_disk(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """Write the child of `recipe` to `out_dir` (complete, or not at all) and return its path."""
+    """Write the child of `recipe` to `out_dir` (complete, or not at all) and return its path.
+
+    The parents are resolved from their headers first and refused, before anything is downloaded or written,
+    unless the merge path can breed them (`darwin_core.parents.compatibility`).
+    """
     from darwin_core.io.tensors import ShardedWriter, TensorReader
 
-    father_dir = local_folder(recipe.father, "father")
-    mother_dir = local_folder(recipe.mother, "mother")
+    from darwin_core.parents.compatibility import check_breedable
+
+    father_model, mother_model = parent_model(recipe.father, "father"), parent_model(recipe.mother, "mother")
+    check_breedable(father_model, mother_model)  # before any download: never fetch 2 × 60 GB to fail
+    father_dir, mother_dir = fetched_folder(father_model), fetched_folder(mother_model)
     father = TensorReader(father_dir)
     mother = TensorReader(mother_dir)
     base = TensorReader(local_folder(recipe.base, "base model")) if recipe.base != "father" else None

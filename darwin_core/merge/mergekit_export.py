@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from darwin_core.io.dtypes import dtype_name
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.registry import TensorParams, get_method
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 MERGEKIT_NAME_ALIASES = (("block_sparse_moe.", "mlp."),)
 _EXPERT = re.compile(r"^(?P<head>.*\.experts\.)\d+\.")
 
-_TORCH_TO_NAME = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 
 
 def _model_ref(ref: ParentRef) -> str:
@@ -53,7 +53,10 @@ def _model_ref(ref: ParentRef) -> str:
 
 
 def _tensor_values(recipe: Recipe, name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """mergekit parameters of one tensor, with copies (frozen/transplant/towers) as weight 0/1, density 1."""
+    """mergekit parameters of one tensor, with copies (frozen/transplant/towers) as weight 0/1, density 1.
+
+    Every method's own mapping expresses a copy (ratio 0 or 1, densities 1) as that parent's values: linear and
+    transplant as weights 0/1, SLERP as t = 0/1, the task-vector methods as weight 0/1 on a full task vector."""
     method = get_method(recipe.method)
     plan = recipe.plan_for(name)
     params = plan.params
@@ -61,8 +64,6 @@ def _tensor_values(recipe: Recipe, name: str) -> tuple[dict[str, Any], dict[str,
         share = 1.0 if plan.source == "mother" else 0.0
         params = TensorParams(ratio=share, density_father=1.0, density_mother=1.0,
                               normalize=params.normalize, rescale=params.rescale, scale=1.0)
-        if recipe.method == "transplant":
-            method = get_method("linear")
     return method.mergekit_params(params)
 
 
@@ -171,7 +172,9 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         the same values up to float rounding. `names` defaults to the father's tensors (`recipe.father.path`).
         """
     method = get_method(recipe.method)
-    if recipe.method_weight < 1.0 and recipe.method not in ("linear", "transplant"):
+    if method.mergekit_name is None or method.mergekit_params is None:
+        raise DarwinError(f"mergekit cannot express this recipe: mergekit has no equivalent of the method {method.name}.")
+    if recipe.method_weight < 1.0 and method.blends_with_linear:
         raise DarwinError(
             f"mergekit cannot express this recipe: method_weight {recipe.method_weight:g} blends {recipe.method} "
             "with linear interpolation, and mergekit has no such blend."
@@ -188,14 +191,13 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         if names is None:
             names = reader.names
         if out_dtype is None:
-            dtypes = Counter(_TORCH_TO_NAME.get(str(reader.dtype(n))) for n in reader.names)
+            dtypes = Counter(dtype_name(reader.dtype(n)) for n in reader.names)
             out_dtype = dtypes.most_common(1)[0][0]
     names = list(names)
     if not names:
         raise DarwinError("Exporting to mergekit needs at least one tensor name.")
 
     _check_fused_experts(recipe, names)
-    mk_name = "linear" if recipe.method == "transplant" else method.mergekit_name
     shared_values: dict[str, dict[str, Any]] = defaultdict(dict)
     model_values: dict[str, dict[str, dict[str, Any]]] = {"father": defaultdict(dict), "mother": defaultdict(dict)}
     for name in names:
@@ -206,18 +208,17 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
             for key, value in per_model.get(who, {}).items():
                 model_values[who][key][name] = value
 
-    base_is_father = method.delta and recipe.base == "father"
-    uses_base = method.delta or recipe.method == "slerp"
+    father_is_base = method.mergekit_base and recipe.base == "father"  # mergekit ignores the base's own parameters
     models = []
     for who, ref in (("father", recipe.father), ("mother", recipe.mother)):
         entry: dict[str, Any] = {"model": _model_ref(ref)}
-        if not (base_is_father and who == "father") and not (recipe.method == "slerp"):
+        if not (father_is_base and who == "father"):
             params = {key: _conditional(vals) for key, vals in model_values[who].items()}
             if params:
                 entry["parameters"] = params
         models.append(entry)
-    config: dict[str, Any] = {"models": models, "merge_method": mk_name}
-    if uses_base and mk_name != "linear":
+    config: dict[str, Any] = {"models": models, "merge_method": method.mergekit_name}
+    if method.mergekit_base:
         config["base_model"] = _model_ref(recipe.father if recipe.base == "father" else recipe.base)
     shared = {key: _conditional(vals) for key, vals in shared_values.items()}
     if shared:
@@ -230,7 +231,7 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         f"# mergekit 0.1.5 config exported from Darwin recipe {recipe.recipe_hash[:16]}",
         "# (ratio = share of the mother; see darwin_core/merge/mergekit_export.py for the mapping)",
     ]
-    if method.uses_density and recipe.method.startswith("dare") and any(
+    if method.random_masks and any(
         d < 1.0 for pair in _all_densities(recipe, names) for d in pair
     ):
         header.append("# DARE masks differ: mergekit draws them from torch's global RNG (--random-seed), Darwin per tensor.")
@@ -239,21 +240,16 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
 
 def _check_fused_experts(recipe: Recipe, names: list[str]) -> None:
     """Refuse methods whose result depends on tensor boundaries for experts that mergekit fuses per layer."""
+    method = get_method(recipe.method)
     for name in names:
         if not _EXPERT.match(name):
             continue
         plan = recipe.plan_for(name)
         if plan.source is not None:
             continue
-        p = plan.params
-        if recipe.method == "slerp" and 0.0 < p.ratio < 1.0:
-            why = "SLERP's angle"
-        elif get_method(recipe.method).uses_density and min(
-            p.density_mother, p.density_father if recipe.base != "father" else 1.0
-        ) < 1.0:
-            why = "TIES' top-k" if recipe.method == "ties" else "DARE's rescaling"
-        else:
+        if not method.spans_whole_tensor(plan.params, base_is_father=recipe.base == "father"):
             continue
+        why = method.whole_tensor_step
         raise DarwinError(
             f"mergekit cannot express this recipe exactly: mergekit 0.1.5 merges the experts of a layer as one fused "
             f"tensor, so {why} would span all experts, while Darwin computes it per expert tensor ({name})."

@@ -121,8 +121,9 @@ def canonical_name(name: str) -> str:
 def pair_names(father_names: Iterable[str], mother_names: Iterable[str]) -> dict[str, str | None]:
     """For each of the father's tensors, the mother's tensor with the same canonical name (None if she lacks it).
 
-    Lets a multimodal checkpoint (``model.language_model.layers.…``) be bred with its text-only sibling
-    (``model.layers.…``): `hub.compatibility` calls such a pair "full" and says the names differ by prefix.
+    The name mapping a multimodal checkpoint (``model.language_model.layers.…``) and its text-only sibling
+    (``model.layers.…``) need to be bred. The merge path does not use it yet (it pairs tensors by exact name), so
+    `compatibility.compatibility` refuses such a pair, saying the names differ by the wrapper prefix.
     """
     by_canonical = {split_name(name).canonical: name for name in mother_names}
     return {name: by_canonical.get(split_name(name).canonical) for name in father_names}

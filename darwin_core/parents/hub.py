@@ -7,6 +7,8 @@ cache); `download` fetches exactly the files breeding needs. Every failure a use
 private without a token, bad revision, pickle-only weights, offline and not cached, a local path on a public
 Space) becomes one `DarwinError` sentence.
 
+Whether two resolved parents can be bred is `darwin_core.parents.compatibility` (re-exported here).
+
 Safety rules kept here: the token is always passed explicitly (``token=None`` means anonymous, never "whatever
 HF_TOKEN the server has": on a Space that would run a visitor's request as the Space owner); the token is never
 stored on a ModelRef, logged, or put in a message; ``trust_remote_code`` is never set; pickle weights are refused
@@ -28,6 +30,7 @@ import yaml
 
 from darwin_core.parents import anatomy
 from darwin_core.errors import DarwinError
+from darwin_core.parents.compatibility import FFN_ROLES, Compatibility, Verdict, check_breedable, compatibility
 from darwin_core.io.tensors import (
     DTYPE_BYTES,
     PICKLE_INDEX,
@@ -46,6 +49,12 @@ _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SEARCH_TIMEOUT_S = 5.0
 LOCAL_REFUSED = "Local paths are only accepted when Darwin runs locally."
+
+__all__ = [  # compatibility moved to darwin_core.parents.compatibility; its names stay importable from here
+    "AMBIENT_TOKEN_VARS", "FFN_ROLES", "LOCAL_REFUSED", "SEARCH_TIMEOUT_S", "SIDE_FILE_PATTERNS", "Compatibility",
+    "ModelRef", "Verdict", "check_breedable", "compatibility", "download", "download_patterns", "hub_errors",
+    "parse_ref", "resolve_model", "search_models", "seal_ambient_token", "verify_access",
+]
 
 
 @dataclass
@@ -109,15 +118,6 @@ class ModelRef:
             return anatomy.layer_count(self.config)
         except DarwinError:
             return None
-
-
-@dataclass(frozen=True)
-class Compatibility:
-    """Whether two parents can be bred: "full" (every tensor), "ffn_only" (feed-forward weights), "incompatible"."""
-
-    verdict: str
-    reason: str
-    differing: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -443,141 +443,6 @@ def download(ref: ModelRef, token: str | None = None, *, allow_pickle: bool = Fa
                                         cache_dir=cache_dir, token=token or False))
     reader = TensorReader(folder, allow_pickle=allow_pickle)
     return replace(ref, folder=folder, **_from_reader(reader, ref.config or None, ref.label))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Compatibility
-# ------------------------------------------------------------------------------------------------------------
-# Roles that make up a block's feed-forward part (what "ffn_only" breeding touches).
-FFN_ROLES = frozenset({"ffn", "experts", "shared_expert"})
-_MAX_DIFFERING = 50
-
-
-def _language_shapes(ref: ModelRef) -> dict[str, tuple[tuple[int, ...], str]]:
-    """canonical name → (shape, original name) for the language-model tensors (towers are copied, not bred)."""
-    out = {}
-    for name, (shape, _) in ref.tensors.items():
-        parts = anatomy.split_name(name)
-        if parts.tower == "language":
-            out[parts.canonical] = (tuple(shape), name)
-    return out
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def compatibility(a: ModelRef, b: ModelRef) -> Compatibility:
-    """Can father ``a`` and mother ``b`` be bred, and how?
-
-    - ``full``: the same language-model family (``text_model_type``) and identical language-model tensors
-      (names up to the multimodal wrapper prefix, and shapes). Every tensor can be blended.
-    - ``ffn_only``: different families or layer counts, but the same hidden size and at least one feed-forward
-      tensor of the same in-block name and shape (the seeds' cross-architecture FFN breeding: attention stays
-      the father's). Two families with the same shapes (Qwen3 vs Llama, Mistral vs Llama) are ``ffn_only``
-      too, never ``full``: equal shapes do not make their attention blocks compute the same thing (Qwen3 adds
-      q/k norms, rope settings differ), so only the FFNs, which are plain SwiGLU in all of them, are mixed.
-    - ``incompatible`` otherwise, with the reason naming the first differing tensor (or the vocabulary sizes).
-    Vision/audio towers do not count: the child always keeps the father's.
-    """
-    if not a.tensors or not b.tensors:
-        missing = a if not a.tensors else b
-        raise DarwinError(f"The tensor shapes of {missing.label} are unknown until its weights are downloaded.")
-    shapes_a, shapes_b = _language_shapes(a), _language_shapes(b)
-    same_family = a.text_model_type == b.text_model_type
-    layers_a, layers_b = a.num_layers, b.num_layers
-    differing = _differing(shapes_a, shapes_b)
-
-    if same_family and not differing:
-        note = ""
-        if {n for _, n in shapes_a.values()} != {n for _, n in shapes_b.values()}:
-            note = " (names differ only by the multimodal wrapper prefix; tensors are matched by canonical name)"
-        return Compatibility("full", f"Same architecture ({a.text_model_type}) and all {len(shapes_a)} "
-                                     f"language-model tensors match in name and shape{note}.", [])
-
-    hidden_a, hidden_b = a.hidden_size, b.hidden_size
-    first = differing[0] if differing else None
-    if hidden_a is not None and hidden_a == hidden_b and (not same_family or layers_a != layers_b):
-        return _ffn_only(a, b, shapes_a, shapes_b, differing)
-
-    names = [_original(name, shapes_a, shapes_b) for name in differing[:_MAX_DIFFERING]]
-    if hidden_a != hidden_b:
-        why = f"The hidden sizes differ ({hidden_a} vs {hidden_b}), so no weight can be blended"
-        if first:
-            why += f"; {_difference_clause(first, shapes_a, shapes_b, a, b)}"
-        return Compatibility("incompatible", why + ".", names)
-    vocab_names = [n for n in differing if anatomy.classify(n).role in ("embed", "lm_head")]
-    if a.vocab_size != b.vocab_size or (vocab_names and _vocab_dims(vocab_names[0], shapes_a, shapes_b)):
-        va, vb = a.vocab_size, b.vocab_size
-        if va == vb and vocab_names:
-            va, vb = _vocab_dims(vocab_names[0], shapes_a, shapes_b)
-        return Compatibility("incompatible", f"The vocabularies differ in size ({va} vs {vb} tokens), so the "
-                             "embeddings and the output head cannot be blended.", names)
-    assert first is not None
-    return Compatibility("incompatible", _difference_clause(first, shapes_a, shapes_b, a, b, capital=True) + ".",
-                         names)
-
-
-def _differing(shapes_a: dict, shapes_b: dict) -> list[str]:
-    """Canonical names whose presence or shape differs, in a's order then b's extras."""
-    out = [name for name, (shape, _) in shapes_a.items() if name not in shapes_b or shapes_b[name][0] != shape]
-    out += [name for name in shapes_b if name not in shapes_a]
-    return out
-
-
-def _original(canonical: str, shapes_a: dict, shapes_b: dict) -> str:
-    return (shapes_a.get(canonical) or shapes_b[canonical])[1]
-
-
-def _difference_clause(canonical: str, shapes_a: dict, shapes_b: dict, a: ModelRef, b: ModelRef,
-                       capital: bool = False) -> str:
-    name = _original(canonical, shapes_a, shapes_b)
-    if canonical not in shapes_b:
-        text = f"tensor {name} exists in {a.label} but not in {b.label}"
-    elif canonical not in shapes_a:
-        text = f"tensor {name} exists in {b.label} but not in {a.label}"
-    else:
-        text = f"tensor {name} has shape {_fmt(shapes_a[canonical][0])} in {a.label} but {_fmt(shapes_b[canonical][0])} in {b.label}"
-    return text[0].upper() + text[1:] if capital else text
-
-
-def _vocab_dims(canonical: str, shapes_a: dict, shapes_b: dict) -> tuple[int, int] | None:
-    if canonical in shapes_a and canonical in shapes_b:
-        sa, sb = shapes_a[canonical][0], shapes_b[canonical][0]
-        if sa and sb and sa[0] != sb[0] and sa[1:] == sb[1:]:
-            return sa[0], sb[0]
-    return None
-
-
-def _ffn_only(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict, differing: list[str]) -> Compatibility:
-    """Same hidden size, different family or depth: breedable only if some FFN tensor has the same shape."""
-    def ffn_shapes(shapes: dict) -> dict[str, set[tuple[int, ...]]]:
-        out: dict[str, set[tuple[int, ...]]] = {}
-        for canonical, (shape, name) in shapes.items():
-            parts = anatomy.split_name(name)
-            if parts.layer is not None and anatomy.classify(name).role in FFN_ROLES:
-                out.setdefault(parts.local, set()).add(shape)
-        return out
-
-    fa, fb = ffn_shapes(shapes_a), ffn_shapes(shapes_b)
-    shared = sorted(local for local in fa.keys() & fb.keys() if fa[local] & fb[local])
-    names = [_original(n, shapes_a, shapes_b) for n in differing[:_MAX_DIFFERING]]
-    families = (f"different architectures ({a.text_model_type} vs {b.text_model_type})"
-                if a.text_model_type != b.text_model_type
-                else f"different layer counts ({a.num_layers} vs {b.num_layers})")
-    if not shared:
-        common = sorted(fa.keys() & fb.keys())
-        if common:
-            local = common[0]
-            detail = (f"{local} is {' or '.join(_fmt(s) for s in sorted(fa[local]))} in {a.label} but "
-                      f"{' or '.join(_fmt(s) for s in sorted(fb[local]))} in {b.label}")
-        else:
-            detail = "they have no feed-forward tensor name in common"
-        return Compatibility("incompatible", f"Same hidden size ({a.hidden_size}) but {families}, and not even the "
-                             f"feed-forward weights line up: {detail}.", names)
-    return Compatibility("ffn_only", f"Same hidden size ({a.hidden_size}) but {families} "
-                         f"({a.num_layers} vs {b.num_layers} layers): only feed-forward weights "
-                         f"({', '.join(shared)}) can be bred; attention stays the father's.", names)
 
 
 # ------------------------------------------------------------------------------------------------------------

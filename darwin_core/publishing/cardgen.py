@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from darwin_core.io.atomic import atomic_write_bytes
 from darwin_core.publishing.card import CardInputs, HeldoutRow, build_card
 from darwin_core.errors import DarwinError
+from darwin_core.health.run import HEALTH
 from darwin_core.parents.names import DEMO_PREFIX, RUN_PREFIX, cached_repo, parent_label
 from darwin_core.io.runfolder import BEST_RECIPE, CHILD, MRI_SCAN, REPORT, RunFolder, atomic_write_text
 
-HEALTH = "health.json"
 CARD_FILE = "README.md"
 CURVE_PICTURE = "darwin-fitness.png"
 CURVE_CAPTION = "Fitness on the search split per generation"
@@ -298,9 +299,7 @@ def _write_bytes(data: bytes, path: str | Path) -> Path:
     """Write a file whole or not at all (a reader never sees half a PNG)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    atomic_write_bytes(target, data)
     return target
 
 

@@ -7,7 +7,6 @@ or a log line. Callers pass `token=None` only to get the clear "sign in" sentenc
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from darwin_core.errors import DarwinError
+from darwin_core.io.atomic import atomic_file, partial_folder_for, replace_folder
 
 REQUIRED_CHILD_FILES = ("config.json",)
 
@@ -72,30 +72,32 @@ def push_to_hub(
 
 
 def zip_child(folder: str | Path, zip_path: str | Path) -> Path:
-    """One zip of the child folder, written beside its final name and renamed, so no half zip looks done."""
+    """One zip of the child folder, written beside its final name, fsynced and renamed, so no half zip looks done."""
     folder, zip_path = Path(folder), Path(zip_path)
     _check_child_folder(folder)
-    partial = zip_path.with_name(f".{zip_path.name}.partial-{os.getpid()}")
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
+    with atomic_file(zip_path) as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, arcname=str(path.relative_to(folder)))
-    os.replace(partial, zip_path)
     return zip_path
 
 
 def save_locally(folder: str | Path, destination: str | Path, *, overwrite: bool = False) -> Path:
-    """Copy the child to a local folder (local mode only: the caller checks), atomically."""
+    """Copy the child to a local folder (local mode only: the caller checks), atomically.
+
+    The copy is built in a hidden folder beside the destination and replaces it in one step; an existing
+    destination is moved aside, not deleted, until the copy is in place, so a failure never loses it.
+    """
     folder, destination = Path(folder), Path(destination)
     _check_child_folder(folder)
     if destination.exists() and not overwrite:
         raise DarwinError(f"{destination} already exists; choose another folder or allow overwriting.")
-    partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
+    partial = partial_folder_for(destination)
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(folder, partial)
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(partial, destination)
+    try:
+        shutil.copytree(folder, partial)
+        replace_folder(partial, destination)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return destination
-
-

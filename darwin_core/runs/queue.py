@@ -106,6 +106,22 @@ def _config_yaml(config: Any, runs_dir: Path | None = None) -> str:
     return parsed.to_yaml()
 
 
+def _check_parents(text: str, root: Path) -> None:
+    """The compatibility gate: refuse parents no merge path breeds before a run folder exists and before any
+    weight is downloaded (config and headers only), resolved as the worker will resolve them. A parent that does
+    not resolve here (not found, offline) is left to the run, which fails with that sentence as it always has."""
+    from darwin_core.evolution.pipeline import EvolutionConfig
+    from darwin_core.parents.compatibility import NotBreedable, check_named_pair
+
+    config = EvolutionConfig.from_yaml(text)
+    try:
+        check_named_pair(config.father, config.mother, local_mode=config.local_mode, runs_dir=root, check_access=False)
+    except NotBreedable:
+        raise
+    except DarwinError:
+        return
+
+
 # --------------------------------------------------------------------------------------------- queue API
 
 
@@ -113,6 +129,7 @@ def submit(config: Any, runs_dir: str | Path | None = None, *, run_id: str | Non
     """Queue a run; returns its id. The worker is started if none is alive."""
     root = runs_dir_default(runs_dir)
     text = _config_yaml(config, root)
+    _check_parents(text, root)
     with _queue_lock(root):
         folder = RunFolder.create(root, text, run_id=run_id, state=QUEUED)
         # relative paths in the config (parents, task files) mean what they meant where the run was submitted
@@ -210,11 +227,13 @@ def _summary(folder: RunFolder) -> dict[str, Any]:
 
         config = yaml.safe_load(folder.config_text()) or {}
         summary["father"], summary["mother"] = config.get("father"), config.get("mother")
+        summary["kind"] = config.get("job", "evolve")
         summary.setdefault("generations", config.get("generations"))
         if summary["generations"] is None:
             summary["generations"] = config.get("generations")
     except Exception:  # noqa: BLE001 — a listing must not fail on one broken folder
         summary["father"] = summary["mother"] = None
+        summary["kind"] = "evolve"
     return summary
 
 
@@ -255,6 +274,7 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
     config when `run_id` names it (running the same command again resumes it)."""
     root = runs_dir_default(runs_dir)
     text = _config_yaml(config, root)
+    _check_parents(text, root)
     with _queue_lock(root):
         if run_id and (root / check_run_id(run_id) / "config.yaml").is_file():
             folder = RunFolder(root / run_id)
@@ -274,7 +294,7 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
 def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None) -> str:
     """Execute (or resume) one run in this process; returns its final state. Never raises for a run failure:
     the failure is written to status.json (one sentence) and error.log (the traceback of a bug)."""
-    from darwin_core.evolution.pipeline import EvolutionConfig, run_evolution
+    from darwin_core.runs.jobs import execute_folder
 
     folder = RunFolder(run_dir)
     log = log or (lambda message: None)
@@ -295,10 +315,7 @@ def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None) ->
             folder.update_status(state=RUNNING, pid=os.getpid(), started_at=now_iso(), error=None, finished_at=None)
             folder.append_event("started", pid=os.getpid())
             try:
-                config = EvolutionConfig.from_yaml(folder.config_text())
-                outcome = run_evolution(
-                    config, folder.path, should_stop=lambda: terminated["flag"] or folder.cancel_requested(), log=log,
-                )
+                outcome = execute_folder(folder, should_stop=lambda: terminated["flag"] or folder.cancel_requested(), log=log)
             except DarwinError as error:
                 return _fail(folder, str(error))
             except Exception as error:  # noqa: BLE001 — a bug: one sentence in status, the traceback in error.log

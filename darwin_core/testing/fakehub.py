@@ -30,121 +30,134 @@ class HubRecord:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _handler_for(record: HubRecord, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _HubHandler(BaseHTTPRequestHandler):
+    """The request handler; `_handler_for` binds it to one server's record and lock."""
 
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
+    protocol_version = "HTTP/1.1"
+    record: HubRecord
+    lock: threading.Lock
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        return
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _reply(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self, body: bytes) -> None:
+        with self.lock:
+            self.record.requests.append(
+                {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            )
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._record(b"")
+        if self.path.startswith("/api/whoami"):
+            self._reply(200, {"type": "user", "name": "tester", "auth": {"accessToken": {"role": "write"}}})
             return
+        self._reply(404, {"error": "not found"}, {"X-Error-Code": "RepoNotFound"})
 
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
-
-        def _reply(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _record(self, body: bytes) -> None:
-            with lock:
-                record.requests.append(
-                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-                )
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
-            self._record(b"")
-            if self.path.startswith("/api/whoami"):
-                self._reply(200, {"type": "user", "name": "tester", "auth": {"accessToken": {"role": "write"}}})
+    def do_PUT(self) -> None:  # noqa: N802
+        body = self._body()
+        self._record(body)
+        if self.path.startswith("/lfs-upload/"):
+            oid = self.path.rsplit("/", 1)[-1]
+            if hashlib.sha256(body).hexdigest() != oid:
+                self._reply(400, {"error": "sha256 mismatch"})
                 return
-            self._reply(404, {"error": "not found"}, {"X-Error-Code": "RepoNotFound"})
+            with self.lock:
+                self.record.lfs_objects[oid] = body
+            self._reply(200, {})
+            return
+        self._reply(404, {"error": "not found"})
 
-        def do_PUT(self) -> None:  # noqa: N802
-            body = self._body()
-            self._record(body)
-            if self.path.startswith("/lfs-upload/"):
-                oid = self.path.rsplit("/", 1)[-1]
-                if hashlib.sha256(body).hexdigest() != oid:
-                    self._reply(400, {"error": "sha256 mismatch"})
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        self._record(body)
+        path = self.path.split("?", 1)[0]
+        if path == "/api/repos/create":
+            self._create_repo(body)
+        elif path == "/api/validate-yaml":  # the Hub checks a README's card metadata before a commit
+            self._reply(200, {"errors": [], "warnings": []})
+        elif path.startswith("/api/models/") and "/preupload/" in path:
+            self._preupload(body)
+        elif path.endswith(".git/info/lfs/objects/batch"):
+            self._lfs_batch(body)
+        elif path.startswith("/api/models/") and "/commit/" in path:
+            repo_id = path[len("/api/models/") :].split("/commit/")[0]
+            self._commit(repo_id, body)
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def _create_repo(self, body: bytes) -> None:
+        request = json.loads(body or b"{}")
+        repo_id = f"{request.get('organization') or 'tester'}/{request['name']}"
+        with self.lock:
+            self.record.repos[repo_id] = request
+            self.record.files.setdefault(repo_id, {})
+        self._reply(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id, "id": repo_id})
+
+    def _preupload(self, body: bytes) -> None:
+        """Tell the client which files go through LFS (by suffix, as the Hub's .gitattributes would)."""
+        files = json.loads(body)["files"]
+        modes = [
+            {
+                "path": f["path"],
+                "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular",
+                "shouldIgnore": False,
+                "oid": None,
+            }
+            for f in files
+        ]
+        self._reply(200, {"files": modes})
+
+    def _lfs_batch(self, body: bytes) -> None:
+        """Send every LFS object to this server's own upload URL (the basic transfer adapter)."""
+        objects = json.loads(body)["objects"]
+        host = self.headers["Host"]
+        actions = [
+            {
+                "oid": o["oid"],
+                "size": o["size"],
+                "actions": {"upload": {"href": f"http://{host}/lfs-upload/{o['oid']}"}},
+            }
+            for o in objects
+        ]
+        self._reply(200, {"transfer": "basic", "objects": actions})
+
+    def _commit(self, repo_id: str, body: bytes) -> None:
+        added: dict[str, bytes] = {}
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            value = entry.get("value", {})
+            if entry.get("key") == "file":
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif entry.get("key") == "lfsFile":
+                blob = self.record.lfs_objects.get(value["oid"])
+                if blob is None or len(blob) != value["size"]:
+                    self._reply(422, {"error": f"LFS object for {value['path']} was never uploaded"})
                     return
-                with lock:
-                    record.lfs_objects[oid] = body
-                self._reply(200, {})
-                return
-            self._reply(404, {"error": "not found"})
+                added[value["path"]] = blob
+        with self.lock:
+            self.record.files.setdefault(repo_id, {}).update(added)
+        self._reply(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/1", "commitOid": "1" * 40})
 
-        def do_POST(self) -> None:  # noqa: N802
-            body = self._body()
-            self._record(body)
-            path = self.path.split("?", 1)[0]
-            if path == "/api/repos/create":
-                request = json.loads(body or b"{}")
-                repo_id = f"{request.get('organization') or 'tester'}/{request['name']}"
-                with lock:
-                    record.repos[repo_id] = request
-                    record.files.setdefault(repo_id, {})
-                self._reply(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id, "id": repo_id})
-                return
-            if path == "/api/validate-yaml":  # the Hub checks a README's card metadata before a commit
-                self._reply(200, {"errors": [], "warnings": []})
-                return
-            if path.startswith("/api/models/") and "/preupload/" in path:
-                files = json.loads(body)["files"]
-                modes = [
-                    {
-                        "path": f["path"],
-                        "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular",
-                        "shouldIgnore": False,
-                        "oid": None,
-                    }
-                    for f in files
-                ]
-                self._reply(200, {"files": modes})
-                return
-            if path.endswith(".git/info/lfs/objects/batch"):
-                objects = json.loads(body)["objects"]
-                host = self.headers["Host"]
-                actions = [
-                    {
-                        "oid": o["oid"],
-                        "size": o["size"],
-                        "actions": {"upload": {"href": f"http://{host}/lfs-upload/{o['oid']}"}},
-                    }
-                    for o in objects
-                ]
-                self._reply(200, {"transfer": "basic", "objects": actions})
-                return
-            if path.startswith("/api/models/") and "/commit/" in path:
-                repo_id = path[len("/api/models/") :].split("/commit/")[0]
-                self._commit(repo_id, body)
-                return
-            self._reply(404, {"error": "not found"})
 
-        def _commit(self, repo_id: str, body: bytes) -> None:
-            added: dict[str, bytes] = {}
-            for line in body.decode().splitlines():
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                value = entry.get("value", {})
-                if entry.get("key") == "file":
-                    added[value["path"]] = base64.b64decode(value["content"])
-                elif entry.get("key") == "lfsFile":
-                    blob = record.lfs_objects.get(value["oid"])
-                    if blob is None or len(blob) != value["size"]:
-                        self._reply(422, {"error": f"LFS object for {value['path']} was never uploaded"})
-                        return
-                    added[value["path"]] = blob
-            with lock:
-                record.files.setdefault(repo_id, {}).update(added)
-            self._reply(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/1", "commitOid": "1" * 40})
-
-    return Handler
+def _handler_for(record: HubRecord, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to one server's record and lock (http.server makes one handler per request)."""
+    return type("Handler", (_HubHandler,), {"record": record, "lock": lock})
 
 
 class FakeHub:

@@ -6,7 +6,7 @@ for the Hub. Each model here is built by transformers itself (`AutoModelForCausa
 names, shapes and reverse weight conversions (e.g. MoE experts fused in memory but stored per expert on disk)
 are the library's own, and every fixture loads back with `from_pretrained` without missing or unexpected keys.
 
-This module deliberately does not use `darwin_core.io.tensors`: the fixtures are what that reader is tested on.
+This module deliberately does not use the tensor reader or writer (`darwin_core.io`): the fixtures are what they are tested on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from darwin_core.parents.chartok import build_char_tokenizer
 from darwin_core.errors import DarwinError
-from darwin_core.io.tensors import sha256_file
+from darwin_core.io.hashes import sha256_file
 
 ARCHITECTURES: tuple[str, ...] = (
     "llama",

@@ -28,11 +28,20 @@ from pathlib import Path
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.io.tensors import sha256_file
+from darwin_core.io.atomic import replace_folder
+from darwin_core.io.hashes import sha256_file
 from darwin_core.fitness.demo_tasks import DEMO_SKILLS
 
 from darwin_core.io.runfolder import REPO_ROOT
-from darwin_core.parents.demo import DEFAULT_ZOO_DIR, MANIFEST, MEMBERS, load_zoo_manifest, zoo_paths  # noqa: F401 (re-exported)
+from darwin_core.parents.demo import DEFAULT_ZOO_DIR, MANIFEST, MEMBERS, load_zoo_manifest, zoo_paths
+
+# The public names, including those re-exported from parents.demo: the UI, scripts and tests read the zoo's
+# manifest and paths through this module.
+__all__ = [
+    "DEFAULT_SPEC", "DEFAULT_ZOO_DIR", "MANIFEST", "MEMBERS", "REPO_ROOT", "ZooSpec", "build_models", "build_zoo",
+    "check_rebuild", "composite", "deterministic", "evaluate", "linear_50_50", "load_zoo_manifest", "make_model",
+    "make_tokenizer", "train", "verify_hashes", "zoo_paths",
+]
 
 
 @dataclass(frozen=True)
@@ -282,7 +291,7 @@ def build_zoo(out_dir: Path | str = DEFAULT_ZOO_DIR, spec: ZooSpec = DEFAULT_SPE
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -314,16 +323,6 @@ def _measure_and_save(models: dict, spec: ZooSpec, staging: Path, out: Path, log
         if log:
             log(f"{member:>13}: composite {entry['composite']:.3f}  {scores}")
     return manifest
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{time.time_ns()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- reading

@@ -106,7 +106,7 @@ def merge_tensors(
             f"The recipe merges task vectors relative to {recipe.base.label()}, but that base model was not given."
         )
     out_dtype = recipe.torch_dtype
-    blend = recipe.method_weight < 1.0 and method.name not in ("linear", "transplant")
+    blend = recipe.method_weight < 1.0 and method.blends_with_linear
     for name in _names_of(father) if names is None else names:
         plan = recipe.plan_for(name)
         shape_of = getattr(father, "shape", None)

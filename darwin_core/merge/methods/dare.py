@@ -8,12 +8,13 @@ weight (1 − ratio, ratio), density (density_father, density_mother), normalize
 from __future__ import annotations
 
 from darwin_core.merge.methods.delta import register_task_vector_method
+from darwin_core.merge.methods.registry import Method
 
 DARE_TIES = register_task_vector_method(
-    "dare_ties", "randomly dropped, rescaled task vectors with sign election",
-    sparsification="random", consensus=True, normalize=False, rescale=True,
+    Method.DARE_TIES, "randomly dropped, rescaled task vectors with sign election",
+    sparsification="random", consensus=True, normalize=False, rescale=True, whole_tensor_step="DARE's rescaling",
 )
 DARE_LINEAR = register_task_vector_method(
-    "dare_linear", "randomly dropped, rescaled task vectors, summed",
-    sparsification="random", consensus=False, normalize=False, rescale=True,
+    Method.DARE_LINEAR, "randomly dropped, rescaled task vectors, summed",
+    sparsification="random", consensus=False, normalize=False, rescale=True, whole_tensor_step="DARE's rescaling",
 )

@@ -213,20 +213,31 @@ def mergekit_delta_params(params: TensorParams, defaults: Mapping[str, bool], *,
 
 
 def register_task_vector_method(name: str, summary: str, *, sparsification: str | None, consensus: bool,
-                                normalize: bool, rescale: bool) -> MergeMethod:
+                                normalize: bool, rescale: bool, whole_tensor_step: str | None = None,
+                                genome_normalize: bool | None = None) -> MergeMethod:
     """Register one task-vector method: `task_vector_merge` with its sparsification, sign election and
-    mergekit defaults, and the same method's mergekit name and parameters. Returns the MergeMethod."""
+    mergekit defaults, and the same method's mergekit name and parameters. Returns the MergeMethod.
+
+    The parameters it reads follow from the sparsification: every task-vector method reads the ratio (its
+    weights), `normalize` and `scale`; sparsifying ones also the densities and `rescale`, DARE the mask seeds."""
     defaults = {"normalize": normalize, "rescale": rescale}
+    parameters = ("ratio", "normalize", "scale")
+    if sparsification is not None:
+        parameters += ("density_father", "density_mother", "rescale")
+    if sparsification == "random":
+        parameters += ("mask_seeds",)
 
     def kernel(father: torch.Tensor, mother: torch.Tensor, base: torch.Tensor | None, params: TensorParams) -> torch.Tensor:
         return task_vector_merge(father, mother, base, params, sparsification=sparsification, consensus=consensus,
                                  default_normalize=normalize, default_rescale=rescale)
 
-    kernel.__name__ = kernel.__qualname__ = name
+    kernel.__name__ = kernel.__qualname__ = str(name)
     kernel.__doc__ = summary
     with_density = sparsification is not None
     return register(MergeMethod(
-        name=name, kernel=kernel, summary=summary, delta=True, uses_density=with_density, mergekit_name=name,
-        mergekit_params=lambda p: mergekit_delta_params(p, defaults, with_density=with_density), defaults=defaults,
+        name=name, kernel=kernel, summary=summary, parameters=parameters, delta=True, default_normalize=normalize,
+        default_rescale=rescale, genome_normalize=genome_normalize, whole_tensor_step=whole_tensor_step,
+        mergekit_name=name, mergekit_params=lambda p: mergekit_delta_params(p, defaults, with_density=with_density),
+        mergekit_base=True, random_masks=sparsification == "random",
     ))
 

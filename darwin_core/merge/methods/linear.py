@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from darwin_core.merge.methods.registry import MergeMethod, TensorParams, register, work_dtype
+from darwin_core.merge.methods.registry import Method, MergeMethod, TensorParams, register, work_dtype
 
 
 def linear(father: torch.Tensor, mother: torch.Tensor, base: torch.Tensor | None, params: TensorParams) -> torch.Tensor:
@@ -32,9 +32,10 @@ def _mergekit_params(params: TensorParams):
 
 METHOD = register(
     MergeMethod(
-        name="linear",
+        name=Method.LINEAR,
         kernel=linear,
         summary="weighted average (1 − ratio)·father + ratio·mother",
+        blends_with_linear=False,  # blending linear with itself changes nothing
         mergekit_name="linear",
         mergekit_params=_mergekit_params,
     )

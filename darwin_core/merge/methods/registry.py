@@ -1,7 +1,8 @@
 """The registry of merge methods: the recipe names a method, the registry finds its kernel.
 
 A method is a small object (`MergeMethod`) declared in its own module next to its kernel, as in mergekit's
-`merge_methods/`. Adding a method touches one file plus one import line in `darwin_core/merge/__init__.py`.
+`merge_methods/`. Adding a method touches its file, one import line in `darwin_core/merge/methods/__init__.py`
+and one member of `Method`.
 
 Every kernel has the same shape, so `apply.py` needs no per-method branches:
 
@@ -16,8 +17,9 @@ Every kernel has the same shape, so `apply.py` needs no per-method branches:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -50,26 +52,90 @@ class TensorParams:
 Kernel = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", TensorParams], torch.Tensor]
 
 
+class Method(StrEnum):
+    """The names of the registered methods, for code that picks one (a genome space's default, a recipe's).
+
+    Each member is the `name` of one MergeMethod registered by its module; `tests/test_merge_kernels.py` checks
+    that the two lists agree. A member compares equal to its plain string, so `Method.TIES == "ties"`.
+    """
+
+    LINEAR = "linear"
+    SLERP = "slerp"
+    TASK_ARITHMETIC = "task_arithmetic"
+    TIES = "ties"
+    DARE_TIES = "dare_ties"
+    DARE_LINEAR = "dare_linear"
+    TRANSPLANT = "transplant"
+
+
+DEFAULT_METHOD = Method.LINEAR  # the method of a recipe that names none
+
+
 @dataclass(frozen=True)
 class MergeMethod:
-    """A named merge method: its kernel and how its parameters map onto mergekit's.
+    """A named merge method: its kernel, the parameters it reads, and how it maps onto mergekit.
 
+    Everything that code outside the method's module would otherwise decide by comparing names is declared here:
+
+    `parameters`: the `TensorParams` fields the kernel reads (besides the tensors); the others never change its
+    result (tested), so recipes and genomes may set them freely.
     `delta`: the method works on task vectors (parent − base) and accepts a common ancestor as base.
-    `uses_density`: the densities change the result (TIES/DARE); other methods ignore them.
-    `mergekit_name`: the name of the same method in mergekit, or None when mergekit has no equivalent.
+    `default_normalize` / `default_rescale`: what `normalize` / `rescale` = None mean for this method (mergekit's
+    defaults); None where the method has no such option.
+    `genome_normalize`: the `normalize` a genome space writes into its recipes (None = the method's default).
+    `blends_with_linear`: a recipe's `method_weight` < 1 blends this method's result with linear interpolation;
+    False where the blend would change nothing or is not wanted (linear itself, transplant's copies).
+    `whole_tensor_step`: the step whose result depends on the whole tensor at once (SLERP's angle, TIES' top-k),
+    named for error messages; None for element-wise methods. See `spans_whole_tensor`.
+    `mergekit_name`: the name of the same method in mergekit, or None when mergekit has no equivalent (a
+    transplant is exported as mergekit's `linear` with weights 1/0).
     `mergekit_params`: maps one tensor's `TensorParams` to mergekit's parameters for that tensor, as
     `(shared, {"father": {...}, "mother": {...}})`; shared goes to the top-level `parameters`, the per-model
     dicts to each model's `parameters`.
+    `mergekit_base`: mergekit's config names a `base_model` (the father or the common ancestor), whose own
+    entry in `models` then takes no parameters.
+    `random_masks`: the method drops task-vector entries at random (DARE); mergekit draws its masks from torch's
+    global RNG, so with densities < 1 an export gives a different child where the masks differ.
     """
 
     name: str
     kernel: Kernel
     summary: str
+    parameters: tuple[str, ...] = ("ratio",)
     delta: bool = False
-    uses_density: bool = False
+    default_normalize: bool | None = None
+    default_rescale: bool | None = None
+    genome_normalize: bool | None = None
+    blends_with_linear: bool = True
+    whole_tensor_step: str | None = None
     mergekit_name: str | None = None
     mergekit_params: Callable[[TensorParams], tuple[dict[str, Any], dict[str, dict[str, Any]]]] | None = None
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    mergekit_base: bool = False
+    random_masks: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.name))  # a Method member becomes its plain string (YAML-safe)
+        if self.mergekit_name is not None:
+            object.__setattr__(self, "mergekit_name", str(self.mergekit_name))
+        unknown = set(self.parameters) - {f.name for f in fields(TensorParams)}
+        if unknown:
+            raise ValueError(f"merge method {self.name!r} declares unknown parameters: {sorted(unknown)}")
+
+    @property
+    def uses_density(self) -> bool:
+        """The densities change the result (TIES/DARE); other methods ignore them."""
+        return "density_mother" in self.parameters
+
+    def spans_whole_tensor(self, params: TensorParams, *, base_is_father: bool) -> bool:
+        """Whether this tensor's result depends on the whole tensor at once (so it differs when mergekit fuses
+        tensors, as it does a layer's experts): for methods with densities, when a density that applies is
+        below 1 (the father's does not with base = father: he has no task vector); for the others, when the
+        ratio is strictly between 0 and 1 (at 0 or 1 the result is one parent's tensor)."""
+        if self.whole_tensor_step is None:
+            return False
+        if self.uses_density:
+            return min(params.density_mother, 1.0 if base_is_father else params.density_father) < 1.0
+        return 0.0 < params.ratio < 1.0
 
 
 _METHODS: dict[str, MergeMethod] = {}

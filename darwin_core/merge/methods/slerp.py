@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from darwin_core.merge.methods.registry import MergeMethod, TensorParams, register, work_dtype
+from darwin_core.merge.methods.registry import Method, MergeMethod, TensorParams, register, work_dtype
 
 DOT_THRESHOLD = 0.9995
 NORM_EPS = 1e-8
@@ -54,10 +54,12 @@ def _mergekit_params(params: TensorParams):
 
 METHOD = register(
     MergeMethod(
-        name="slerp",
+        name=Method.SLERP,
         kernel=slerp,
         summary="spherical interpolation father→mother at t = ratio (linear when |cos| > 0.9995)",
+        whole_tensor_step="SLERP's angle",
         mergekit_name="slerp",
         mergekit_params=_mergekit_params,
+        mergekit_base=True,  # mergekit's slerp interpolates from its base_model (the father) at t
     )
 )

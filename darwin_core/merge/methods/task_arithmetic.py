@@ -8,8 +8,9 @@ mergekit: `task_arithmetic`, weight father 1 − ratio / mother ratio, normalize
 from __future__ import annotations
 
 from darwin_core.merge.methods.delta import register_task_vector_method
+from darwin_core.merge.methods.registry import Method
 
 METHOD = register_task_vector_method(
-    "task_arithmetic", "base + weighted task vectors (weights 1 − ratio, ratio)",
+    Method.TASK_ARITHMETIC, "base + weighted task vectors (weights 1 − ratio, ratio)",
     sparsification=None, consensus=False, normalize=False, rescale=False,
 )

@@ -11,8 +11,10 @@ mergekit: `ties`, weight (1 − ratio, ratio), density (density_father, density_
 from __future__ import annotations
 
 from darwin_core.merge.methods.delta import register_task_vector_method
+from darwin_core.merge.methods.registry import Method
 
 METHOD = register_task_vector_method(
-    "ties", "magnitude-pruned task vectors with sign election",
-    sparsification="magnitude", consensus=True, normalize=True, rescale=False,
+    Method.TIES, "magnitude-pruned task vectors with sign election",
+    sparsification="magnitude", consensus=True, normalize=True, rescale=False, whole_tensor_step="TIES' top-k",
+    genome_normalize=False,  # the two-parent caveat above: with normalize on, a genome's ratio stops mattering
 )

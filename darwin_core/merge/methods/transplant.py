@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from darwin_core.merge.methods.registry import MergeMethod, TensorParams, register, work_dtype
+from darwin_core.merge.methods.registry import Method, MergeMethod, TensorParams, register, work_dtype
 
 
 def takes_mother(ratio: float) -> bool:
@@ -33,10 +33,11 @@ def _mergekit_params(params: TensorParams):
 
 METHOD = register(
     MergeMethod(
-        name="transplant",
+        name=Method.TRANSPLANT,
         kernel=transplant,
         summary="whole tensor from the mother when ratio > 0.5, else from the father",
-        mergekit_name="linear",
+        blends_with_linear=False,  # a transplanted tensor is a parent's copy, never blended
+        mergekit_name="linear",  # with weights (1, 0) or (0, 1): the same values
         mergekit_params=_mergekit_params,
     )
 )

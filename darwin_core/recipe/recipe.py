@@ -36,203 +36,14 @@ import torch
 import yaml
 
 from darwin_core.errors import DarwinError
-from darwin_core.merge.methods.registry import TensorParams, get_method
+from darwin_core.merge.methods.registry import DEFAULT_METHOD, TensorParams, get_method
+from darwin_core.io.dtypes import CHILD_DTYPES as DTYPES
+from darwin_core.recipe.refs import ParentRef
+from darwin_core.recipe.tables import ParamTable, _unit, density_table, ratio_table
 
 FORMAT = "darwin-recipe/1"
 RECIPE_FILE = "darwin-recipe.yaml"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TABLE_ROLES = frozenset(
-    {"embed", "lm_head", "final_norm", "attn", "linear_attn", "ffn", "router", "experts", "shared_expert",
-     "norm", "other"}
-)
-ANY_ROLE = "*"
 DEFAULT_TRANSPLANT = (0.15, 0.85)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Parents
-
-
-@dataclass(frozen=True)
-class ParentRef:
-    """A parent model: Hub id (or a local name) + revision; `path` is where it lies on this machine.
-
-    `path` is cosmetic for the hash and for equality: the same model at another place on another machine is
-    the same parent. It is a server path, so it never leaves the machine: `public()` drops it for what is
-    published (the child's darwin-recipe.yaml, the card).
-    """
-
-    id: str
-    revision: str | None = None
-    path: str | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, value: Any) -> ParentRef:
-        """Accept a ParentRef, a dict, an "id@revision" string, a local folder (Path), or a hub ModelRef."""
-        if isinstance(value, ParentRef):
-            return value
-        if isinstance(value, os.PathLike):
-            path = Path(value)
-            return cls(id=path.name, path=str(path))
-        if isinstance(value, str):
-            if not value.strip():
-                raise DarwinError("A parent model reference is empty.")
-            if os.path.isdir(value):
-                return cls.of(Path(value))
-            ident, _, revision = value.partition("@")
-            return cls(id=ident, revision=revision or None)
-        if isinstance(value, Mapping):
-            if not value.get("id"):
-                raise DarwinError("A parent in the recipe has no id.")
-            return cls(id=str(value["id"]), revision=_opt_str(value.get("revision")), path=_opt_str(value.get("path")))
-        # darwin_core.parents.hub.ModelRef: pin the resolved commit when there is one; local models are named by folder
-        ident = getattr(value, "id", None)
-        if ident:
-            folder = getattr(value, "folder", None)
-            if getattr(value, "local", False) and folder is not None:
-                return cls(id=Path(folder).name, path=str(folder))
-            revision = getattr(value, "commit", None) or getattr(value, "revision", None)
-            return cls(id=str(ident), revision=_opt_str(revision), path=str(folder) if folder else None)
-        raise DarwinError(f"Cannot use {value!r} as a parent model reference.")
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id}
-        if self.revision:
-            out["revision"] = self.revision
-        if self.path:
-            out["path"] = self.path
-        return out
-
-    def label(self) -> str:
-        return f"{self.id}@{self.revision}" if self.revision else self.id
-
-    def public(self) -> ParentRef:
-        """This parent as a reader elsewhere sees it: id and revision only, no path on this machine."""
-        return replace(self, path=None)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tables
-
-
-def _unit(value: Any, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DarwinError(f"{what} must be a number between 0 and 1, got {value!r}.") from None
-    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise DarwinError(f"{what} must be between 0 and 1, got {value!r}.")
-    return number + 0.0  # -0.0 → 0.0, so equal recipes serialise (and hash) equally
-
-
-def _pair(value: Any, what: str) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        value = (value, value)
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise DarwinError(f"{what} must be a pair [father, mother] of densities, got {value!r}.")
-    return (_unit(value[0], f"{what} (father)"), _unit(value[1], f"{what} (mother)"))
-
-
-@dataclass(frozen=True)
-class ParamTable:
-    """Per-tensor values resolved from a compact table; see the module docstring for the lookup order.
-
-    `kind` is "ratio" (values: floats in [0, 1]) or "density" (values: (father, mother) pairs in [0, 1]).
-    """
-
-    kind: str
-    default: Any
-    roles: Mapping[str, Any] = field(default_factory=dict)
-    layers: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
-    tensors: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        norm = _unit if self.kind == "ratio" else _pair
-        object.__setattr__(self, "default", norm(self.default, f"The default {self.kind}"))
-        roles = {}
-        for role, value in (self.roles or {}).items():
-            _check_role(role, allow_any=False)
-            roles[str(role)] = norm(value, f"The {self.kind} of role {role}")
-        layers: dict[int, dict[str, Any]] = {}
-        for layer, row in (self.layers or {}).items():
-            try:
-                index = int(layer)
-            except (TypeError, ValueError):
-                raise DarwinError(f"Layer keys of the {self.kind} table must be integers, got {layer!r}.") from None
-            if index < 0:
-                raise DarwinError(f"Layer {index} in the {self.kind} table is negative.")
-            if not isinstance(row, Mapping):
-                row = {ANY_ROLE: row}
-            layers[index] = {}
-            for role, value in row.items():
-                _check_role(role, allow_any=True)
-                layers[index][str(role)] = norm(value, f"The {self.kind} of layer {index} {role}")
-        tensors = {str(name): norm(value, f"The {self.kind} of {name}") for name, value in (self.tensors or {}).items()}
-        object.__setattr__(self, "roles", dict(sorted(roles.items())))
-        object.__setattr__(self, "layers", {k: dict(sorted(v.items())) for k, v in sorted(layers.items())})
-        object.__setattr__(self, "tensors", dict(sorted(tensors.items())))
-
-    def lookup(self, name: str, layer: int | None, role: str) -> Any:
-        if name in self.tensors:
-            return self.tensors[name]
-        if layer is not None and layer in self.layers:
-            row = self.layers[layer]
-            if role in row:
-                return row[role]
-            if ANY_ROLE in row:
-                return row[ANY_ROLE]
-        if role in self.roles:
-            return self.roles[role]
-        return self.default
-
-    def to_dict(self) -> dict[str, Any]:
-        def out(value: Any) -> Any:
-            return list(value) if isinstance(value, tuple) else value
-
-        doc: dict[str, Any] = {"default": out(self.default)}
-        if self.roles:
-            doc["roles"] = {k: out(v) for k, v in self.roles.items()}
-        if self.layers:
-            doc["layers"] = {k: {r: out(v) for r, v in row.items()} for k, row in self.layers.items()}
-        if self.tensors:
-            doc["tensors"] = {k: out(v) for k, v in self.tensors.items()}
-        return doc
-
-    @classmethod
-    def from_dict(cls, kind: str, doc: Any) -> ParamTable:
-        if doc is None:
-            return cls(kind, 0.5 if kind == "ratio" else (1.0, 1.0))
-        if not isinstance(doc, Mapping):  # a bare number (or pair) means "this value everywhere"
-            return cls(kind, doc)
-        unknown = set(doc) - {"default", "roles", "layers", "tensors"}
-        if unknown:
-            raise DarwinError(f"The {kind} table has unknown keys: {', '.join(sorted(map(str, unknown)))}.")
-        if "default" not in doc:
-            raise DarwinError(f"The {kind} table needs a default.")
-        return cls(kind, doc["default"], doc.get("roles") or {}, doc.get("layers") or {}, doc.get("tensors") or {})
-
-
-def _check_role(role: Any, *, allow_any: bool) -> None:
-    if role in TABLE_ROLES or (allow_any and role == ANY_ROLE):
-        return
-    known = ", ".join(sorted(TABLE_ROLES)) + (", *" if allow_any else "")
-    raise DarwinError(f"Unknown tensor role {role!r} in a recipe table; roles are: {known}.")
-
-
-def ratio_table(default: float = 0.5, **kw: Any) -> ParamTable:
-    return ParamTable("ratio", default, **kw)
-
-
-def density_table(default: Any = (1.0, 1.0), **kw: Any) -> ParamTable:
-    return ParamTable("density", default, **kw)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Recipe
 
 
 @dataclass(frozen=True)
@@ -268,7 +79,7 @@ class Recipe:
 
     father: ParentRef
     mother: ParentRef
-    method: str = "linear"
+    method: str = DEFAULT_METHOD
     base: Any = "father"  # "father" or a ParentRef of the common ancestor (delta methods)
     ratios: ParamTable = field(default_factory=lambda: ratio_table(0.5))
     densities: ParamTable = field(default_factory=density_table)
@@ -288,6 +99,7 @@ class Recipe:
         set_("father", ParentRef.of(self.father))
         set_("mother", ParentRef.of(self.mother))
         method = get_method(self.method)
+        set_("method", method.name)  # the registered plain name (a `Method` member becomes its string)
         if self.base in (None, "father"):
             set_("base", "father")
         else:
@@ -431,7 +243,7 @@ class Recipe:
         if kwargs.get("transplant") is not None:
             kwargs["transplant"] = tuple(kwargs["transplant"])
         kwargs["frozen_layers"] = tuple(kwargs.get("frozen_layers") or ())
-        for key, default in (("method", "linear"), ("seed", 0), ("scale", 1.0), ("method_weight", 1.0)):
+        for key, default in (("method", DEFAULT_METHOD), ("seed", 0), ("scale", 1.0), ("method_weight", 1.0)):
             if kwargs.get(key) is None:
                 kwargs[key] = default
         return cls(**kwargs)

@@ -1,0 +1,163 @@
+"""The real problem the search optimises: genomes become recipes, recipes are written into the resident child
+(bred in memory, bit-identical to the child merged to disk), and the child is scored on the tasks.
+
+The loop in search.py only sees the `Problem` protocol; this is its implementation over real models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from darwin_core.genome.spaces import default_method
+from darwin_core.merge.methods.registry import Method
+from darwin_core.errors import DarwinError
+from darwin_core.evolution.config import EvolutionConfig
+from darwin_core.evolution.search import Candidate
+from darwin_core.evolution.tasks import load_tasks
+from darwin_core.fitness.evaluate import EvalResult
+from darwin_core.fitness.tasks import Task
+
+
+
+def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None):
+    """(ParentRef for the recipe, local folder) of a parent named any way darwin_core.parents knows (demo:, run:,
+    a Hub id, a folder in local mode), downloaded (weights, config, tokenizer only) when not cached.
+
+    A run's parents were checked when it was submitted (the visitor's access to a gated commit, their right to a
+    `run:` child), so the worker reads a pinned cached commit without asking the Hub again.
+    """
+    from darwin_core.parents import hub
+    from darwin_core.parents import resolve_parent_name
+    from darwin_core.recipe import ParentRef
+
+    resolved = resolve_parent_name(ref, local_mode=local_mode, runs_dir=runs_dir, check_access=False)
+    if resolved.folder is None:
+        resolved = hub.download(resolved)
+    folder = Path(resolved.folder)
+    if resolved.local:
+        return ParentRef.of(folder), folder
+    return ParentRef(id=resolved.id, revision=resolved.commit or resolved.revision, path=str(folder)), folder
+
+
+class ModelProblem:
+    """The real problem: genomes become recipes, recipes are written into the resident child, the child is scored."""
+
+    def __init__(self, config: EvolutionConfig, *, log: Callable[[str], None] | None = None,
+                 runs_dir: str | Path | None = None):
+        from darwin_core.parents import anatomy
+        from darwin_core.evolution.child import ResidentChild
+        from darwin_core.genome.spaces import get_space
+        from darwin_core.merge.methods.registry import get_method
+
+        self.config = config
+        self.log = log or (lambda message: None)
+        self.method = config.method or default_method(config.genome)
+        get_method(self.method)  # unknown method: one sentence now, not after loading the models
+        self.father_ref, self.father_dir = resolve_parent(config.father, local_mode=config.local_mode, runs_dir=runs_dir)
+        self.mother_ref, self.mother_dir = resolve_parent(config.mother, local_mode=config.local_mode, runs_dir=runs_dir)
+        self.base_ref, self.base_dir = ("father", None)
+        if config.base:
+            self.base_ref, self.base_dir = resolve_parent(config.base, local_mode=config.local_mode, runs_dir=runs_dir)
+        self.tasks, self.weights = load_tasks(config, runs_dir=runs_dir)
+        self.layer_count = anatomy.layer_count(json.loads((self.father_dir / "config.json").read_text(encoding="utf-8")))
+        self.space = get_space(config.genome, layer_count=self.layer_count)
+        self.dtype = None if config.dtype == "auto" else config.dtype
+        self.log("loading the parents and the resident child")
+        self.child = ResidentChild(self.father_dir, self.mother_dir, base=self.base_dir, device=config.device, dtype=config.dtype)
+        self.mri_ratios = self._prescription()
+        self.lower, self.upper = self.space.bounds
+        self.x0 = list(self.space.default())
+        self._baselines = self._baseline_recipes()
+
+    # ---------------------------------------------------------------- genome ↔ recipe
+
+    def _prescription(self) -> dict[str, float] | None:
+        """Per-tensor MRI ratios (share of the mother), from a saved pair scan or a scan made now."""
+        self.scan: dict[str, Any] | None = None
+        if not self.config.mri:
+            return None
+        from darwin_core.mri import scan as mri
+        from darwin_core.fitness.probes import probes_from_tasks
+
+        if self.config.mri == "auto":
+            self.log("scanning the parents (MRI) for the prescription")
+            try:
+                probes = probes_from_tasks(self.tasks)
+            except DarwinError:
+                probes = None  # tasks without probe texts: the built-in probe set
+            scan = mri.scan_pair(self.father_dir, self.mother_dir, probes=probes, device=str(self.child.device))
+        else:
+            scan = mri.load_scan(self.config.mri)
+        if "prescription" not in scan:
+            raise DarwinError(f"The MRI file {self.config.mri} is a scan of one model; the prescription needs a scan of both parents.")
+        self.scan = scan
+        return {str(k): float(v) for k, v in scan["prescription"].items()}
+
+    def _recipe_args(self) -> dict[str, Any]:
+        return dict(
+            father=self.father_ref, mother=self.mother_ref, layer_count=self.layer_count, method=self.method,
+            mri_ratios=self.mri_ratios, frozen_layers=self.config.frozen_layers, seed=self.config.seed,
+            base=self.base_ref, dtype=self.dtype,
+        )
+
+    def recipe(self, vector: Sequence[float]):
+        return self.space.to_recipe(list(vector), **self._recipe_args())
+
+    def _baseline_recipes(self) -> dict[str, Any]:
+        """Reference lines: a uniform 50/50 linear merge, and the MRI prescription with no search at all
+        (darwin-v6's neutral genome with mri_trust = 1, so every tensor takes its MRI ratio)."""
+        from darwin_core.genome.spaces import DarwinV6Space
+        from darwin_core.recipe import Recipe, ratio_table
+
+        recipes = {
+            "uniform-50": Recipe(
+                father=self.father_ref, mother=self.mother_ref, method=Method.LINEAR.value, ratios=ratio_table(0.5),
+                frozen_layers=self.config.frozen_layers, dtype=self.dtype, seed=self.config.seed,
+            )
+        }
+        if self.mri_ratios is not None:
+            v6 = DarwinV6Space()
+            genome = [1.0 if name == "mri_trust" else value for name, value in zip(v6.names, v6.default())]
+            recipes["mri"] = v6.to_recipe(genome, **self._recipe_args())
+        return recipes
+
+    def baseline_names(self) -> list[str]:
+        return ["father", "mother", *self._baselines]
+
+    def baseline_recipe(self, name: str):
+        return self._baselines.get(name)
+
+    def describe(self, vector: Sequence[float]) -> dict[str, Any]:
+        return {"recipe_hash": self.recipe(vector).recipe_hash}
+
+    def status_extras(self) -> dict[str, Any]:
+        """Progress facts for status.json: peak accelerator memory so far (what the UI shows beside the curve)."""
+        import torch
+
+        if self.child.device.type == "cuda":
+            return {"device_memory_bytes": int(torch.cuda.max_memory_allocated(self.child.device))}
+        return {}
+
+    # ---------------------------------------------------------------- measuring
+
+    def load(self, candidate: Candidate) -> None:
+        if isinstance(candidate, str):
+            if candidate in ("father", "mother"):
+                self.child.load_parent(candidate)
+            else:
+                self.child.load_recipe(self._baselines[candidate])
+        else:
+            self.child.load_recipe(self.recipe(candidate))
+
+    def measure(self, candidate: Candidate, tasks: Sequence[Task], split: str = "search") -> EvalResult:
+        self.load(candidate)
+        return self.measure_loaded(tasks, split)
+
+    def measure_loaded(self, tasks: Sequence[Task], split: str = "search") -> EvalResult:
+        """Score the weights the resident child holds now (after `load`, or `child.load_recipe` of any recipe)."""
+        from darwin_core.fitness.evaluate import evaluate
+
+        return evaluate(self.child.model, self.child.tokenizer, list(tasks), split=split, batch_size=self.config.batch_size, seed=self.config.seed)

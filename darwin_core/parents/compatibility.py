@@ -1,0 +1,232 @@
+"""Whether two parents can be bred: a verdict given only for what Darwin's one merge path implements.
+
+The merge path (`darwin_core.merge.methods.apply.merge_tensors`, fed by `merge_to_disk` and by the resident child
+of an evolution) blends tensors of the same *name* and shape, every one of the father's tensors, and nothing
+else: it maps no names and has no feed-forward-only mode. So a pair is breedable only when it can go through that
+path unchanged; everything else is refused up front, with the sentence the page shows, by `check_breedable`
+(the CLI `merge` and `evolve`, a queued run) before a run folder exists and before a weight is downloaded.
+Never "breedable" and then a failure in the worker.
+
+Two pairs look breedable by shapes alone and are refused until their merge path lands:
+- a multimodal checkpoint and its text-only sibling, whose language tensors match by canonical name
+  (`anatomy.pair_names`) but not by name: the merge path does not map names through the anatomy yet;
+- two families (or depths) that share only their feed-forward shapes (``ffn_only``): breeding the FFNs alone,
+  attention kept the father's, is the seeds' cross-architecture breeding, not implemented yet. Merging such a
+  pair tensor by tensor would blend the attention blocks the verdict promised to keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from darwin_core.errors import DarwinError
+from darwin_core.parents import anatomy
+
+if TYPE_CHECKING:
+    from darwin_core.parents.hub import ModelRef
+
+# Roles that make up a block's feed-forward part (what "ffn_only" breeding would touch).
+FFN_ROLES = frozenset({"ffn", "experts", "shared_expert"})
+_MAX_DIFFERING = 50
+REFUSAL_PREFIX = "These parents cannot be bred: "
+
+
+class NotBreedable(DarwinError):
+    """The refusal of a pair the merge path cannot breed (the page's sentence), told apart from the parents'
+    own resolution errors (not found, gated, offline), which callers may leave to the run to report."""
+
+
+class Verdict(StrEnum):
+    """What the merge path can do with a pair. The values are the strings the page has always read."""
+
+    BREEDABLE = "full"  # every tensor, by name, through the one merge path
+    FFN_ONLY_NOT_YET = "ffn_only"  # only the feed-forward weights line up: refused until cross-architecture breeding lands
+    INCOMPATIBLE = "incompatible"
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """A verdict (`Verdict`, equal to its string: "full", "ffn_only", "incompatible"), the reason in one sentence,
+    and the original names of the differing tensors (at most 50)."""
+
+    verdict: Verdict
+    reason: str
+    differing: list[str] = field(default_factory=list)
+
+    @property
+    def breedable(self) -> bool:
+        return self.verdict is Verdict.BREEDABLE
+
+    @property
+    def refusal(self) -> str | None:
+        """The sentence a refused pair gets (page, CLI, queue); None when the pair is breedable."""
+        return None if self.breedable else REFUSAL_PREFIX + self.reason
+
+
+def check_breedable(father: ModelRef, mother: ModelRef) -> None:
+    """Raise the refusal sentence (NotBreedable, a DarwinError) unless the merge path can breed father and mother."""
+    refusal = compatibility(father, mother).refusal
+    if refusal is not None:
+        raise NotBreedable(refusal)
+
+
+def check_named_pair(father: str, mother: str, *, local_mode: bool, runs_dir: str | Path | None = None,
+                     token: str | None = None, check_access: bool = True) -> tuple[ModelRef, ModelRef]:
+    """Resolve two parent names (demo:, run:, a Hub id, a folder) from their config and headers only, no weight
+    downloaded, and refuse the pair unless it is breedable; the two ModelRefs when it is."""
+    from darwin_core.parents.names import resolve_parent_name
+
+    father_ref, mother_ref = (resolve_parent_name(name, local_mode=local_mode, token=token, runs_dir=runs_dir,
+                                                  check_access=check_access) for name in (father, mother))
+    check_breedable(father_ref, mother_ref)
+    return father_ref, mother_ref
+
+
+def _language_shapes(ref: ModelRef) -> dict[str, tuple[tuple[int, ...], str]]:
+    """canonical name → (shape, original name) for the language-model tensors (towers are copied, not bred)."""
+    out = {}
+    for name, (shape, _) in ref.tensors.items():
+        parts = anatomy.split_name(name)
+        if parts.tower == "language":
+            out[parts.canonical] = (tuple(shape), name)
+    return out
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def compatibility(a: ModelRef, b: ModelRef) -> Compatibility:
+    """Can father ``a`` and mother ``b`` be bred, and how?
+
+    - ``full`` (BREEDABLE): the same language-model family (``text_model_type``) and the same tensors, by name
+      and shape. Every tensor can be blended. Names that differ only by the multimodal wrapper prefix are
+      refused (``incompatible``): the merge path matches tensors by exact name and maps none yet.
+    - ``ffn_only`` (FFN_ONLY_NOT_YET): different families or layer counts, but the same hidden size and at least
+      one feed-forward tensor of the same in-block name and shape (the seeds' cross-architecture FFN breeding:
+      attention stays the father's). Two families with the same shapes (Qwen3 vs Llama, Mistral vs Llama) are
+      ``ffn_only`` too, never ``full``: equal shapes do not make their attention blocks compute the same thing
+      (Qwen3 adds q/k norms, rope settings differ). Refused, saying so, until that merge path lands.
+    - ``incompatible`` otherwise, with the reason naming the first differing tensor (or the vocabulary sizes).
+    Vision/audio towers do not decide the family: the child always keeps the father's.
+    """
+    if not a.tensors or not b.tensors:
+        missing = a if not a.tensors else b
+        raise DarwinError(f"The tensor shapes of {missing.label} are unknown until its weights are downloaded.")
+    shapes_a, shapes_b = _language_shapes(a), _language_shapes(b)
+    same_family = a.text_model_type == b.text_model_type
+    layers_a, layers_b = a.num_layers, b.num_layers
+    differing = _differing(shapes_a, shapes_b)
+
+    if same_family and not differing:
+        return _same_language_model(a, b, shapes_a, shapes_b)
+
+    hidden_a, hidden_b = a.hidden_size, b.hidden_size
+    first = differing[0] if differing else None
+    if hidden_a is not None and hidden_a == hidden_b and (not same_family or layers_a != layers_b):
+        return _ffn_only(a, b, shapes_a, shapes_b, differing)
+
+    names = [_original(name, shapes_a, shapes_b) for name in differing[:_MAX_DIFFERING]]
+    if hidden_a != hidden_b:
+        why = f"The hidden sizes differ ({hidden_a} vs {hidden_b}), so no weight can be blended"
+        if first:
+            why += f"; {_difference_clause(first, shapes_a, shapes_b, a, b)}"
+        return Compatibility(Verdict.INCOMPATIBLE, why + ".", names)
+    vocab_names = [n for n in differing if anatomy.classify(n).role in ("embed", "lm_head")]
+    if a.vocab_size != b.vocab_size or (vocab_names and _vocab_dims(vocab_names[0], shapes_a, shapes_b)):
+        va, vb = a.vocab_size, b.vocab_size
+        if va == vb and vocab_names:
+            va, vb = _vocab_dims(vocab_names[0], shapes_a, shapes_b)
+        return Compatibility(Verdict.INCOMPATIBLE, f"The vocabularies differ in size ({va} vs {vb} tokens), so the "
+                             "embeddings and the output head cannot be blended.", names)
+    assert first is not None
+    return Compatibility(Verdict.INCOMPATIBLE,
+                         _difference_clause(first, shapes_a, shapes_b, a, b, capital=True) + ".", names)
+
+
+def _same_language_model(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict) -> Compatibility:
+    """Same family, language tensors equal by canonical name and shape: breedable only if the merge path, which
+    pairs tensors by exact name and needs every one of the father's in the mother, can take them as they are."""
+    renamed = [(name_a, shapes_b[canonical][1]) for canonical, (_, name_a) in shapes_a.items()
+               if shapes_b[canonical][1] != name_a]
+    if renamed:
+        name_a, name_b = renamed[0]
+        return Compatibility(Verdict.INCOMPATIBLE, f"All {len(shapes_a)} language-model tensors match in shape, but "
+                             f"their names differ by the multimodal wrapper prefix ({name_a} in {a.label}, {name_b} "
+                             f"in {b.label}), and Darwin's merge pairs tensors by exact name: a multimodal checkpoint "
+                             "and its text-only sibling cannot be bred yet.", [])
+    only_one = [name for name in a.tensors if name not in b.tensors] + [name for name in b.tensors if name not in a.tensors]
+    if only_one:
+        owner, other = (a, b) if only_one[0] in a.tensors else (b, a)
+        return Compatibility(Verdict.INCOMPATIBLE, f"Tensor {only_one[0]} exists in {owner.label} but not in "
+                             f"{other.label}, and Darwin's merge needs both parents to have the same tensors "
+                             "(vision and audio towers included).", only_one[:_MAX_DIFFERING])
+    return Compatibility(Verdict.BREEDABLE, f"Same architecture ({a.text_model_type}) and all {len(shapes_a)} "
+                                            "language-model tensors match in name and shape.", [])
+
+
+def _differing(shapes_a: dict, shapes_b: dict) -> list[str]:
+    """Canonical names whose presence or shape differs, in a's order then b's extras."""
+    out = [name for name, (shape, _) in shapes_a.items() if name not in shapes_b or shapes_b[name][0] != shape]
+    out += [name for name in shapes_b if name not in shapes_a]
+    return out
+
+
+def _original(canonical: str, shapes_a: dict, shapes_b: dict) -> str:
+    return (shapes_a.get(canonical) or shapes_b[canonical])[1]
+
+
+def _difference_clause(canonical: str, shapes_a: dict, shapes_b: dict, a: ModelRef, b: ModelRef,
+                       capital: bool = False) -> str:
+    name = _original(canonical, shapes_a, shapes_b)
+    if canonical not in shapes_b:
+        text = f"tensor {name} exists in {a.label} but not in {b.label}"
+    elif canonical not in shapes_a:
+        text = f"tensor {name} exists in {b.label} but not in {a.label}"
+    else:
+        text = f"tensor {name} has shape {_fmt(shapes_a[canonical][0])} in {a.label} but {_fmt(shapes_b[canonical][0])} in {b.label}"
+    return text[0].upper() + text[1:] if capital else text
+
+
+def _vocab_dims(canonical: str, shapes_a: dict, shapes_b: dict) -> tuple[int, int] | None:
+    if canonical in shapes_a and canonical in shapes_b:
+        sa, sb = shapes_a[canonical][0], shapes_b[canonical][0]
+        if sa and sb and sa[0] != sb[0] and sa[1:] == sb[1:]:
+            return sa[0], sb[0]
+    return None
+
+
+def _ffn_only(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict, differing: list[str]) -> Compatibility:
+    """Same hidden size, different family or depth: only the FFNs could be bred, if some FFN tensor has the same
+    shape — which the merge path cannot do yet, so the verdict says that it is not breedable now."""
+    def ffn_shapes(shapes: dict) -> dict[str, set[tuple[int, ...]]]:
+        out: dict[str, set[tuple[int, ...]]] = {}
+        for canonical, (shape, name) in shapes.items():
+            parts = anatomy.split_name(name)
+            if parts.layer is not None and anatomy.classify(name).role in FFN_ROLES:
+                out.setdefault(parts.local, set()).add(shape)
+        return out
+
+    fa, fb = ffn_shapes(shapes_a), ffn_shapes(shapes_b)
+    shared = sorted(local for local in fa.keys() & fb.keys() if fa[local] & fb[local])
+    names = [_original(n, shapes_a, shapes_b) for n in differing[:_MAX_DIFFERING]]
+    families = (f"different architectures ({a.text_model_type} vs {b.text_model_type})"
+                if a.text_model_type != b.text_model_type
+                else f"different layer counts ({a.num_layers} vs {b.num_layers})")
+    if not shared:
+        common = sorted(fa.keys() & fb.keys())
+        if common:
+            local = common[0]
+            detail = (f"{local} is {' or '.join(_fmt(s) for s in sorted(fa[local]))} in {a.label} but "
+                      f"{' or '.join(_fmt(s) for s in sorted(fb[local]))} in {b.label}")
+        else:
+            detail = "they have no feed-forward tensor name in common"
+        return Compatibility(Verdict.INCOMPATIBLE, f"Same hidden size ({a.hidden_size}) but {families}, and not "
+                             f"even the feed-forward weights line up: {detail}.", names)
+    return Compatibility(Verdict.FFN_ONLY_NOT_YET, f"Same hidden size ({a.hidden_size}) but {families} "
+                         f"({a.num_layers} vs {b.num_layers} layers): only the feed-forward weights "
+                         f"({', '.join(shared)}) line up, and breeding those alone (attention stays the father's) "
+                         "is not implemented yet.", names)

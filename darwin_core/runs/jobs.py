@@ -1,0 +1,244 @@
+"""Device jobs besides evolutions: MRI scans and health checks, queued for the same worker.
+
+The worker executes one job at a time, whatever its kind, so a scan asked for while an evolution runs waits
+for it: two models never load onto one accelerator at once, and nothing heavy runs in the web process. A job
+is a run folder like any other (`status.json`, `events.jsonl`, listed by `runs list`), whose config.yaml
+names its kind. A scan's id is the hash of what decides its result (the parents' weight files or Hub
+commits, and the probe set), so asking twice for the same scan is served from the stored `mri.json`; a health
+check's id follows its run, and its result is the run's own `health.json`, where the card reads it.
+
+Tokens never reach a job: a gated or private Hub parent is downloaded with the visitor's token when the job
+is asked for (`parent_for_job`), and the job names its cached commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from darwin_core.errors import DarwinError
+from darwin_core.io.runfolder import (
+    CANCELLED,
+    CHILD,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    MRI_SCAN,
+    QUEUED,
+    RunFolder,
+    check_run_id,
+    runs_dir_default,
+)
+
+
+class JobKind(str, Enum):
+    """What a run folder's worker process does with it."""
+
+    EVOLVE = "evolve"
+    SCAN = "scan"
+    HEALTH = "health"
+
+
+class ScanTarget(str, Enum):
+    """Which parents an MRI scan looks at."""
+
+    BOTH = "both"
+    FATHER = "father"
+    MOTHER = "mother"
+
+
+JOB_KEY = "job"  # the config.yaml key naming a job's kind; evolution configs have none
+DEFAULT_PROBES = "default"  # the five built-in probe categories
+
+
+def job_kind(config: Mapping[str, Any]) -> JobKind:
+    """The kind of job a run folder's config describes (an evolution config has no `job` key)."""
+    value = config.get(JOB_KEY, JobKind.EVOLVE.value)
+    try:
+        return JobKind(value)
+    except ValueError:
+        raise DarwinError(f"Unknown job kind {value!r}; known kinds are: {', '.join(k.value for k in JobKind)}.") from None
+
+
+def compute_device() -> str:
+    """Where scans and health checks run: the first GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parent_for_job(ref: str, *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
+                   runs_dir: str | Path | None = None, may_breed_run: Callable[[str], bool] | None = None):
+    """(the name a job's config gives the parent, its resolved ModelRef); one sentence when unknown.
+
+    `demo:`/`run:` names and public Hub ids stay as typed; a local folder is named by its absolute path (local
+    mode only); a gated or private Hub parent is downloaded now with the visitor's token and named by its
+    cached commit, which the worker then reads without asking the Hub (the worker never sees a token).
+    """
+    from darwin_core.parents import Scheme, hub, parse_parent, resolve_parent_name
+
+    text = (ref or "").strip()
+    model = resolve_parent_name(text, local_mode=local_mode, token=token, runs_dir=runs_dir, zoo_dir=zoo_dir,
+                                may_breed_run=may_breed_run)
+    if parse_parent(text, local_mode=local_mode).scheme in (Scheme.DEMO, Scheme.RUN):
+        return text, model
+    if model.local:
+        return str(Path(model.folder).resolve()), model
+    if model.gated or model.private:
+        model = hub.download(model, token=token)
+        return f"{model.id}@{model.commit}", model
+    return text, model
+
+
+def model_identity(model: Any) -> list[Any]:
+    """What decides a scan's input: a folder's weight and config files (name, size, time), or a Hub commit."""
+    if model.folder is None:
+        return [model.id, model.commit or model.revision]
+    folder = Path(model.folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json"))
+    return [str(folder.resolve())] + [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+
+
+def scan_job_id(models: Sequence[Any], probes: str) -> str:
+    key = json.dumps({"models": [model_identity(m) for m in models], "probes": probes}, sort_keys=True)
+    return "scan-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def health_job_id(run_id: str) -> str:
+    return "health-" + check_run_id(run_id)
+
+
+def submit_job(config: Mapping[str, Any], job_id: str, runs_dir: str | Path | None = None, *,
+               start_worker: bool = True) -> str:
+    """Queue a scan or health job once: an existing job with this id is served (finished, queued or running)
+    or queued again (failed, cancelled, interrupted). Returns the job id."""
+    from darwin_core.runs.queue import _queue_lock, ensure_worker, read_state
+
+    root = runs_dir_default(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(dict(config), sort_keys=False)
+    with _queue_lock(root):
+        folder = RunFolder(root / check_run_id(job_id))
+        if not folder.exists():
+            RunFolder.create(root, text, run_id=job_id, state=QUEUED)
+        elif read_state(folder) in (FAILED, CANCELLED, INTERRUPTED):
+            folder.clear_cancel()
+            folder.update_status(state=QUEUED, error=None, finished_at=None, queued_at=_now())
+            folder.append_event("queued", again=True)
+    if start_worker:
+        ensure_worker(root)
+    return job_id
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def submit_scan(target: ScanTarget, parent_names: Sequence[str], models: Sequence[Any], *, probes: str,
+                local_mode: bool, runs_dir: str | Path | None = None, start_worker: bool = True) -> str:
+    """Queue an MRI scan of one parent or a pair (named as `parent_for_job` names them); returns the job id."""
+    if len(parent_names) != (2 if target is ScanTarget.BOTH else 1):
+        raise DarwinError("A pair scan needs both parents; a single scan needs one.")
+    config = {JOB_KEY: JobKind.SCAN.value, "target": target.value, "parents": list(parent_names),
+              "probes": probes, "local_mode": local_mode}
+    if target is ScanTarget.BOTH:
+        config["father"], config["mother"] = parent_names
+    else:
+        config[target.value] = parent_names[0]
+    return submit_job(config, scan_job_id(models, probes), runs_dir, start_worker=start_worker)
+
+
+def submit_health(run_id: str, runs_dir: str | Path | None = None, *, start_worker: bool = True) -> str:
+    """Queue the health check of a finished run's child; returns the job id."""
+    root = runs_dir_default(runs_dir)
+    run = RunFolder(root / check_run_id(run_id))
+    if not (run.file(CHILD) / "config.json").is_file():
+        raise DarwinError(f"Run {run_id} has no child yet: the health check runs once the run has finished.")
+    config = {JOB_KEY: JobKind.HEALTH.value, "run": run_id}
+    return submit_job(config, health_job_id(run_id), root, start_worker=start_worker)
+
+
+def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, Any]:
+    """(state, payload): ("finished", the result), ("failed", its sentence) or (state, None) while it waits."""
+    from darwin_core.runs.queue import read_state
+
+    root = runs_dir_default(runs_dir)
+    folder = RunFolder(root / check_run_id(job_id))
+    if not folder.exists():
+        return "none", None
+    state = read_state(folder)
+    if state == FAILED:
+        return FAILED, folder.read_status().get("error") or "The job failed."
+    if state != FINISHED:
+        return state, None
+    config = yaml.safe_load(folder.config_text()) or {}
+    result = folder.file(MRI_SCAN) if job_kind(config) is JobKind.SCAN else root / str(config["run"]) / "health.json"
+    try:
+        return FINISHED, json.loads(result.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return FAILED, f"The job finished but its result {result.name} cannot be read."
+
+
+def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: Callable[[str], None]) -> str:
+    """Do what the run folder's config asks (an evolution, a scan, a health check); returns the final state."""
+    config = yaml.safe_load(folder.config_text()) or {}
+    if job_kind(config) is not JobKind.EVOLVE:
+        return execute_job(folder, config)
+    from darwin_core.evolution.pipeline import EvolutionConfig, run_evolution
+
+    return run_evolution(EvolutionConfig.from_yaml(folder.config_text()), folder.path, should_stop=should_stop, log=log)
+
+
+def execute_job(folder: RunFolder, config: Mapping[str, Any]) -> str:
+    """Run a scan or health job in this process (the worker's child); returns FINISHED (a DarwinError fails it)."""
+    kind = job_kind(config)
+    device = compute_device()
+    if kind is JobKind.SCAN:
+        _run_scan(folder, config, device)
+    elif kind is JobKind.HEALTH:
+        from darwin_core.health.run import check_run
+
+        check_run(runs_dir_default(folder.path.parent) / check_run_id(str(config["run"])), device=device)
+    else:
+        raise DarwinError("An evolution is not a scan or health job.")
+    return FINISHED
+
+
+def _run_scan(folder: RunFolder, config: Mapping[str, Any], device: str) -> None:
+    from darwin_core.evolution.pipeline import resolve_parent
+    from darwin_core.fitness.probes import resolve_probes
+    from darwin_core.mri.scan import save_scan, scan_model, scan_pair
+
+    local = bool(config.get("local_mode", True))
+    folders = [resolve_parent(str(name), local_mode=local, runs_dir=folder.path.parent)[1] for name in config["parents"]]
+    probes = None if config.get("probes") == DEFAULT_PROBES else resolve_probes(config.get("probes"))
+    if ScanTarget(config["target"]) is ScanTarget.BOTH:
+        scan = scan_pair(folders[0], folders[1], probes=probes, device=device)
+    else:
+        scan = scan_model(folders[0], probes=probes, device=device)
+    save_scan(scan, folder.file(MRI_SCAN))
+
+
+def wait_until_idle(runs_dir: str | Path | None = None, timeout: float = 300.0) -> bool:
+    """Wait until no job in the runs folder is queued or running and its worker has exited (tests, shutdown)."""
+    import time
+
+    from darwin_core.io.runfolder import run_folders
+    from darwin_core.runs.queue import read_state, worker_alive
+
+    root = runs_dir_default(runs_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = root.exists() and any(read_state(f) in (QUEUED, "starting", "running") for f in run_folders(root))
+        if not busy and not worker_alive(root):
+            return True
+        time.sleep(0.2)
+    return False
