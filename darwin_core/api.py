@@ -25,7 +25,8 @@ from darwin_core.runs.jobs import (
 )
 
 __all__ = [
-    "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "check", "compute_device", "health_job_id", "job_result", "scan",
+    "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "check", "compute_device", "health_job_id", "job_result",
+    "parent_for_job", "run_health", "scan",
 ]
 
 

@@ -131,7 +131,7 @@ def test_parents_info_endpoint_returns_the_demo_parents_architecture(zoo, monkey
 
 
 def test_a_parent_that_does_not_exist_gets_one_sentence_not_a_traceback(zoo, tmp_path):
-    from ui.parents import inspect_parents
+    from ui.tabs.parents import inspect_parents
 
     facts, compat, verdict, error = inspect_parents(
         "demo:father", "", None, str(tmp_path / "no-such-model"), local_mode=True, token=None, zoo_dir=zoo
@@ -142,7 +142,7 @@ def test_a_parent_that_does_not_exist_gets_one_sentence_not_a_traceback(zoo, tmp
 
 def test_on_a_public_space_demo_parents_load_but_typed_local_folders_are_refused(zoo):
     from darwin_core.parents.hub import LOCAL_REFUSED
-    from ui.parents import inspect_parents
+    from ui.tabs.parents import inspect_parents
 
     facts, _, verdict, error = inspect_parents("demo:father", "", "demo:mother", "", local_mode=False, token=None, zoo_dir=zoo)
     assert error == "" and list(facts.iloc[0, 1:]) == ["demo father", "demo mother"] and verdict.startswith("**Breedable")
@@ -151,7 +151,7 @@ def test_on_a_public_space_demo_parents_load_but_typed_local_folders_are_refused
 
 
 def test_neither_pick_nor_typed_parent_asks_for_one(zoo):
-    from ui.parents import inspect_parents
+    from ui.tabs.parents import inspect_parents
 
     *_, error = inspect_parents("demo:father", "", None, "  ", local_mode=True, token=None, zoo_dir=zoo)
     assert "mother" in error and "Traceback" not in error

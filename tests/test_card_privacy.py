@@ -105,7 +105,7 @@ def _leaks(text: str, paths: list[str]) -> list[str]:
 
 
 def test_previewing_a_finished_runs_card_leaves_its_run_folder_byte_for_byte_unchanged(local_run, tmp_path):
-    from ui.publish_tab import _preview, card_preview
+    from ui.tabs.publish import _preview, card_preview
 
     run = _copy(local_run, tmp_path)
     before = _snapshot(run)

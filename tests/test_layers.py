@@ -103,3 +103,14 @@ def test_the_layer_check_catches_a_deliberate_violation(tmp_path):
 def test_every_module_has_a_layer(package):
     for path in (REPO / package).rglob("*.py"):
         layer_of(module_name(path))
+
+
+def test_no_tab_imports_another_and_only_the_app_imports_tabs():
+    """Tabs share what they show through ui/views.py, ui/common.py and ui/session.py, never through each other."""
+    offenders = []
+    for path in sorted((REPO / "ui").rglob("*.py")):
+        source = module_name(path)
+        for line, target in imported_modules(path):
+            if target.startswith("ui.tabs.") and target != source and source != "ui.app":
+                offenders.append(f"{path.relative_to(REPO)}:{line} imports {target}")
+    assert not offenders, "\n".join(offenders)

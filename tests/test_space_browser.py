@@ -62,7 +62,7 @@ def bucket_runs():
     """A runs folder outside the working folder and the temp folder (like a Space's mounted storage bucket);
     removed afterwards, once no run and no worker is left on it."""
     from darwin_core.runs.jobs import wait_until_idle
-    from ui.publish_tab import ZIPS
+    from ui.tabs.publish import ZIPS
 
     candidates = [Path("/var/tmp"), Path.home()]
     base = next((c for c in candidates if c.is_dir() and _outside(c, Path.cwd()) and _outside(c, tempfile.gettempdir())), None)
@@ -226,7 +226,7 @@ def test_a_space_visitor_scans_breeds_checks_and_downloads_the_child_as_a_zip(sp
 def _launch_args(father_typed: str = "") -> dict:
     """evolve_launch's arguments (its API names): a tiny run of the demo parents on a few demo items; a father
     typed into the Parents tab's box (as a visitor names an earlier child, `run:<id>`) wins over the pick."""
-    from ui.evolve_tab import DEMO_HEADERS, demo_task_rows
+    from ui.tabs.evolve import DEMO_HEADERS, demo_task_rows
 
     rows = demo_task_rows()
     rows["items"] = int(ITEMS_PER_SKILL)

@@ -28,7 +28,7 @@ def _state(name: str) -> dict:
 
 def _launch(runs_dir: Path, *, state=None, father="demo:father", mother="demo:mother", extra=None, uploads=None,
             population=4, generations=1, frozen="", token=None, local_mode=False):
-    from ui.evolve_tab import demo_task_rows, launch_run
+    from ui.tabs.evolve import demo_task_rows, launch_run
 
     rows = demo_task_rows()
     rows["items"] = 8
@@ -153,7 +153,7 @@ def test_every_allow_listed_lm_eval_task_is_multiple_choice_without_functions_in
 
 def test_a_gated_model_in_the_shared_cache_is_refused_to_an_anonymous_visitor(read_hub, unsealed, fixture_model, runs_dir):
     from darwin_core.parents import hub
-    from ui.parents import inspect_parents
+    from ui.tabs.parents import inspect_parents
 
     read_hub.add("darwin-test/gated-llama", fixture_model("llama"), gated=True)
     signed_in = hub.download(hub.resolve_model("darwin-test/gated-llama", local_mode=False, token="hf_granted"),

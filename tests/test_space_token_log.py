@@ -54,7 +54,7 @@ if args["action"] == "inspect":
     facts, compat, verdict, error = handler("parents_info")(None, args["repo"], None, args["repo"], profile, oauth)
     out.update(error=error, verdict=verdict, facts=facts.values.tolist())
 elif args["action"] == "evolve":
-    from ui.evolve_tab import demo_task_rows
+    from ui.tabs.evolve import demo_task_rows
 
     rows = demo_task_rows()
     rows["weight"] = 0.0  # only the visitor's task counts
@@ -62,7 +62,7 @@ elif args["action"] == "evolve":
     new_state, error = handler("evolve_launch")(state, "demo:father", "", "demo:mother", "", *settings, profile, oauth)
     out.update(error=error, run_id=None if error else new_state["run_id"])
 elif args["action"] == "publish":  # the visitor's own finished run (demo tasks), then Push to the Hub
-    from ui.evolve_tab import demo_task_rows
+    from ui.tabs.evolve import demo_task_rows
 
     rows = demo_task_rows()
     rows["items"] = 8

@@ -92,7 +92,7 @@ def finished_run(app):
 
 def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
     from darwin_core.errors import DarwinError
-    from ui.evolve_tab import demo_task_rows, frozen_layers, task_specs
+    from ui.tabs.evolve import demo_task_rows, frozen_layers, task_specs
 
     upload = write_choice_task(tmp_path / "mine.jsonl")
     specs = task_specs(
@@ -120,7 +120,7 @@ def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
 
 
 def test_progress_facts_give_rate_and_eta_from_the_event_log():
-    from ui.evolve_tab import progress_facts
+    from ui.views import progress_facts
 
     events = [{"event": "evaluated", "name": "father", "phase": "full", "t": 0.0, "seconds": 1.0}]
     events += [{"event": "evaluated", "name": f"g1c{i}", "phase": "proxy", "t": 10.0 + 2 * i, "seconds": 2.0} for i in range(4)]
@@ -271,7 +271,7 @@ def test_unknown_and_incompatible_parents_get_one_sentence(app, tmp_path):
 
 
 def test_a_finished_runs_child_is_offered_as_a_parent_and_breeds_with_a_demo_parent(app, finished_run):
-    from ui.parents import CHILD_PREFIX, child_choices, inspect_parents, parent_choices
+    from ui.tabs.parents import CHILD_PREFIX, child_choices, inspect_parents, parent_choices
 
     _, runs_dir, _, zoo = app
     value = CHILD_PREFIX + finished_run["run_id"]

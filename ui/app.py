@@ -13,7 +13,8 @@ import gradio as gr
 
 from darwin_core.runs import queue as jobs
 from darwin_core.runs.queue import runs_dir_default
-from ui import evolve_tab, health_tab, mri_tab, parents, publish_tab, runs_tab, session
+from ui import session
+from ui.tabs import evolve, health, mri, parents, publish, runs
 from ui.common import local_mode_default, on_space, server_name_default
 
 THEME = gr.themes.Soft(primary_hue="emerald", secondary_hue="sky")
@@ -63,17 +64,17 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
             with gr.Tab("Parents", id="parents"):
                 parent_inputs = parents.build_parents_tab(demo, local_mode=local_mode, zoo_dir=zoo_dir, runs_dir=runs_dir)
             with gr.Tab("MRI", id="mri"):
-                mri_tab.build_mri_tab(demo, parent_inputs, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
+                mri.build_mri_tab(demo, parent_inputs, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
             with gr.Tab("Evolve", id="evolve"):
-                evolve_tab.build_evolve_tab(demo, state, parent_inputs, runs_dir=runs_dir, local_mode=local_mode,
+                evolve.build_evolve_tab(demo, state, parent_inputs, runs_dir=runs_dir, local_mode=local_mode,
                                             zoo_dir=zoo_dir)
             with gr.Tab("Health", id="health") as tab:
-                health_tab.build_health_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, tab=tab)
+                health.build_health_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, tab=tab)
             with gr.Tab("Publish", id="publish") as tab:
-                publish_tab.build_publish_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir,
+                publish.build_publish_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir,
                                               tab=tab)
             with gr.Tab("Runs", id="runs") as tab:
-                runs_tab.build_runs_tab(demo, state, runs_dir=runs_dir, tab=tab)
+                runs.build_runs_tab(demo, state, runs_dir=runs_dir, tab=tab)
     return demo
 
 

@@ -93,3 +93,13 @@ def human_count(count: int | None) -> str:
 def percent(value: float | None) -> str:
     """Accuracies (0..1) as percentages with one decimal, or a dash when not measured."""
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
+    """A typed Hub id / path wins over the dropdown; neither is one clear sentence."""
+    typed = (typed or "").strip()
+    if typed:
+        return typed
+    if pick:
+        return pick
+    raise DarwinError(f"Pick a demo {role} or type a Hub id or local folder for the {role}.")

@@ -22,7 +22,7 @@ from darwin_core.io.runfolder import FINISHED
 from darwin_core.runs import queue as jobs
 from ui import plots, run_plots, session
 from ui.common import guarded
-from ui.runs_tab import HELDOUT_HEADERS, heldout_table, report_markdown
+from ui.views import HELDOUT_HEADERS, heldout_table, report_markdown
 
 POLL_SECONDS = 1.5
 VERDICT_TEXT = {"healthy": "✅ Healthy", "warning": "🟡 Warning", "broken": "❌ Broken"}

@@ -18,7 +18,7 @@ import pandas as pd
 
 from darwin_core import api
 from ui import session
-from ui.common import guarded
+from ui.common import chosen_ref, guarded
 
 PROBE_CHOICES = [("the demo tasks' worked examples", "demo"), ("the five default categories (reasoning, code, math, knowledge, language)", "default")]
 SCAN_CHOICES = [("both parents (adds divergence and the prescription)", "both"), ("father only", "father"), ("mother only", "mother")]
@@ -92,11 +92,9 @@ def render_scan(scan: Mapping, labels: Sequence[str]) -> tuple:
 def start_scan(which: str, probes: str, father_pick, father_typed, mother_pick, mother_typed, *, runs_dir: Path,
                local_mode: bool, token: str | None, zoo_dir: str | Path | None) -> tuple[dict | None, str]:
     """Resolve the parents and queue the scan (or find it stored); returns (job, message)."""
-    from ui import parents
-
     def work() -> dict:
         picks = {"father": (father_pick, father_typed), "mother": (mother_pick, mother_typed)}
-        refs = {role: parents.chosen_ref(*picks[role], role) for role in ("father", "mother")}
+        refs = {role: chosen_ref(*picks[role], role) for role in ("father", "mother")}
         job_id, labels = api.scan(which, refs, probes, local_mode=local_mode, token=token, zoo_dir=zoo_dir,
                                   runs_dir=runs_dir)
         return {"job": job_id, "labels": labels, "which": which}

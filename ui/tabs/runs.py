@@ -7,7 +7,6 @@ curve and held-out report show here. Anyone can open and watch any run; managing
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,16 @@ import gradio as gr
 import pandas as pd
 
 from darwin_core.runs import queue as jobs
-from darwin_core.parents.names import parent_label
 from darwin_core.errors import DarwinError
 from ui import run_plots, session
-from ui.common import guarded, percent
-from ui.evolve_tab import STATE_TEXT, run_error
+from ui.common import guarded
+from ui.views import HELDOUT_HEADERS, STATE_TEXT, heldout_table, public_parent_name, report_markdown, run_error
 
 RUN_HEADERS = ["run", "state", "father", "mother", "generation", "best fitness", "created"]
-HELDOUT_HEADERS = ["task", "items", "child", "father", "mother", "child − father [95% CI]", "p vs father",
-                   "child − mother [95% CI]", "p vs mother"]
 
 
-HIDDEN_PARENT = "a gated or private Hub model"
 
 
-def _name(ref: Any, run: Mapping | None = None) -> str:
-    """A parent as everyone may see it: a gated or private parent's pinned id only in its owner's Evolve tab."""
-    if run is not None and run.get("parents_restricted"):
-        return HIDDEN_PARENT
-    return parent_label(str(ref)) if ref else "—"
 
 
 def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -43,65 +33,22 @@ def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     for run in runs:
         best = run.get("best_fitness")
         rows.append([
-            run["run_id"], STATE_TEXT.get(run["state"], run["state"]), _name(run.get("father"), run), _name(run.get("mother"), run),
+            run["run_id"], STATE_TEXT.get(run["state"], run["state"]), public_parent_name(run.get("father"), run), public_parent_name(run.get("mother"), run),
             f"{run.get('generation') or 0}/{run.get('generations') or '?'}",
             f"{best:.4f}" if isinstance(best, (int, float)) else "—", run.get("created_at") or "—",
         ])
     return pd.DataFrame(rows, columns=RUN_HEADERS), [run["run_id"] for run in runs]
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
 
 
-def heldout_table(report: Mapping | None) -> pd.DataFrame:
-    """The held-out comparison of report.json: scores, the paired-bootstrap interval of the difference, McNemar p."""
-    from darwin_core.publishing.cardgen import heldout_rows
-
-    rows = []
-    for r in heldout_rows((report or {}).get("heldout")):
-        rows.append([
-            r.task, r.n_items, percent(r.child), percent(r.father), percent(r.mother),
-            f"{_points(r.child - r.father)} [{_points(r.ci_vs_father[0])}, {_points(r.ci_vs_father[1])}]", f"{r.p_vs_father:.3g}",
-            f"{_points(r.child - r.mother)} [{_points(r.ci_vs_mother[0])}, {_points(r.ci_vs_mother[1])}]", f"{r.p_vs_mother:.3g}",
-        ])
-    return pd.DataFrame(rows, columns=HELDOUT_HEADERS)
 
 
-def report_markdown(run: Mapping) -> str:
-    """What the run concluded, in words, from report.json (only measured numbers)."""
-    report = run.get("report")
-    if not report:
-        if run.get("state") == "finished":
-            return "The run finished without a report."
-        return "The report appears when the run has finished: the best child is merged to disk and measured on the held-out split."
-    lines = []
-    best = report.get("best") or {}
-    if best.get("kind") == "baseline":
-        candidate = report.get("best_candidate") or {}
-        lines.append(f"No candidate beat the **{best.get('name')}** reference on the full search split (search fitness "
-                     f"**{best.get('fitness', 0):.4f}** against the best candidate {candidate.get('name')}'s "
-                     f"{candidate.get('fitness', 0):.4f}), so the child is that recipe.")
-    elif best:
-        lines.append(f"Best candidate **{best.get('name')}** (generation {best.get('generation')}), search fitness **{best.get('fitness', 0):.4f}**.")
-    heldout = report.get("heldout")
-    if heldout:
-        verdict = "beats both parents" if heldout.get("beats_both_parents") else (
-            "beats the father" if heldout.get("beats_father") else "beats the mother" if heldout.get("beats_mother") else
-            "does not beat either parent")
-        composite = heldout["models"]["child"]["composite"]
-        lines.append(
-            f"On the held-out split the child scores **{percent(composite)}** (weighted composite) and {verdict} at "
-            f"p < {heldout.get('significance', 0.05)} (exact McNemar on paired items)."
-        )
-    else:
-        lines.append("This run did not measure a held-out split.")
-    return "\n\n".join(lines)
 
 
 def open_run(run_id: str, runs_dir: Path) -> dict[str, Any]:
     run = jobs.read_run(run_id, runs_dir)
-    header = f"**Run `{run['run_id']}`** — {STATE_TEXT.get(run['state'], run['state'])} · father `{_name(run.get('father'), run)}` × mother `{_name(run.get('mother'), run)}`"
+    header = f"**Run `{run['run_id']}`** — {STATE_TEXT.get(run['state'], run['state'])} · father `{public_parent_name(run.get('father'), run)}` × mother `{public_parent_name(run.get('mother'), run)}`"
     return {
         "header": header,
         "error": run_error(run),

@@ -22,21 +22,17 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core.evolution.pipeline import parse_candidate_name
 from darwin_core.runs import queue as jobs
-from darwin_core.parents.names import parent_label
+from darwin_core import api
 from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder, atomic_write_bytes
-from ui import run_plots, session
-from ui.common import guarded
+from darwin_core.io.runfolder import CANCELLED, RunFolder, atomic_write_bytes
+from ui import session
+from ui.views import render_run, signature
+from ui.common import chosen_ref, guarded
 
 POLL_SECONDS = 2.0
 DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
-STATE_TEXT = {
-    "queued": "⏳ queued", "starting": "⏳ starting", "running": "🧬 running", FINISHED: "✅ finished",
-    FAILED: "❌ failed", CANCELLED: "⏹ cancelled", INTERRUPTED: "⚠ interrupted",
-}
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
                  "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri", "patience"]
 
@@ -171,25 +167,8 @@ def frozen_layers(text: str | None, layer_count: int | None = None) -> list[int]
 def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
                    zoo_dir: str | Path | None, runs_dir: str | Path | None = None, may_breed_run: Any = None):
     """(what the run's config names: demo:/run:/a Hub id/a folder, the resolved ModelRef); one sentence when unknown."""
-    from ui import parents
-
-    from darwin_core.parents import hub
-    from darwin_core.parents import Scheme, parse_parent
-
-    ref = parents.chosen_ref(pick, typed, role)
-    model, _ = parents.resolve_parent(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir,
-                                      may_breed_run=may_breed_run)
-    scheme = parse_parent(ref, local_mode=local_mode).scheme
-    if scheme in (Scheme.DEMO, Scheme.RUN):
-        return ref.strip(), model
-    if model.local:
-        return str(Path(model.folder).resolve()), model
-    if model.gated or model.private:
-        # The worker never sees the visitor's token: fetch the parent now, with it, and pin the run to the
-        # cached commit, which the worker then reads without asking the Hub.
-        model = hub.download(model, token=token)
-        return f"{model.id}@{model.commit}", model
-    return ref, model
+    return api.parent_for_job(chosen_ref(pick, typed, role), local_mode=local_mode, token=token, zoo_dir=zoo_dir,
+                              runs_dir=runs_dir, may_breed_run=may_breed_run)
 
 
 def _whole(value: Any, name: str) -> int:
@@ -287,168 +266,29 @@ def parents_may_breed(run_id: str, *, runs_dir: Path, who: Any, secret: str, loc
 # ------------------------------------------------------------------------------------------- reading a run
 
 
-def _rss_bytes(pid: Any) -> int | None:
-    """Resident memory of the run's process (Linux /proc), or None when it is not running here."""
-    if not isinstance(pid, int):
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
-def progress_facts(run: Mapping, events: Sequence[Mapping], config: Mapping, *, now: float | None = None) -> dict[str, Any]:
-    """Candidates measured / planned, candidates per minute, ETA of the search (seconds), from the event log."""
-    now = time.time() if now is None else now
-    measured = [e for e in events if e.get("event") == "evaluated" and parse_candidate_name(str(e.get("name", ""))) is not None]
-    population = int(config.get("population") or 0)
-    generations = int(run.get("generations") or config.get("generations") or 0)
-    proxy_is_full = all(e.get("phase") == "full" for e in measured) and bool(measured)
-    per_generation = population + (0 if proxy_is_full else int(config.get("topk_full") or 0))
-    planned = per_generation * generations
-    recent = measured[-20:]
-    rate = None
-    if len(recent) >= 2 and recent[-1]["t"] > recent[0]["t"]:
-        rate = 60.0 * (len(recent) - 1) / (recent[-1]["t"] - recent[0]["t"])
-    elif len(recent) == 1 and recent[0].get("seconds"):
-        rate = 60.0 / max(recent[0]["seconds"], 1e-6)
-    eta = None
-    if rate and planned and run.get("state") == "running" and run.get("phase") == "search":
-        eta = max(planned - len(measured), 0) * 60.0 / rate
-    return {"measured": len(measured), "planned": planned, "per_minute": rate, "eta_seconds": eta}
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def genome_names(space: str | None, count: int) -> list[str]:
-    """Dimension names of a genome of `count` values in `space` (generic names when the space is unknown)."""
-    try:
-        from darwin_core.genome.spaces import get_space
-
-        names = get_space(space or "", layer_count=count).names
-        if len(names) == count:
-            return names
-    except (DarwinError, TypeError, ValueError):
-        pass
-    return [f"x{i}" for i in range(count)]
 
 
-def run_header(run: Mapping, *, owner: bool) -> str:
-    state = run.get("state", "queued")
-    parts = [f"**Run `{run['run_id']}`** — {STATE_TEXT.get(state, state)}"]
-    if run.get("parents_restricted") and not owner:
-        parts.append("parents: gated or private Hub models (shown to the run's owner only)")
-    elif run.get("father") and run.get("mother"):
-        parts.append(f"father `{parent_label(str(run['father']))}` × mother `{parent_label(str(run['mother']))}`")
-    parts.append(f"generation {run.get('generation') or 0}/{run.get('generations') or '?'}")
-    if isinstance(run.get("best_fitness"), (int, float)):
-        parts.append(f"best candidate fitness {run['best_fitness']:.4f}")
-    line = " · ".join(parts)
-    published = ((run.get("report") or {}).get("best") or {})
-    if published.get("kind") == "baseline":
-        line += (f"\n\nNo candidate beat the `{published['name']}` reference line on the full search set "
-                 f"({published['fitness']:.4f}): the child is that recipe.")
-    if run.get("phase") == "final" and state == "running":
-        line += "\n\nThe search is done: merging the best child to disk and measuring it on the held-out split."
-    if state == INTERRUPTED:
-        line += "\n\nNo process is executing this run any more (the server restarted?): its owner can resume it from the last checkpoint."
-    line += "\n\n" + ("You started this run: you can cancel, resume and publish it." if owner
-                      else "You are watching a run started by someone else: its owner can cancel or publish it.")
-    return line
 
 
-def run_error(run: Mapping) -> str:
-    """The failure sentence the run folder recorded (never a traceback)."""
-    if run.get("state") == FAILED and run.get("error"):
-        return f"**⚠ The run failed: {run['error']}**"
-    return ""
 
 
-def stats_markdown(run: Mapping, facts: Mapping, memory: int | None) -> str:
-    from ui.common import human_bytes
-
-    rate = facts.get("per_minute")
-    lines = [
-        f"Candidates measured: **{facts['measured']}**" + (f" of {facts['planned']} planned" if facts.get("planned") else ""),
-        f"Candidates per minute: **{rate:.1f}**" if rate else "Candidates per minute: —",
-        f"Search ETA: **{_duration(facts.get('eta_seconds'))}**" + (" (then the final merge and held-out evaluation)" if facts.get("eta_seconds") is not None else ""),
-        f"Memory of the run's process: **{human_bytes(memory)}**" if memory else "Memory of the run's process: — (not running on this machine)",
-    ]
-    if isinstance(run.get("device_memory_bytes"), (int, float)):
-        lines.append(f"Peak accelerator memory: **{human_bytes(int(run['device_memory_bytes']))}**")
-    return "  \n".join(lines)
 
 
-def render_run(run_id: str, *, runs_dir: Path, who: session.Visitor, local_mode: bool) -> dict[str, Any]:
-    """Everything the live view shows about one run, read from its folder."""
-    import yaml
-
-    run = jobs.read_run(run_id, runs_dir)
-    folder = RunFolder(runs_dir / run_id)
-    owner = session.is_owner(folder.path, who, session.app_secret(runs_dir), local_mode=local_mode)
-    config = yaml.safe_load(run.get("config_yaml") or "") or {}
-    status = folder.read_status()
-    run = {**run, "device_memory_bytes": status.get("device_memory_bytes")}
-    facts = progress_facts(run, folder.events(), config)
-    memory = _rss_bytes(status.get("pid")) if run["state"] == "running" else None
-    best = run.get("best")
-    genome = run_plots.genome_figure(genome_names(config.get("genome"), len(best["genome"])), best["genome"],
-                                     title=f"Best genome so far ({best['name']}, fitness {best['fitness']:.4f})") if best and best.get("genome") else None
-    return {
-        "run": run,
-        "owner": owner,
-        "header": run_header(run, owner=owner),
-        "error": run_error(run),
-        "curve": run_plots.fitness_figure(run["curves"]),
-        "genome": genome,
-        "stats": stats_markdown(run, facts, memory),
-        "final": run["state"] in FINAL_STATES or run["state"] == INTERRUPTED,
-    }
 
 
-def signature(run_id: str | None, runs_dir: Path) -> list[Any]:
-    """What changes when a run makes progress: a tick with the same signature re-renders nothing."""
-    if not run_id:
-        return [None]
-    folder = runs_dir / run_id
-    out: list[Any] = [run_id]
-    for name in ("status.json", "evaluations.jsonl", "events.jsonl", "report.json", "owner.json"):
-        try:
-            stat = (folder / name).stat()
-            out.append([stat.st_size, stat.st_mtime_ns])
-        except FileNotFoundError:
-            out.append(None)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- the tab
 
 
-def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inputs: Sequence[gr.components.Component], *,
-                     runs_dir: str | Path, local_mode: bool, zoo_dir: str | Path | None = None) -> dict[str, Any]:
-    """Lay out the Evolve tab; `parent_inputs` = the Parents tab's (father pick, father typed, mother pick,
-    mother typed). Returns its components by name."""
-    from darwin_core.genome.spaces import SPACE_NAMES
-    from darwin_core.merge.methods.registry import method_names
-
-    runs_dir = Path(runs_dir)
-    gr.Markdown(
-        "Breed the parents chosen in the Parents tab. CMA-ES proposes merge recipes (genomes); each candidate child "
-        "is built in memory and scored on the **search** half of the tasks; the **held-out** half is used only for "
-        "the final report. The run goes on in the background: close or reload this page and come back."
-    )
+def _task_inputs() -> list[gr.components.Component]:
+    """The fitness-task inputs: demo tasks, Hub/lm-eval tasks, uploads and their weight."""
     with gr.Accordion("Fitness tasks", open=True):
         demo_tasks = gr.Dataframe(
             value=demo_task_rows(), headers=DEMO_HEADERS, datatype=["str", "str", "number", "number"],
@@ -466,6 +306,14 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             uploads = gr.File(label="Your own tasks (.jsonl / .json / .csv: prompt + answer, or prompt + choices + answer)",
                               file_count="multiple", file_types=[".jsonl", ".json", ".csv"], elem_id="evolve-uploads")
             upload_weight = gr.Number(1.0, label="Weight of each uploaded task", minimum=0, elem_id="evolve-upload-weight")
+    return [demo_tasks, extra_tasks, uploads, upload_weight]
+
+
+def _search_inputs() -> dict[str, gr.components.Component]:
+    """The search-setting inputs, by name."""
+    from darwin_core.genome.spaces import SPACE_NAMES
+    from darwin_core.merge.methods.registry import method_names
+
     with gr.Accordion("Search settings", open=True):
         with gr.Row():
             genome = gr.Dropdown(list(SPACE_NAMES), value="darwin-v6", label="Genome space", elem_id="evolve-genome")
@@ -483,6 +331,46 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
             topk_full = gr.Number(2, label="Top-k on the full search set (phase 2)", precision=0, minimum=0, elem_id="evolve-topk")
             patience = gr.Number(0, label="Stop early after this many generations without a better child (0 = never)",
                                  precision=0, minimum=0, elem_id="evolve-patience")
+    return {"genome": genome, "method": method, "frozen": frozen, "use_mri": use_mri, "population": population,
+            "sigma0": sigma0, "generations": generations, "seed": seed, "proxy_items": proxy_items,
+            "topk_full": topk_full, "patience": patience}
+
+
+def _manager(action: str, *, runs_dir: Path, local_mode: bool):
+    """The Cancel / Resume handler: the page's current run, its owner only."""
+
+    def core(state, token, user):
+        who = session.visitor(state, user)
+
+        def act() -> str:
+            run_id = session.current_run(state)  # a forged id is refused before any path is built
+            if not run_id:
+                raise DarwinError("There is no run on this page to " + action + ".")
+            session.require_owner(runs_dir / run_id, who, session.app_secret(runs_dir), local_mode=local_mode, action=action)
+            if action == "cancel":
+                after = jobs.cancel(run_id, runs_dir)
+                return "Cancelled." if after == CANCELLED else f"Asked the run to stop (it stops before its next candidate; now {after})."
+            jobs.resume(run_id, runs_dir)
+            return "Queued again: the run continues from its last checkpoint."
+
+        done, message = guarded(act, f"{action} a run")
+        return (f"{done}" if done else message), gr.Timer(active=True)
+
+    return session.with_token(core, ["state"])
+
+
+def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inputs: Sequence[gr.components.Component], *,
+                     runs_dir: str | Path, local_mode: bool, zoo_dir: str | Path | None = None) -> dict[str, Any]:
+    """Lay out the Evolve tab; `parent_inputs` = the Parents tab's (father pick, father typed, mother pick,
+    mother typed). Returns its components by name."""
+    runs_dir = Path(runs_dir)
+    gr.Markdown(
+        "Breed the parents chosen in the Parents tab. CMA-ES proposes merge recipes (genomes); each candidate child "
+        "is built in memory and scored on the **search** half of the tasks; the **held-out** half is used only for "
+        "the final report. The run goes on in the background: close or reload this page and come back."
+    )
+    demo_tasks, extra_tasks, uploads, upload_weight = _task_inputs()
+    search = _search_inputs()
     if not local_mode:
         from darwin_core.runs.quotas import Quotas
 
@@ -502,8 +390,9 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     rendered = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=True)
 
-    settings = [demo_tasks, extra_tasks, uploads, upload_weight, genome, method, population, sigma0, generations, seed,
-                proxy_items, topk_full, frozen, use_mri, patience]
+    settings = [demo_tasks, extra_tasks, uploads, upload_weight, *(search[name] for name in (
+        "genome", "method", "population", "sigma0", "generations", "seed", "proxy_items", "topk_full", "frozen", "use_mri",
+        "patience"))]
 
     def launch_core(state, *args):
         *values, token, user = args
@@ -520,26 +409,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
         api_name="evolve_launch", api_description="Queue an evolution of the chosen parents; returns the browser state with its run id.",
     )
 
-    def manage(action: str):
-        def core(state, token, user):
-            who = session.visitor(state, user)
-
-            def act() -> str:
-                run_id = session.current_run(state)  # a forged id is refused before any path is built
-                if not run_id:
-                    raise DarwinError("There is no run on this page to " + action + ".")
-                session.require_owner(runs_dir / run_id, who, session.app_secret(runs_dir), local_mode=local_mode, action=action)
-                if action == "cancel":
-                    after = jobs.cancel(run_id, runs_dir)
-                    return "Cancelled." if after == CANCELLED else f"Asked the run to stop (it stops before its next candidate; now {after})."
-                jobs.resume(run_id, runs_dir)
-                return "Queued again: the run continues from its last checkpoint."
-
-            done, message = guarded(act, f"{action} a run")
-            return (f"{done}" if done else message), gr.Timer(active=True)
-
-        return session.with_token(core, ["state"])
-
+    manage = functools.partial(_manager, runs_dir=runs_dir, local_mode=local_mode)
     cancel.click(manage("cancel"), inputs=[session_state], outputs=[notice, timer], api_name="evolve_cancel",
                  api_description="Cancel the page's current run (its owner only).")
     resume.click(manage("resume"), inputs=[session_state], outputs=[notice, timer], api_name="evolve_resume",

@@ -19,10 +19,9 @@ import gradio as gr
 import pandas as pd
 
 from darwin_core.parents import anatomy
-from darwin_core.errors import DarwinError
 from darwin_core.parents import DEMO_PREFIX
 from darwin_core.parents import RUN_PREFIX as CHILD_PREFIX
-from ui.common import guarded, human_bytes, human_count, percent
+from ui.common import chosen_ref, guarded, human_bytes, human_count, percent
 from ui.session import with_token
 
 DEFAULT_FATHER = f"{DEMO_PREFIX}father"
@@ -93,14 +92,6 @@ def parent_choices(zoo_dir: str | Path | None, runs_dir: str | Path | None) -> l
     return (demo_choices(*zoo) if zoo is not None else []) + child_choices(runs_dir)
 
 
-def chosen_ref(pick: str | None, typed: str | None, role: str) -> str:
-    """A typed Hub id / path wins over the dropdown; neither is one clear sentence."""
-    typed = (typed or "").strip()
-    if typed:
-        return typed
-    if pick:
-        return pick
-    raise DarwinError(f"Pick a demo {role} or type a Hub id or local folder for the {role}.")
 
 
 # ------------------------------------------------------------------------------------------- resolving

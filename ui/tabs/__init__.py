@@ -1,0 +1,1 @@
+"""One module per tab of the page (Parents, MRI, Evolve, Health, Publish, Runs); tabs never import each other."""
