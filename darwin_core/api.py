@@ -1,13 +1,13 @@
-"""The façade the page and the command line call: inspect, scan, breed, merge, check, card, publish.
+"""The façade the page and the command line call: inspect, scan, breed, merge, check, try, card, publish.
 
 Every rule that decides what a visitor may do lives behind these functions (or in the layers they call), so the
 UI only lays out components and renders what comes back, and the CLI can do whatever the page does. Long device
-work (evolutions, scans, health checks) is queued for the one worker; these functions return a job id at once.
+work (evolutions, scans, health checks, chats) is queued for the one worker; these functions return a job id at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,53 @@ from darwin_core.runs.jobs import (
     health_job_id,
     job_result,
     parent_for_job,
+    submit_chat,
     submit_health,
     submit_scan,
 )
 
+# What the page and the CLI read besides the functions below: names, constants and small readers, imported when
+# first used (the page starts without loading torch, transformers or plotly).
+REEXPORTS: dict[str, str] = {
+    **dict.fromkeys(("CANCELLED", "CHILD", "FAILED", "FINAL_STATES", "FINISHED", "INTERRUPTED", "PUBLISHED",
+                     "RunFolder", "check_run_id", "runs_dir_default"), "darwin_core.io.runfolder"),
+    **dict.fromkeys(("atomic_write_text",), "darwin_core.io.atomic"),
+    **dict.fromkeys(("DEMO_PREFIX", "RUN_PREFIX", "Scheme", "parse_parent", "parent_label", "resolve_parent_name"),
+                    "darwin_core.parents"),
+    **dict.fromkeys(("ModelRef", "compatibility", "search_models", "seal_ambient_token"), "darwin_core.parents.hub"),
+    **dict.fromkeys(("classify",), "darwin_core.parents.anatomy"),
+    **dict.fromkeys(("DEFAULT_ZOO_DIR", "load_zoo_manifest", "zoo_paths"), "darwin_core.parents.demo"),
+    **dict.fromkeys(("SPACE_NAMES", "get_space"), "darwin_core.genome.spaces"),
+    **dict.fromkeys(("method_names",), "darwin_core.merge.methods.registry"),
+    **dict.fromkeys(("DEMO_SKILLS", "SKILLS"), "darwin_core.fitness.demo_tasks"),
+    **dict.fromkeys(("parse_candidate_name",), "darwin_core.evolution.pipeline"),
+    **dict.fromkeys(("card_text", "curve_png", "heldout_rows", "inline_pictures", "write_card"),
+                    "darwin_core.publishing.cardgen"),
+    **dict.fromkeys(("push_to_hub", "save_locally", "zip_child"), "darwin_core.publishing.push"),
+    **dict.fromkeys(("Quotas", "check_upload", "parse_frozen_layers"), "darwin_core.runs.quotas"),
+    **dict.fromkeys(("cancel", "ensure_worker", "list_runs", "read_run", "read_state", "resume",
+                     "start_worker_if_queued"), "darwin_core.runs.queue"),
+    **dict.fromkeys(("OWNER_FILE", "REFUSED", "SECRET_ENV", "SECRET_FILE", "Visitor", "app_secret", "is_owner",
+                     "may_breed_from", "read_owners", "record_owner", "require_owner", "visitor_usage"),
+                    "darwin_core.runs.owners"),
+    **dict.fromkeys(("BreedRequest", "breed", "stage_tasks"), "darwin_core.runs.breeding"),
+}
+
 __all__ = [
-    "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "check", "compute_device", "health_job_id", "job_result",
-    "parent_for_job", "run_health", "scan",
+    "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "chat", "chat_models", "check", "compute_device", "health_job_id", "job_result",
+    "mark_published", "parent_for_job", "run_health", "scan", *REEXPORTS,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = REEXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'darwin_core.api' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def scan(which: str, refs: Mapping[str, str], probes: str, *, local_mode: bool, token: str | None,
@@ -68,3 +107,31 @@ def run_health(run_id: str, runs_dir: str | Path | None = None) -> Any:
     from darwin_core.io.runfolder import check_run_id, runs_dir_default
 
     return read_run_health(runs_dir_default(runs_dir) / check_run_id(run_id))
+
+
+def mark_published(run_dir: str | Path, repo_id: str, url: str) -> None:
+    """Record that a run's child is public on the Hub: from then on anyone may breed from it (`run:` parents)."""
+    import json
+
+    from darwin_core.io.atomic import atomic_write_text
+    from darwin_core.io.runfolder import PUBLISHED
+
+    atomic_write_text(Path(run_dir) / PUBLISHED, json.dumps({"repo_id": repo_id, "url": url}) + "\n")
+
+
+def chat_models(run_id: str, runs_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """(label, name) of every model of the run one can talk to: the child, the parents, the measured candidates."""
+    from darwin_core.chat.models import model_choices
+    from darwin_core.io.runfolder import check_run_id, runs_dir_default
+
+    return model_choices(runs_dir_default(runs_dir) / check_run_id(run_id))
+
+
+def chat(run_id: str, prompt: str, models: Sequence[str], sampling: Mapping[str, Any] | None = None, *,
+         local_mode: bool, runs_dir: str | Path | None = None) -> str:
+    """Queue one prompt for some of a run's models (the child, a candidate by name, "father", "mother"); returns
+    the job id, whose result (`job_result`) holds each model's answer. Asked again, it is served from the store.
+
+    sampling: {"sample": bool, "temperature", "top_p", "max_new_tokens", "seed"} (greedy when absent).
+    """
+    return submit_chat(run_id, prompt, models, sampling, local_mode=local_mode, runs_dir=runs_dir)

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("darwin_core.evolution",),
     ("darwin_core.health",),
     ("darwin_core.publishing",),
+    ("darwin_core.chat",),
     ("darwin_core.runs",),
     ("darwin_core.zoo", "darwin_core.testing"),
     ("darwin_core.api",),
@@ -114,3 +115,22 @@ def test_no_tab_imports_another_and_only_the_app_imports_tabs():
             if target.startswith("ui.tabs.") and target != source and source != "ui.app":
                 offenders.append(f"{path.relative_to(REPO)}:{line} imports {target}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_ui_reaches_darwin_core_only_through_the_api():
+    """`ui/` lays out components and calls `darwin_core.api`; every rule lives behind it."""
+    offenders = []
+    for path in sorted((REPO / "ui").rglob("*.py")):
+        for line, target in imported_modules(path):
+            if target.startswith("darwin_core") and target not in ("darwin_core", "darwin_core.api"):
+                offenders.append(f"{path.relative_to(REPO)}:{line} imports {target}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_name_the_api_re_exports_exists():
+    import importlib
+
+    from darwin_core import api
+
+    missing = [name for name, module in api.REEXPORTS.items() if not hasattr(importlib.import_module(module), name)]
+    assert not missing

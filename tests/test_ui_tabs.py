@@ -92,7 +92,8 @@ def finished_run(app):
 
 def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
     from darwin_core.errors import DarwinError
-    from ui.tabs.evolve import demo_task_rows, frozen_layers, task_specs
+    from darwin_core.api import parse_frozen_layers
+    from ui.tabs.evolve import demo_task_rows, task_specs
 
     upload = write_choice_task(tmp_path / "mine.jsonl")
     specs = task_specs(
@@ -112,9 +113,9 @@ def test_tasks_come_from_demo_weights_extra_rows_and_uploads(tmp_path):
     assert {"lm_eval": "arc_easy", "weight": 1.0} in specs
     (uploaded,) = [s for s in specs if "file" in s]
     assert uploaded["weight"] == 2.0 and Path(uploaded["file"]) == upload  # staged (copied) only once all is checked
-    assert frozen_layers("0, 3 5-7") == [0, 3, 5, 6, 7]
+    assert parse_frozen_layers("0, 3 5-7", None) == [0, 3, 5, 6, 7]
     with pytest.raises(DarwinError, match="layer numbers"):
-        frozen_layers("first")
+        parse_frozen_layers("first", None)
     with pytest.raises(DarwinError, match="at least one fitness task"):
         task_specs({"data": [["reverse", "", 0]]}, None, [], 1.0)
 

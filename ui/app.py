@@ -11,10 +11,10 @@ from typing import Any
 
 import gradio as gr
 
-from darwin_core.runs import queue as jobs
-from darwin_core.runs.queue import runs_dir_default
+from darwin_core import api
+from darwin_core.api import runs_dir_default
 from ui import session
-from ui.tabs import evolve, health, mri, parents, publish, runs
+from ui.tabs import evolve, health, mri, parents, publish, runs, try_it
 from ui.common import local_mode_default, on_space, server_name_default
 
 THEME = gr.themes.Soft(primary_hue="emerald", secondary_hue="sky")
@@ -26,7 +26,8 @@ INTRO = (
     "# Darwin\n"
     "Breed a language model from two parents by recombining their weights — no gradient step. "
     "Pick a father and a mother, scan where their skills live, let CMA-ES search layer-wise merge recipes "
-    "against a fitness benchmark, check the child's health, and publish it with a model card."
+    "against a fitness benchmark, check the child's health, talk to it beside its parents, and publish it with a "
+    "model card."
 )
 
 
@@ -41,10 +42,10 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
     local_mode = local_mode_default() if local_mode is None else local_mode
     if not local_mode:
         # A public server acts for visitors only with their own tokens: its own leaves the process for good.
-        from darwin_core.parents.hub import seal_ambient_token
+        from darwin_core.api import seal_ambient_token
 
         seal_ambient_token()
-    jobs.start_worker_if_queued(runs_dir)  # runs queued before a restart start now, not at the next launch
+    api.start_worker_if_queued(runs_dir)  # runs queued before a restart start now, not at the next launch
     # Resolve transformers' lazy attributes once, here: handlers and background scans run in threads, and two
     # threads resolving the same lazy attribute at once can fail with an ImportError.
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
@@ -70,6 +71,8 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
                                             zoo_dir=zoo_dir)
             with gr.Tab("Health", id="health") as tab:
                 health.build_health_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, tab=tab)
+            with gr.Tab("Try it", id="try-it") as tab:
+                try_it.build_try_it_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, tab=tab)
             with gr.Tab("Publish", id="publish") as tab:
                 publish.build_publish_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir,
                                               tab=tab)
@@ -82,7 +85,7 @@ def launch_kwargs() -> dict[str, Any]:
     """What app.py passes to launch(): in Gradio 6 theme and css belong to launch(), not to Blocks()."""
     kwargs: dict[str, Any] = {"server_name": server_name_default(), "theme": THEME, "css": CSS}
     if not local_mode_default():  # Gradio refuses bigger uploads at /gradio_api/upload, before they reach a disk
-        from darwin_core.runs.quotas import Quotas
+        from darwin_core.api import Quotas
 
         kwargs["max_file_size"] = Quotas.from_env().upload_bytes
     return kwargs

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
-from darwin_core.errors import DarwinError
+from darwin_core.api import DarwinError
 
 LOG = logging.getLogger("darwin.ui")
 

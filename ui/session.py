@@ -4,59 +4,30 @@ A visitor is identified by a random session id kept in the browser (`gr.BrowserS
 reload and is the same in every tab of that browser), or, on a Space, by the signed-in user's name. The page's
 "current run" lives in the same browser state, so a reload re-attaches to the run it was watching.
 
-A run started from the page records its owners in `owner.json` in the run folder, as keyed hashes
-(HMAC-SHA256 with a server-side secret) of "session:<id>" and, when signed in, "user:<name>": the folder says
-who may cancel or publish the run without holding anything a visitor could replay, and it never holds a token.
-Everyone else can watch. Runs with no owner record (started from the CLI) can be managed from the page only in
-local mode, where whoever sees the page also owns the machine.
-
-The secret comes from DARWIN_SESSION_SECRET, else from `<runs dir>/.darwin-secret` (created once, mode 0600),
-so it survives restarts: owners stay owners and the browser state stays readable after the app restarts.
+Who owns a run (keyed hashes in the run folder's owner.json, never a token) is decided in
+`darwin_core.runs.owners`; this module only reads the visitor from the page.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import atomic_write_text
+from darwin_core.api import (  # noqa: F401 — ownership lives in darwin_core.runs.owners; the tabs reach it here
+    OWNER_FILE, REFUSED, SECRET_ENV, SECRET_FILE, Visitor, app_secret, is_owner, read_owners, record_owner,
+    require_owner,
+)
 
-OWNER_FILE = "owner.json"
-SECRET_FILE = ".darwin-secret"
-SECRET_ENV = "DARWIN_SESSION_SECRET"
 STORAGE_KEY = "darwin-session"
+__all__ = ["OWNER_FILE", "REFUSED", "SECRET_ENV", "SECRET_FILE", "Visitor", "app_secret", "is_owner", "read_owners",
+           "record_owner", "require_owner", "visitor", "with_token", "current_run", "with_run", "ensure_session"]
 T = TypeVar("T")
-REFUSED = "Only the person who started this run can {action} it; you can watch it."
 
 
-def app_secret(runs_dir: str | Path) -> str:
-    """The server-side secret: the env var, else a random one kept in the runs folder (created on first use)."""
-    value = os.environ.get(SECRET_ENV, "").strip()
-    if value:
-        return value
-    root = Path(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / SECRET_FILE
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
-    candidate = secrets.token_hex(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(candidate + "\n")
-    return candidate
 
 
 def browser_state(runs_dir: str | Path):
@@ -80,7 +51,7 @@ def ensure_session(state: Any) -> dict[str, Any]:
 def current_run(state: Any) -> str | None:
     """The page's run id, or None; an API caller can send any state, so an id that is not a valid run id
     (`../../etc`) is refused here, before any handler builds a path from it."""
-    from darwin_core.io.runfolder import check_run_id
+    from darwin_core.api import check_run_id
 
     run_id = state.get("run_id") if isinstance(state, dict) else None
     if not isinstance(run_id, str) or not run_id:
@@ -97,18 +68,6 @@ def with_run(state: Any, run_id: str | None) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class Visitor:
-    """Who acts: the browser session, and the signed-in user's name on a Space (None when signed out)."""
-
-    session: str
-    user: str | None = None
-
-    def keys(self) -> list[str]:
-        keys = [f"session:{self.session}"]
-        if self.user:
-            keys.append(f"user:{self.user}")
-        return keys
 
 
 def visitor(state: Any, user: str | None = None) -> Visitor:
@@ -117,43 +76,14 @@ def visitor(state: Any, user: str | None = None) -> Visitor:
     return Visitor(session=str(session), user=str(user) if user else None)
 
 
-def _digest(key: str, secret: str) -> str:
-    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()
 
 
-def record_owner(run_dir: str | Path, who: Visitor, secret: str) -> None:
-    """Write owner.json into a run folder: keyed hashes of the visitor's session (and user), nothing else."""
-    owners = [_digest(key, secret) for key in who.keys()]
-    document = {"owners": owners, "signed_in": who.user is not None}
-    atomic_write_text(Path(run_dir) / OWNER_FILE, json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
-def read_owners(run_dir: str | Path) -> list[str] | None:
-    """The owner hashes of a run, or None when the run records no owner (started from the CLI)."""
-    try:
-        document = json.loads((Path(run_dir) / OWNER_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, OSError):
-        return []  # unreadable: nobody may manage it from the page
-    owners = document.get("owners") if isinstance(document, dict) else None
-    return [o for o in owners if isinstance(o, str)] if isinstance(owners, list) else []
 
 
-def is_owner(run_dir: str | Path, who: Visitor, secret: str, *, local_mode: bool) -> bool:
-    owners = read_owners(run_dir)
-    if owners is None:
-        return local_mode
-    mine = {_digest(key, secret) for key in who.keys()}
-    return any(hmac.compare_digest(owner, digest) for owner in owners for digest in mine)
 
 
-def require_owner(run_dir: str | Path, who: Visitor, secret: str, *, local_mode: bool, action: str) -> None:
-    """Raise the clear refusal sentence unless `who` owns the run."""
-    if not is_owner(run_dir, who, secret, local_mode=local_mode):
-        if read_owners(run_dir) is None:
-            raise DarwinError(f"This run was started outside the page; {action} it from the command line.")
-        raise DarwinError(REFUSED.format(action=action))
 
 
 # --------------------------------------------------------------------------------------------- handlers that act for someone

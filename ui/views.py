@@ -13,11 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from darwin_core.errors import DarwinError
-from darwin_core.evolution.pipeline import parse_candidate_name
-from darwin_core.io.runfolder import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder
-from darwin_core.parents.names import parent_label
-from darwin_core.runs import queue as jobs
+from darwin_core import api
+from darwin_core.api import DarwinError
+from darwin_core.api import parse_candidate_name
+from darwin_core.api import CANCELLED, FAILED, FINAL_STATES, FINISHED, INTERRUPTED, RunFolder
+from darwin_core.api import parent_label
 from ui import run_plots, session
 from ui.common import percent
 
@@ -46,7 +46,7 @@ def _points(value: float) -> str:
 
 def heldout_table(report: Mapping | None) -> pd.DataFrame:
     """The held-out comparison of report.json: scores, the paired-bootstrap interval of the difference, McNemar p."""
-    from darwin_core.publishing.cardgen import heldout_rows
+    from darwin_core.api import heldout_rows
 
     rows = []
     for r in heldout_rows((report or {}).get("heldout")):
@@ -137,7 +137,7 @@ def _duration(seconds: float | None) -> str:
 def genome_names(space: str | None, count: int) -> list[str]:
     """Dimension names of a genome of `count` values in `space` (generic names when the space is unknown)."""
     try:
-        from darwin_core.genome.spaces import get_space
+        from darwin_core.api import get_space
 
         names = get_space(space or "", layer_count=count).names
         if len(names) == count:
@@ -197,7 +197,7 @@ def render_run(run_id: str, *, runs_dir: Path, who: session.Visitor, local_mode:
     """Everything the live view shows about one run, read from its folder."""
     import yaml
 
-    run = jobs.read_run(run_id, runs_dir)
+    run = api.read_run(run_id, runs_dir)
     folder = RunFolder(runs_dir / run_id)
     owner = session.is_owner(folder.path, who, session.app_secret(runs_dir), local_mode=local_mode)
     config = yaml.safe_load(run.get("config_yaml") or "") or {}

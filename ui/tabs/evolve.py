@@ -11,21 +11,18 @@ watches. Cancel and resume are for the run's owner only (ui/session.py).
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from darwin_core.runs import queue as jobs
 from darwin_core import api
-from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import CANCELLED, RunFolder, atomic_write_bytes
+from darwin_core.api import DarwinError
+from darwin_core.api import CANCELLED
 from ui import session
 from ui.views import render_run, signature
 from ui.common import chosen_ref, guarded
@@ -43,7 +40,7 @@ SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genom
 def demo_task_rows() -> pd.DataFrame:
     """Every demo skill with its weight (the zoo's skills 1, the others 0 = unused) and an empty item count
     (= its whole fixed pool of 400, half search, half held-out)."""
-    from darwin_core.fitness.demo_tasks import DEMO_SKILLS, SKILLS
+    from darwin_core.api import DEMO_SKILLS, SKILLS
 
     rows = [[name, skill.description, 1.0 if name in DEMO_SKILLS else 0.0, None] for name, skill in SKILLS.items()]
     return pd.DataFrame(rows, columns=DEMO_HEADERS)
@@ -82,7 +79,7 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
                *, quotas: Any = None) -> list[dict[str, Any]]:
     """The run's tasks from the three inputs: demo skills with a positive weight, extra Hub / lm-eval rows, and
     uploaded files (still where Gradio put them; `stage_tasks` copies them once everything has been checked)."""
-    from darwin_core.runs.quotas import check_upload
+    from darwin_core.api import check_upload
 
     specs: list[dict[str, Any]] = []
     for row in _rows(demo_table):
@@ -121,54 +118,13 @@ def task_specs(demo_table: Any, extra_table: Any, uploads: Sequence[Any] | None,
     return specs
 
 
-def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | None, quotas: Any) -> Any:
-    """Load every task on the page (one sentence for a bad one, before anything is written), check the item
-    quotas, then keep the run's data where the worker may read it: uploads are copied into the runs folder's
-    uploads area; off local mode, Hub and lm-eval tasks too, fetched here with the visitor's token (or none),
-    so the worker never fetches anything for a visitor and runs with local mode off."""
-    from darwin_core.evolution.pipeline import TaskSpec, load_spec
-    from darwin_core.fitness.policy import check_untrusted_tasks, materialize_task, uploads_dir
-    from darwin_core.runs.quotas import check_items
-
-    if not local_mode:
-        check_untrusted_tasks([t for t in config.tasks if t.source != "file"], runs_dir=runs_dir)
-    loaded = [(spec, load_spec(spec, split_seed=config.split_seed, hub_token=token or (None if local_mode else False)))
-              for spec in config.tasks]
-    if quotas is not None:
-        check_items(quotas, [task for _, tasks in loaded for task in tasks])
-    staged: list[TaskSpec] = []
-    for spec, tasks in loaded:
-        if spec.source == "file":
-            data = Path(spec.ref).read_bytes()
-            target = uploads_dir(runs_dir) / hashlib.sha256(data).hexdigest()[:16] / Path(spec.ref).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, data)
-            staged.append(replace(spec, ref=str(target.resolve())))
-        elif local_mode or spec.source == "demo":
-            staged.append(spec)
-        else:
-            for task in tasks:
-                path = materialize_task(task, runs_dir)
-                staged.append(TaskSpec(source="file", ref=str(path.resolve()), name=task.name,
-                                       weight=spec.weight / len(tasks)))
-    return replace(config, tasks=tuple(staged))
 
 
-def frozen_layers(text: str | None, layer_count: int | None = None) -> list[int]:
-    """"0, 3, 5-7" → [0, 3, 5, 6, 7] (darwin_core.runs.quotas checks every index against the layer count first)."""
-    from darwin_core.runs.quotas import parse_frozen_layers
-
-    return parse_frozen_layers(text, layer_count)
 
 
 # ------------------------------------------------------------------------------------------- launching
 
 
-def parent_for_run(pick: str | None, typed: str | None, role: str, *, local_mode: bool, token: str | None,
-                   zoo_dir: str | Path | None, runs_dir: str | Path | None = None, may_breed_run: Any = None):
-    """(what the run's config names: demo:/run:/a Hub id/a folder, the resolved ModelRef); one sentence when unknown."""
-    return api.parent_for_job(chosen_ref(pick, typed, role), local_mode=local_mode, token=token, zoo_dir=zoo_dir,
-                              runs_dir=runs_dir, may_breed_run=may_breed_run)
 
 
 def _whole(value: Any, name: str) -> int:
@@ -178,89 +134,36 @@ def _whole(value: Any, name: str) -> int:
     return int(number)
 
 
-def visitor_usage(runs_dir: Path, who: Any, secret: str, *, now: float | None = None) -> dict[str, int]:
-    """This visitor's runs queued or running now, and the candidates their runs of the last 24 hours asked for."""
-    import yaml
-
-    from darwin_core.runs.quotas import DAY_SECONDS
-    from darwin_core.io.runfolder import run_folders
-
-    now = time.time() if now is None else now
-    active = candidates = 0
-    for folder in run_folders(runs_dir):
-        if not session.is_owner(folder.path, who, secret, local_mode=False):
-            continue
-        status = folder.read_status()
-        if jobs.read_state(folder) in ("queued", "starting", "running"):
-            active += 1
-        if now - float(status.get("queued_at") or 0.0) < DAY_SECONDS:
-            try:
-                config = yaml.safe_load(folder.config_text()) or {}
-                candidates += int(config.get("population") or 0) * int(config.get("generations") or 0)
-            except (yaml.YAMLError, OSError, TypeError, ValueError):
-                continue
-    return {"active_runs": active, "candidates_today": candidates}
 
 
 def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
                upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
                frozen, use_mri=False, patience=0, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
                token: str | None, user: str | None) -> str:
-    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input).
-
-    Every check (quotas, parents and the visitor's right to them, tasks) runs before anything is written."""
-    from darwin_core.parents import hub
-    from darwin_core.runs import quotas as limits
-    from darwin_core.evolution.pipeline import EvolutionConfig
-
-    who = session.visitor(state, user)
-    secret = session.app_secret(runs_dir)
-    quotas = None if local_mode else limits.Quotas.from_env()
-    budget = {"population": _whole(population, "The population"), "generations": _whole(generations, "The number of generations")}
-    if quotas is not None:
-        limits.check_budget(quotas, **budget)
-        limits.check_visitor(quotas, **visitor_usage(runs_dir, who, secret),
-                             candidates_asked=budget["population"] * budget["generations"])
-    may_breed = functools.partial(parents_may_breed, runs_dir=runs_dir, who=who, secret=secret, local_mode=local_mode)
-    found = {role: parent_for_run(pick, typed, role, local_mode=local_mode, token=token, zoo_dir=zoo_dir,
-                                  runs_dir=runs_dir, may_breed_run=may_breed)
-             for role, pick, typed in (("father", father_pick, father_typed), ("mother", mother_pick, mother_typed))}
-    compat = hub.compatibility(found["father"][1], found["mother"][1])
-    if compat.refusal:
-        raise DarwinError(compat.refusal)
-    config = EvolutionConfig.from_dict({
-        "father": found["father"][0],
-        "mother": found["mother"][0],
-        "tasks": task_specs(demo_table, extra_table, uploads, upload_weight, quotas=quotas),
-        "genome": genome,
-        "method": None if not method or method == "default" else method,
-        **budget,
-        "sigma0": _number(sigma0) if _number(sigma0) is not None else 0.2,
-        "seed": _whole(seed, "The seed"),
-        "proxy_items": _whole(proxy_items, "Proxy items per task"),
-        "topk_full": _whole(topk_full, "Top-k for the full search set"),
-        "frozen_layers": frozen_layers(frozen, found["father"][1].num_layers),
-        "mri": "auto" if use_mri else None,
-        "patience": _whole(patience if patience not in (None, "") else 0, "Patience"),
-        # Off local mode the worker refuses every path a visitor could have typed: parents are demo:, run: or
-        # Hub ids, tasks are files this page wrote (stage_tasks).
-        "local_mode": local_mode,
-    })
-    config = stage_tasks(config, runs_dir=runs_dir, local_mode=local_mode, token=token, quotas=quotas)
-    run_id = jobs.submit(config, runs_dir, start_worker=False)
-    session.record_owner(runs_dir / run_id, who, secret)
-    if any(model.gated or model.private for _, model in found.values()):
-        RunFolder(runs_dir / run_id).update_status(parents_restricted=True)
-    jobs.ensure_worker(runs_dir)
-    return run_id
+    """Read the form into a breeding request and queue it (`api.breed` checks everything before writing)."""
+    quotas = None if local_mode else api.Quotas.from_env()
+    request = api.BreedRequest(
+        father=chosen_ref(father_pick, father_typed, "father"),
+        mother=chosen_ref(mother_pick, mother_typed, "mother"),
+        tasks=task_specs(demo_table, extra_table, uploads, upload_weight, quotas=quotas),
+        settings={
+            "genome": genome,
+            "method": None if not method or method == "default" else method,
+            "population": _whole(population, "The population"),
+            "generations": _whole(generations, "The number of generations"),
+            "sigma0": _number(sigma0) if _number(sigma0) is not None else 0.2,
+            "seed": _whole(seed, "The seed"),
+            "proxy_items": _whole(proxy_items, "Proxy items per task"),
+            "topk_full": _whole(topk_full, "Top-k for the full search set"),
+            "mri": "auto" if use_mri else None,
+            "patience": _whole(patience if patience not in (None, "") else 0, "Patience"),
+        },
+        frozen_layers=frozen,
+    )
+    return api.breed(request, session.visitor(state, user), runs_dir=runs_dir, local_mode=local_mode, token=token,
+                     zoo_dir=zoo_dir)
 
 
-def parents_may_breed(run_id: str, *, runs_dir: Path, who: Any, secret: str, local_mode: bool) -> bool:
-    """A run's child may be bred by the run's owner, or by anyone once it has been published."""
-    from darwin_core.io.runfolder import PUBLISHED
-
-    folder = runs_dir / run_id
-    return (folder / PUBLISHED).is_file() or session.is_owner(folder, who, secret, local_mode=local_mode)
 
 
 # ------------------------------------------------------------------------------------------- reading a run
@@ -311,8 +214,8 @@ def _task_inputs() -> list[gr.components.Component]:
 
 def _search_inputs() -> dict[str, gr.components.Component]:
     """The search-setting inputs, by name."""
-    from darwin_core.genome.spaces import SPACE_NAMES
-    from darwin_core.merge.methods.registry import method_names
+    from darwin_core.api import SPACE_NAMES
+    from darwin_core.api import method_names
 
     with gr.Accordion("Search settings", open=True):
         with gr.Row():
@@ -348,9 +251,9 @@ def _manager(action: str, *, runs_dir: Path, local_mode: bool):
                 raise DarwinError("There is no run on this page to " + action + ".")
             session.require_owner(runs_dir / run_id, who, session.app_secret(runs_dir), local_mode=local_mode, action=action)
             if action == "cancel":
-                after = jobs.cancel(run_id, runs_dir)
+                after = api.cancel(run_id, runs_dir)
                 return "Cancelled." if after == CANCELLED else f"Asked the run to stop (it stops before its next candidate; now {after})."
-            jobs.resume(run_id, runs_dir)
+            api.resume(run_id, runs_dir)
             return "Queued again: the run continues from its last checkpoint."
 
         done, message = guarded(act, f"{action} a run")
@@ -372,7 +275,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     demo_tasks, extra_tasks, uploads, upload_weight = _task_inputs()
     search = _search_inputs()
     if not local_mode:
-        from darwin_core.runs.quotas import Quotas
+        from darwin_core.api import Quotas
 
         gr.Markdown(Quotas.from_env().markdown(), elem_id="evolve-limits")
     launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")

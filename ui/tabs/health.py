@@ -17,9 +17,8 @@ from typing import Any
 import gradio as gr
 
 from darwin_core import api
-from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import FINISHED
-from darwin_core.runs import queue as jobs
+from darwin_core.api import DarwinError
+from darwin_core.api import FINISHED
 from ui import plots, run_plots, session
 from ui.common import guarded
 from ui.views import HELDOUT_HEADERS, heldout_table, report_markdown
@@ -41,7 +40,7 @@ def view(run_id: str | None, *, runs_dir: Path, who: session.Visitor, local_mode
     """What the tab shows for a run; starts the check when asked (or by itself for the owner of a finished run)."""
     if not run_id:
         raise DarwinError("Open a run first (Evolve or Runs tab): the health check compares its child with its parents.")
-    run = jobs.read_run(run_id, runs_dir)
+    run = api.read_run(run_id, runs_dir)
     folder = runs_dir / run_id
     owner = session.is_owner(folder, who, session.app_secret(runs_dir), local_mode=local_mode)
     out: dict[str, Any] = {

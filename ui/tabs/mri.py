@@ -30,7 +30,7 @@ POLL_SECONDS = 1.5
 
 def prescription_table(prescription: Mapping[str, float]) -> pd.DataFrame:
     """Seed 002's per-tensor mri_ratio, averaged per layer and role (the per-tensor list is in the scan JSON)."""
-    from darwin_core.parents.anatomy import classify
+    from darwin_core.api import classify
 
     groups: dict[tuple[int, str], list[float]] = {}
     for name, ratio in prescription.items():

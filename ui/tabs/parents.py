@@ -18,9 +18,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core.parents import anatomy
-from darwin_core.parents import DEMO_PREFIX
-from darwin_core.parents import RUN_PREFIX as CHILD_PREFIX
+from darwin_core import api
+from darwin_core.api import DEMO_PREFIX
+from darwin_core.api import RUN_PREFIX as CHILD_PREFIX
 from ui.common import chosen_ref, guarded, human_bytes, human_count, percent
 from ui.session import with_token
 
@@ -52,10 +52,9 @@ class ParentFacts:
 
 def load_demo_zoo(zoo_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """The zoo manifest and the member folders (raises DarwinError when the zoo is missing or incomplete)."""
-    from darwin_core.zoo import build as zoo
 
-    root = Path(zoo_dir) if zoo_dir is not None else zoo.DEFAULT_ZOO_DIR
-    return zoo.load_zoo_manifest(root), zoo.zoo_paths(root)
+    root = Path(zoo_dir) if zoo_dir is not None else api.DEFAULT_ZOO_DIR
+    return api.load_zoo_manifest(root), api.zoo_paths(root)
 
 
 def demo_choices(manifest: dict[str, Any], folders: dict[str, Path]) -> list[tuple[str, str]]:
@@ -73,12 +72,11 @@ def demo_choices(manifest: dict[str, Any], folders: dict[str, Path]) -> list[tup
 
 def child_choices(runs_dir: str | Path | None) -> list[tuple[str, str]]:
     """Children of this app's finished runs, newest first, as dropdown (label, value) pairs."""
-    from darwin_core.runs import queue as jobs
 
     if runs_dir is None:
         return []
     choices = []
-    for run in jobs.list_runs(runs_dir):
+    for run in api.list_runs(runs_dir):
         if run["state"] == "finished" and (Path(run["path"]) / "child" / "config.json").is_file():
             fitness = run.get("best_fitness")
             note = f" — search fitness {fitness:.4f}" if isinstance(fitness, (int, float)) else ""
@@ -103,7 +101,7 @@ def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: st
 
     Every scheme resolves in darwin_core.parents; may_breed_run(run_id) is the visitor's right to a `run:` child.
     """
-    from darwin_core.parents import Scheme, parse_parent, resolve_parent_name
+    from darwin_core.api import Scheme, parse_parent, resolve_parent_name
 
     name = parse_parent(ref, local_mode=local_mode)
     model = resolve_parent_name(ref, local_mode=local_mode, token=token, runs_dir=runs_dir, zoo_dir=zoo_dir,
@@ -117,7 +115,7 @@ def resolve_parent(ref: str, *, local_mode: bool, token: str | None, zoo_dir: st
 
 
 def _facts(model: Any, label: str, zoo_entry: dict[str, Any]) -> ParentFacts:
-    """ParentFacts from a hub.ModelRef plus, for demo parents, the zoo manifest's measured accuracies."""
+    """ParentFacts from a api.ModelRef plus, for demo parents, the zoo manifest's measured accuracies."""
     family = model.text_model_type
     architecture = model.architecture if family == model.architecture else f"{model.architecture} ({family})"
     return ParentFacts(
@@ -175,11 +173,11 @@ VERDICTS = {
 
 
 def compatibility_view(father: Any, mother: Any, compat: Any) -> tuple[pd.DataFrame, str]:
-    """What decides compatibility, side by side, and the verdict with hub.compatibility's reason."""
+    """What decides compatibility, side by side, and the verdict with api.compatibility's reason."""
     def row(name: str, a: Any, b: Any) -> list[str]:
         return [name, _text(a), _text(b), "yes" if a == b else "no"]
 
-    languages = [sum(1 for n in ref.tensors if anatomy.classify(n).tower == "language") for ref in (father, mother)]
+    languages = [sum(1 for n in ref.tensors if api.classify(n).tower == "language") for ref in (father, mother)]
     rows = [
         row("Family", father.text_model_type, mother.text_model_type),
         row("Layers", father.num_layers, mother.num_layers),
@@ -205,14 +203,13 @@ def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pi
                     *, local_mode: bool, token: str | None, zoo_dir: str | Path | None = None,
                     runs_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """Everything the tab shows: (facts table, compatibility table, verdict, error message)."""
-    from darwin_core.parents import hub
 
     def work() -> tuple[pd.DataFrame, pd.DataFrame, str]:
         father_ref = chosen_ref(father_pick, father_typed, "father")
         mother_ref = chosen_ref(mother_pick, mother_typed, "mother")
         father, father_facts = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
         mother, mother_facts = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
-        compat_table, verdict = compatibility_view(father, mother, hub.compatibility(father, mother))
+        compat_table, verdict = compatibility_view(father, mother, api.compatibility(father, mother))
         return facts_table(father_facts, mother_facts), compat_table, verdict
 
     result, error = guarded(work, "inspecting the parents")
@@ -275,9 +272,8 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
     demo.load(refresh_choices, outputs=[father_pick, mother_pick], api_name="parent_choices")
 
     def search(query, token, user):  # the visitor's token, so their private repos are suggested too
-        from darwin_core.parents import hub
 
-        return gr.update(choices=hub.search_models(query or "", token=token), value=None)
+        return gr.update(choices=api.search_models(query or "", token=token), value=None)
 
     for role, typed, matches in (("father", father_typed, father_matches), ("mother", mother_typed, mother_matches)):
         # Suggestions while typing (online only; nothing offline); picking one fills the field and inspects.

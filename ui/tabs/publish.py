@@ -15,11 +15,9 @@ from typing import Any
 
 import gradio as gr
 
-from darwin_core.publishing import cardgen
-from darwin_core.runs import queue as jobs
-from darwin_core.publishing import push as publish
-from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import CHILD, FINISHED
+from darwin_core import api
+from darwin_core.api import DarwinError
+from darwin_core.api import CHILD, FINISHED
 from ui import session
 from ui.common import guarded, on_space
 
@@ -30,7 +28,7 @@ def _run_with_child(state: Any, runs_dir: Path) -> tuple[str, Path]:
     run_id = session.current_run(state)
     if not run_id:
         raise DarwinError("Open a run first (Evolve or Runs tab): publishing needs a finished run's child.")
-    run = jobs.read_run(run_id, runs_dir)
+    run = api.read_run(run_id, runs_dir)
     if run["state"] != FINISHED or not run.get("child_dir"):
         raise DarwinError(f"Run {run_id} is {run['state']}; its child can be published once the run has finished.")
     return run_id, runs_dir / run_id
@@ -42,7 +40,7 @@ def card_preview(state: Any, repo_id: str | None, *, runs_dir: Path, zoo_dir: st
     Open to every visitor (a watcher may read any run's card), so it only reads: nothing is written into the run
     folder, and the card names no path of this machine (see darwin_core.publishing.cardgen)."""
     run_id, folder = _run_with_child(state, runs_dir)
-    text, warnings = cardgen.card_text(folder, repo_id=(repo_id or "").strip() or None, zoo_dir=zoo_dir)
+    text, warnings = api.card_text(folder, repo_id=(repo_id or "").strip() or None, zoo_dir=zoo_dir)
     header = f"**Run `{run_id}`** — the card below is generated from what the run measured; edit it freely before publishing."
     return header, "\n\n".join(f"**⚠ License:** {w}" for w in warnings), text
 
@@ -56,8 +54,8 @@ def _owned_child(state: Any, user: str | None, action: str, *, runs_dir: Path, l
 def _with_card(folder: Path, card: str | None, repo_id: str | None, zoo_dir: str | Path | None) -> None:
     """Write the card (the edited one, else a fresh one) as the child's README, with its pictures: the only write
     into the child folder, reached through an owner-checked action (push, zip, save)."""
-    text = card if card and card.strip() else cardgen.card_text(folder, repo_id=repo_id, zoo_dir=zoo_dir)[0]
-    cardgen.write_card(folder, text)
+    text = card if card and card.strip() else api.card_text(folder, repo_id=repo_id, zoo_dir=zoo_dir)[0]
+    api.write_card(folder, text)
 
 
 def push(state: Any, repo_id: str | None, private: bool, card: str | None, *, token: str | None, user: str | None,
@@ -74,13 +72,9 @@ def push(state: Any, repo_id: str | None, private: bool, card: str | None, *, to
     if "/" not in repo and user:
         repo = f"{user}/{repo}"
     _with_card(folder, card, repo, zoo_dir)
-    url = publish.push_to_hub(folder / CHILD, repo, token=token, private=bool(private), endpoint=endpoint)
+    url = api.push_to_hub(folder / CHILD, repo, token=token, private=bool(private), endpoint=endpoint)
     if not private:  # public on the Hub now: anyone may breed from it (darwin_core.parents, `run:` parents)
-        import json
-
-        from darwin_core.io.runfolder import PUBLISHED, atomic_write_text
-
-        atomic_write_text(folder / PUBLISHED, json.dumps({"repo_id": repo, "url": url}) + "\n")
+        api.mark_published(folder, repo, url)
     return f"✅ Published: [{url}]({url})" + (" (private)" if private else "")
 
 
@@ -96,7 +90,7 @@ def zip_download(state: Any, card: str | None, *, user: str | None, runs_dir: Pa
     where = hashlib.sha256(str(runs_dir.resolve()).encode()).hexdigest()[:12]
     target = Path(tempfile.gettempdir()) / ZIPS / where / f"darwin-child-{run_id}.zip"
     target.parent.mkdir(parents=True, exist_ok=True)
-    return str(publish.zip_child(folder / CHILD, target))
+    return str(api.zip_child(folder / CHILD, target))
 
 
 def save_local(state: Any, destination: str | None, card: str | None, *, user: str | None, runs_dir: Path,
@@ -107,7 +101,7 @@ def save_local(state: Any, destination: str | None, card: str | None, *, user: s
     if not (destination or "").strip():
         raise DarwinError("Give the folder to save the child in.")
     _with_card(folder, card, None, zoo_dir)
-    saved = publish.save_locally(folder / CHILD, Path(destination.strip()).expanduser())
+    saved = api.save_locally(folder / CHILD, Path(destination.strip()).expanduser())
     return f"✅ Saved to `{saved}` (load it with `AutoModelForCausalLM.from_pretrained(\"{saved}\")`)."
 
 
@@ -191,7 +185,7 @@ def _preview(text: str | None, state: Any, runs_dir: Path) -> str:
     found, _ = guarded(lambda: _run_with_child(state, runs_dir), "finding the run")
     if found is None:
         return body
-    return cardgen.inline_pictures(body, found[1])
+    return api.inline_pictures(body, found[1])
 
 
 def _body(text: str | None) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from darwin_core.runs import queue as jobs
-from darwin_core.errors import DarwinError
+from darwin_core import api
+from darwin_core.api import DarwinError
 from ui import run_plots, session
 from ui.common import guarded
 from ui.views import HELDOUT_HEADERS, STATE_TEXT, heldout_table, public_parent_name, report_markdown, run_error
@@ -28,7 +28,7 @@ RUN_HEADERS = ["run", "state", "father", "mother", "generation", "best fitness",
 
 def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """(the table of every run, newest first, the run ids for the picker)."""
-    runs = jobs.list_runs(runs_dir)
+    runs = api.list_runs(runs_dir)
     rows = []
     for run in runs:
         best = run.get("best_fitness")
@@ -47,7 +47,7 @@ def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def open_run(run_id: str, runs_dir: Path) -> dict[str, Any]:
-    run = jobs.read_run(run_id, runs_dir)
+    run = api.read_run(run_id, runs_dir)
     header = f"**Run `{run['run_id']}`** — {STATE_TEXT.get(run['state'], run['state'])} · father `{public_parent_name(run.get('father'), run)}` × mother `{public_parent_name(run.get('mother'), run)}`"
     return {
         "header": header,
