@@ -76,7 +76,7 @@ def test_build_demo_has_one_tab_per_step_and_no_sign_in_off_space(zoo, monkeypat
 
     monkeypatch.delenv("SPACE_ID", raising=False)
     demo = build_demo(zoo_dir=zoo, local_mode=True)
-    assert _tab_labels(demo) == ["Parents", "MRI", "Evolve", "Health", "Publish", "Runs"]
+    assert _tab_labels(demo) == ["Parents", "MRI", "Evolve", "Health", "Try it", "Publish", "Runs"]
     assert not any(isinstance(b, gr.LoginButton) for b in demo.blocks.values())
     assert not demo.expects_oauth  # off a Space, OAuth would make Gradio call the Hub at launch
 

@@ -57,3 +57,10 @@ def test_a_child_that_is_a_reference_recipe_says_so() -> None:
     text = str(build_card(_inputs(search_best=0.915, reference_child="mri"))[0])
     assert "No candidate of the search beat the `mri` reference recipe on the search split" in text
     assert "reference recipe" not in str(build_card(_inputs(search_best=0.915))[0])
+
+
+def test_genome_dimensions_without_effect_are_counted_not_named() -> None:
+    text = str(build_card(_inputs(genome=[("global_ratio", 0.4989)], genome_hidden=2))[0])
+    assert "| global_ratio | 0.4989 |" in text
+    assert "2 more dimensions of this genome have no effect on this child's weights" in text
+    assert "more dimensions" not in str(build_card(_inputs())[0])

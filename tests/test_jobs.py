@@ -125,8 +125,14 @@ def test_a_run_cancelled_while_queued_never_starts(fixture_pair, tmp_path, runs_
 
 
 def test_a_failing_run_is_marked_failed_with_one_sentence(fixture_pair, tmp_path, runs_dir):
-    config = _config(fixture_pair, tmp_path, father=str(tmp_path / "no-such-model"))
-    run_id = jobs.submit(config, runs_dir, start_worker=False)
+    import shutil
+
+    father, _ = fixture_pair("llama")
+    vanishing = tmp_path / "no-such-model"
+    shutil.copytree(father, vanishing)
+    config = _config(fixture_pair, tmp_path, father=str(vanishing))
+    run_id = jobs.submit(config, runs_dir, start_worker=False)  # checked when queued; gone before the worker starts
+    shutil.rmtree(vanishing)
     assert jobs.work(runs_dir, idle_seconds=0) == 1
     run = jobs.read_run(run_id, runs_dir)
     assert run["state"] == "failed"

@@ -41,7 +41,9 @@ def test_the_method_names_are_the_registered_methods_and_recipes_store_plain_nam
 
 
 _OTHER_VALUES = {"ratio": 0.7, "density_father": 0.4, "density_mother": 0.3, "normalize": True, "rescale": False,
-                 "scale": 1.7, "mask_seeds": (5, 9)}
+                 "scale": 1.7, "mask_seeds": (5, 9), "gamma": 0.05, "epsilon": 0.2, "select_topk": 0.5,
+                 "weight_signs": (-1.0, -1.0)}
+RATIO_FREE = {"model_stock", "sce"}  # methods that weigh the parents from the tensors themselves
 
 
 @pytest.mark.parametrize("name", sorted(Method))
@@ -55,7 +57,8 @@ def test_a_kernel_reads_only_the_parameters_its_method_declares(name):
     for name_ in undeclared:
         changed = method.kernel(father, mother, base, dataclasses.replace(params, **{name_: _OTHER_VALUES[name_]}))
         assert torch.equal(changed, reference), name_
-    assert "ratio" in method.parameters and method.uses_density == ("density_mother" in method.parameters)
+    assert ("ratio" in method.parameters) != (name in RATIO_FREE)
+    assert method.uses_density == ("density_mother" in method.parameters)
 
 
 def test_linear_ratio_0_is_the_father_and_1_the_mother_bit_for_bit():
@@ -73,12 +76,13 @@ def test_linear_is_the_weighted_average():
     torch.testing.assert_close(out, 0.7 * father + 0.3 * mother, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "transplant"])
+@pytest.mark.parametrize("name", sorted(Method))
 def test_kernels_leave_their_inputs_untouched_and_accumulate_in_float32(name):
     father, mother = (t.to(torch.bfloat16) for t in _pair())
     base = father.clone() if get_method(name).delta else None
     before = (father.clone(), mother.clone())
-    out = _kernel(name)(father, mother, None, TensorParams(ratio=0.4, density_father=0.5, density_mother=0.5))
+    ancestor = (father * 0.9) if get_method(name).needs_ancestor else None
+    out = _kernel(name)(father, mother, ancestor, TensorParams(ratio=0.4, density_father=0.5, density_mother=0.5))
     assert out.dtype == torch.float32
     assert torch.equal(father, before[0]) and torch.equal(mother, before[1])
     assert base is None or torch.equal(base, before[0])
@@ -305,3 +309,108 @@ def test_cuda_merge_equals_cpu_merge_including_dare_masks():
     for name in NAMES:
         assert cuda[name].device.type == "cuda"
         torch.testing.assert_close(cuda[name].cpu(), cpu[name], rtol=1e-6, atol=1e-6)
+
+
+# -- breadcrumbs, DELLA, NuSLERP, Model Stock, SCE, negated task vectors ----------------------------------------
+
+def test_breadcrumbs_drops_the_smallest_entries_and_the_largest_outliers():
+    from darwin_core.merge.methods.breadcrumbs import magnitude_outliers
+
+    delta = torch.tensor([0.1, -5.0, 0.3, 2.0, -0.2, 1.0, 0.05, -0.4, 0.6, 3.0])
+    kept = magnitude_outliers(delta, 0.5, rescale=False, gamma=0.2)  # 5 kept, the 2 largest (5, 3) dropped
+    assert torch.equal(kept, delta * torch.tensor([0, 0, 1, 1, 0, 1, 0, 1, 1, 0]))
+    assert torch.equal(magnitude_outliers(delta, 1.0, rescale=False, gamma=0.2), delta)  # density 1: whole
+    father, mother = _pair()
+    out = _kernel("breadcrumbs")(father, mother, None, TensorParams(ratio=0.3))
+    torch.testing.assert_close(out, father + 0.3 * (mother - father))
+
+
+def test_della_keeps_large_entries_more_often_and_its_mask_is_a_function_of_its_seed():
+    from darwin_core.merge.methods.della import effective_epsilon, magprune
+
+    delta = torch.randn(200, 400, generator=torch.Generator().manual_seed(1))
+    pruned = magprune(delta, 0.5, 0.3, rescale=False, seed=3)
+    kept = pruned != 0
+    small, large = delta.abs() < delta.abs().median(), delta.abs() >= delta.abs().median()
+    assert kept[large].float().mean() > 0.6 > 0.4 > kept[small].float().mean()
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    assert torch.equal(pruned, magprune(delta, 0.5, 0.3, rescale=False, seed=3))
+    assert not torch.equal(pruned, magprune(delta, 0.5, 0.3, rescale=False, seed=4))
+    rescaled = magprune(delta, 0.5, 0.3, rescale=True, seed=3)
+    assert rescaled.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
+    assert effective_epsilon(0.15, 0.1) == 0.05 and effective_epsilon(0.15, 0.5) == 0.15  # capped inside (0, 1)
+    father, mother = _pair()
+    out = _kernel("della")(father, mother, None, TensorParams(ratio=0.3, normalize=False))  # density 1: TIES
+    torch.testing.assert_close(out, father + 0.3 * (mother - father))
+
+
+def test_nuslerp_follows_the_great_circle_and_interpolates_task_vectors_from_an_ancestor():
+    x, y = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    out = _kernel("nuslerp")(x, y, None, TensorParams(ratio=0.25))
+    torch.testing.assert_close(out, torch.tensor([math.cos(math.pi / 8), math.sin(math.pi / 8), 0.0]))
+    base = torch.tensor([1.0, 1.0, 1.0])
+    out = _kernel("nuslerp")(base + x, base + y, base, TensorParams(ratio=0.25))
+    torch.testing.assert_close(out, base + torch.tensor([math.cos(math.pi / 8), math.sin(math.pi / 8), 0.0]))
+    colinear = _kernel("nuslerp")(x, 3 * x, None, TensorParams(ratio=0.5))
+    torch.testing.assert_close(colinear, 2 * x)
+
+
+def test_model_stock_pulls_the_average_to_the_ancestor_by_the_angle_and_needs_one():
+    base = torch.zeros(2)
+    same = _kernel("model_stock")(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), base, TensorParams(ratio=0.5))
+    torch.testing.assert_close(same, torch.tensor([1.0, 0.0]))  # cos 1: t = 1, the average
+    orthogonal = _kernel("model_stock")(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), base, TensorParams(ratio=0.5))
+    torch.testing.assert_close(orthogonal, torch.zeros(2))  # cos 0: t = 0, the ancestor
+    with pytest.raises(DarwinError, match="needs a common ancestor"):
+        Recipe(father="org/f", mother="org/m", method="model_stock")
+
+
+def test_sce_weighs_task_vectors_by_their_mean_square_and_erases_minority_signs():
+    base = torch.zeros(3)
+    father, mother = torch.tensor([1.0, 1.0, -1.0]), torch.tensor([3.0, -3.0, -3.0])
+    out = _kernel("sce")(father, mother, base, TensorParams(ratio=0.5))
+    # weights 1/10 and 9/10; entry 1: the father's +1 disagrees with the elected − and is erased
+    torch.testing.assert_close(out, torch.tensor([0.1 * 1 + 0.9 * 3, -3.0, -0.1 - 2.7]))
+
+
+def test_a_negated_task_vector_enters_with_a_negative_weight():
+    father, mother = _pair()
+    base = father - 0.1
+    params = TensorParams(ratio=0.4, weight_signs=(1.0, -1.0))
+    out = _kernel("task_arithmetic")(father, mother, base, params)
+    torch.testing.assert_close(out, base + 0.6 * (father - base) - 0.4 * (mother - base))
+    recipe = Recipe(father="org/f", mother="org/m", base="org/b", method="task_arithmetic", negate="mother")
+    assert recipe.plan_for("model.layers.0.mlp.up_proj.weight").params.weight_signs == (1.0, -1.0)
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe and "negate: mother" in recipe.to_yaml()
+    with pytest.raises(DarwinError, match="no task-vector weights to negate"):
+        Recipe(father="org/f", mother="org/m", method="slerp", negate="mother")
+    with pytest.raises(DarwinError, match="father has no task vector to negate"):
+        Recipe(father="org/f", mother="org/m", method="ties", negate="father")
+
+
+def test_method_options_are_refused_by_methods_that_do_not_take_them_and_keep_old_hashes():
+    plain = Recipe(father="org/f", mother="org/m", method="breadcrumbs")
+    assert "gamma" not in plain.canonical() and "gamma" not in plain.to_dict()
+    tuned = Recipe(father="org/f", mother="org/m", method="breadcrumbs", gamma=0.05)
+    assert tuned.recipe_hash != plain.recipe_hash and tuned.plan_for("lm_head.weight").params.gamma == 0.05
+    with pytest.raises(DarwinError, match="The method ties does not take gamma"):
+        Recipe(father="org/f", mother="org/m", method="ties", gamma=0.05)
+    with pytest.raises(DarwinError, match="epsilon must be below 0.5"):
+        Recipe(father="org/f", mother="org/m", method="della", epsilon=0.6)
+
+
+@pytest.mark.parametrize("name", ["breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "nuslerp",
+                                  "model_stock", "sce"])
+def test_genome_spaces_breed_with_the_new_methods_at_any_density_they_propose(name):
+    from darwin_core.genome.spaces import get_space
+
+    space = get_space("darwin-v6")
+    values = dict(zip(space.names, space.default()))
+    values.update(density_a=0.93, density_b=0.12, global_ratio=0.4)  # outside DELLA's default ε band
+    base = "org/base" if get_method(name).needs_ancestor or name == "nuslerp" else "father"
+    recipe = space.to_recipe([values[n] for n in space.names], father="org/f", mother="org/m", layer_count=2,
+                             method=name, base=base)
+    father, mother = _state_dicts()
+    ancestor = StateDictSource({n: father.get(n) * 0.9 for n in NAMES})
+    child = dict(merge_tensors(recipe, father, mother, base=ancestor if base != "father" else None))
+    assert set(child) == set(NAMES) and all(torch.isfinite(t).all() for t in child.values())

@@ -6,6 +6,10 @@
    masks differ by design (merge/delta.py); given the same mask, the drop and L1 rescaling are mergekit's own.
 3. Export parity: a recipe exported with `mergekit_yaml(recipe)` and merged by mergekit (`run_merge`, the function
    behind `mergekit-yaml`; the CLI itself in a slow test) equals our `merge_to_disk` output.
+4. The methods added for mergekit users (breadcrumbs, breadcrumbs_ties, della, della_linear, nuslerp, model_stock,
+   sce, negated task vectors) are bit-identical to mergekit on float32 inputs, tensor by tensor and through an
+   exported config. DELLA draws random masks (mergekit from torch's global RNG, Darwin per tensor), so it is
+   compared bit for bit at density 1 and, below 1, with mergekit given Darwin's own mask.
 """
 
 from __future__ import annotations
@@ -216,3 +220,132 @@ def test_mergekit_yaml_cli_on_an_exported_recipe(fixture_pair, tmp_path):
     theirs = TensorReader(tmp_path / "mk")
     assert set(ours.names) == set(theirs.names)
     assert max(rel_error(ours.get(n), theirs.get(n)) for n in ours.names) <= TOLERANCE
+
+
+# -- the methods added for mergekit users: bit for bit ----------------------------------------------------------
+
+def kernel_mismatches(recipe: Recipe, father_dir, mother_dir, base_dir=None) -> list[str]:
+    """The tensors where our merge path and mergekit's in-memory API differ in any bit (float32 inputs)."""
+    f, m = TensorReader(father_dir), TensorReader(mother_dir)
+    b = TensorReader(base_dir) if base_dir is not None else None
+    return [name for name, ours in merge_tensors(recipe, f, m, base=b)
+            if not torch.equal(ours, mergekit_tensor(recipe, name, f.get(name), m.get(name), b.get(name) if b else None))]
+
+
+SPARSE = {"default": [0.7, 0.6], "roles": {"attn": [0.5, 0.3]}}
+NEW_METHODS = [
+    ("breadcrumbs", {"densities": SPARSE}),
+    ("breadcrumbs", {"densities": SPARSE, "gamma": 0.1, "rescale": True}),
+    ("breadcrumbs_ties", {"densities": SPARSE, "gamma": 0.05}),
+    ("breadcrumbs_ties", {"densities": SPARSE, "normalize": True}),
+    ("della", {}),  # density 1: no random draw
+    ("della_linear", {"rescale": False}),
+    ("nuslerp", {}),
+    ("task_arithmetic", {"negate": "mother"}),
+    ("ties", {"negate": "mother", "normalize": False, "densities": SPARSE}),
+    ("breadcrumbs", {"negate": "mother", "densities": SPARSE}),
+]
+ANCESTOR_METHODS = [
+    ("model_stock", {}),
+    ("sce", {}),
+    ("sce", {"select_topk": 0.4}),
+    ("nuslerp", {}),
+    ("breadcrumbs_ties", {"densities": SPARSE, "gamma": 0.1}),
+    ("della", {"epsilon": 0.1}),
+    ("task_arithmetic", {"negate": "mother", "scale": 1.3}),
+    ("task_arithmetic", {"negate": "father"}),
+    ("ties", {"negate": "mother", "densities": SPARSE}),
+    ("dare_linear", {"negate": "mother"}),
+]
+
+
+@pytest.fixture(scope="module")
+def ancestry(tmp_path_factory):
+    """A common ancestor and two float32 children of it (qwen3)."""
+    root = tmp_path_factory.mktemp("ancestry")
+    base = write_tiny_model("qwen3", root / "base", seed=0)
+    father = write_tiny_model("qwen3", root / "father", seed=1, base_dir=base)
+    mother = write_tiny_model("qwen3", root / "mother", seed=2, base_dir=base)
+    return base, father, mother
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text", "qwen3_moe"])
+def test_new_methods_are_bit_identical_to_mergekit_tensor_by_tensor(arch, fixture_pair):
+    father, mother = fixture_pair(arch, related=True)
+    for method, extra in NEW_METHODS:
+        recipe = Recipe(father=father, mother=mother, method=method, ratios=ROLE_RATIOS, **extra)
+        assert kernel_mismatches(recipe, father, mother) == [], (arch, method, extra)
+    unrelated = fixture_pair(arch, related=False)
+    nuslerp = Recipe(father=unrelated[0], mother=unrelated[1], method="nuslerp", ratios=ROLE_RATIOS)
+    assert kernel_mismatches(nuslerp, *unrelated) == []
+
+
+@pytest.mark.parametrize("method, extra", ANCESTOR_METHODS, ids=lambda v: v if isinstance(v, str) else "")
+def test_new_methods_with_a_common_ancestor_are_bit_identical_to_mergekit(method, extra, ancestry):
+    base, father, mother = ancestry
+    recipe = Recipe(father=father, mother=mother, base=base, method=method, ratios=ROLE_RATIOS, **extra)
+    assert kernel_mismatches(recipe, father, mother, base) == []
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (96,)])
+def test_della_probabilities_and_rescaling_equal_mergekits_for_the_same_mask(shape, monkeypatch):
+    from mergekit.sparsify import RescaleNorm, della_magprune
+
+    from darwin_core.merge.methods.della import della_keep_mask, della_probabilities, magprune
+
+    delta = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    ours_probs = della_probabilities(delta, 0.45, 0.2)
+    mask = della_keep_mask(ours_probs, seed=7)
+    seen = []
+
+    def bernoulli_with_our_mask(probs, *args, **kwargs):
+        seen.append(probs.clone())
+        return mask.clone()
+
+    monkeypatch.setattr(torch, "bernoulli", bernoulli_with_our_mask)
+    for rescale in (True, False):
+        theirs = della_magprune(delta, 0.45, 0.2, rescale_norm=RescaleNorm.l1 if rescale else None)
+        assert torch.equal(magprune(delta, 0.45, 0.2, rescale, seed=7), theirs)
+    assert all(torch.equal(probs, ours_probs) for probs in seen) and len(seen) == 2
+
+
+def test_della_caps_epsilon_where_mergekit_would_refuse_and_exports_the_capped_value(fixture_pair):
+    father, mother = fixture_pair("qwen3", related=True)
+    recipe = Recipe(father=father, mother=mother, method="della", densities={"default": [1.0, 0.95]})
+    names = TensorReader(father).names
+    config = yaml.safe_load(mergekit_yaml(recipe, names))
+    assert config["models"][1]["parameters"]["epsilon"] == pytest.approx(0.025)
+    assert "DELLA masks differ" in mergekit_yaml(recipe, names)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("breadcrumbs", {"densities": SPARSE, "gamma": 0.1}), ("breadcrumbs_ties", {"densities": SPARSE}),
+    ("della", {}), ("nuslerp", {}), ("task_arithmetic", {"negate": "mother"}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_exported_new_methods_merged_by_mergekit_equal_our_child_bit_for_bit(method, extra, fixture_pair, tmp_path):
+    father, mother = fixture_pair("qwen3", related=True)
+    recipe = Recipe(father=father, mother=mother, method=method, dtype="float32", ratios=ROLE_RATIOS, **extra)
+    assert export_parity(recipe, tmp_path, method) == 0.0
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("model_stock", {}), ("sce", {"select_topk": 0.5}), ("nuslerp", {}), ("della_linear", {}),
+    ("ties", {"negate": "mother", "densities": SPARSE}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_exported_new_methods_with_an_ancestor_equal_our_child_bit_for_bit(method, extra, ancestry, tmp_path):
+    base, father, mother = ancestry
+    recipe = Recipe(father=father, mother=mother, base=base, method=method, dtype="float32", ratios=ROLE_RATIOS,
+                    **extra)
+    config = yaml.safe_load(mergekit_yaml(recipe))
+    assert config["merge_method"] == method and config["base_model"] == str(base)
+    assert export_parity(recipe, tmp_path, method) == 0.0
+
+
+def test_export_refuses_copied_tensors_for_methods_without_weights(ancestry):
+    from darwin_core.errors import DarwinError
+
+    base, father, mother = ancestry
+    for method in ("model_stock", "sce"):
+        recipe = Recipe(father=father, mother=mother, base=base, method=method, frozen_layers=[1])
+        with pytest.raises(DarwinError, match=f"{method} has no weights in mergekit"):
+            mergekit_yaml(recipe)

@@ -310,9 +310,12 @@ def test_a_failed_run_shows_the_failure_sentence_from_its_folder(app, finished_r
     from darwin_core.runs import queue as jobs
 
     client, runs_dir, _, zoo = app
-    config = {"father": str(zoo / "father"), "mother": str(zoo / "mother"), "tasks": [{"file": str(runs_dir / "missing.jsonl")}],
+    vanishing = write_choice_task(runs_dir / "missing.jsonl")  # checked when queued; gone before the worker starts
+    config = {"father": str(zoo / "father"), "mother": str(zoo / "mother"), "tasks": [{"file": str(vanishing)}],
               "population": 2, "generations": 1}
-    run_id = jobs.submit(config, runs_dir)
+    run_id = jobs.submit(config, runs_dir, start_worker=False)
+    vanishing.unlink()
+    jobs.ensure_worker(runs_dir)
     status = wait_for_state(runs_dir, run_id, ("failed", "finished"), timeout=300)
     assert status["state"] == "failed"
     _, error, header, failure, *_ = client.predict(A, run_id, api_name="/runs_open")

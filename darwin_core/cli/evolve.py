@@ -1,4 +1,9 @@
-"""`python -m darwin_core evolve`: the command line of `darwin_core.evolution.pipeline`."""
+"""`python -m darwin_core evolve`: the command line of `darwin_core.evolution.pipeline`.
+
+The config file is read with its relative paths joined to its folder (`EvolutionConfig.load`), and everything the
+run needs is checked before its run folder exists (`darwin_core.evolution.preflight`, through the queue's
+`prepare_foreground` / `submit`): bad input ends with one sentence and exit code 2, and leaves no failed run.
+"""
 
 from __future__ import annotations
 

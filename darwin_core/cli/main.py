@@ -15,7 +15,7 @@ import sys
 from darwin_core.errors import DarwinError
 
 COMMANDS: dict[str, str] = {name: f"darwin_core.cli.{name}" for name in
-                           ("zoo", "merge", "scan", "health", "evolve", "runs", "card", "push")}
+                           ("zoo", "merge", "scan", "health", "chat", "evolve", "runs", "card", "push")}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -34,6 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DarwinError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except DarwinError as error:  # bad input: one line on stderr, exit code 2 (argparse's code for bad usage)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -1,19 +1,49 @@
-"""`python -m darwin_core merge`: the command line of `darwin_core.merge.disk`."""
+"""`python -m darwin_core merge`: the command line of `darwin_core.merge.disk`.
+
+Every argument is checked before a parent is resolved or a byte written: the recipe file, the device (against
+what torch sees), the shard size and the output folder; each failure is one sentence and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from darwin_core.merge.disk import merge_to_disk
-from darwin_core.recipe import Recipe
+from darwin_core.errors import DarwinError
+from darwin_core.merge.disk import check_device, check_out_folder, check_shard_size, merge_to_disk
+from darwin_core.recipe import RECIPE_FILE, Recipe
+
+
+def read_recipe(path: str) -> Recipe:
+    """The recipe in a file (or in a child folder's darwin-recipe.yaml); one sentence for a missing, binary or
+    non-UTF-8 file instead of a traceback."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / RECIPE_FILE
+        if not file.is_file():
+            raise DarwinError(f"The folder {path} holds no {RECIPE_FILE}, so it is not a child folder.")
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise DarwinError(f"The recipe file {file} does not exist.") from None
+    except OSError as error:
+        raise DarwinError(f"The recipe file {file} cannot be read ({error.strerror or type(error).__name__}).") from None
+    if b"\0" in raw:
+        raise DarwinError(f"The recipe file {file} is a binary file, not YAML text.")
+    try:
+        return Recipe.from_yaml(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DarwinError(f"The recipe file {file} is not UTF-8 text.") from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    recipe = Recipe.load(args.recipe)
+    device = check_device(args.device)
+    max_shard_bytes = check_shard_size(args.max_shard_gb)
+    check_out_folder(args.out, overwrite=args.overwrite)
+    recipe = read_recipe(args.recipe)
     start = time.perf_counter()
-    out = merge_to_disk(recipe, args.out, device=args.device, overwrite=args.overwrite,
-                        max_shard_bytes=int(float(args.max_shard_gb) * 10**9))
+    out = merge_to_disk(recipe, args.out, device=device, overwrite=args.overwrite, max_shard_bytes=max_shard_bytes)
     print(f"wrote {out} ({recipe.method}, recipe {recipe.recipe_hash[:16]}) in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -27,5 +57,5 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output model folder")
     parser.add_argument("--device", default="cpu", help="where the math runs: cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once complete)")
-    parser.add_argument("--max-shard-gb", default=5, type=float, help="largest output shard in GB (default 5)")
+    parser.add_argument("--max-shard-gb", default="5", help="largest output shard in GB (default 5)")
     parser.set_defaults(func=_run)

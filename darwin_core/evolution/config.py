@@ -2,6 +2,12 @@
 
 A config is the one source of truth for a run: the same YAML runs it again, and its digest keys the checkpoint
 so a run only resumes under the config that wrote it.
+
+Every field carries its meaning in its metadata (`doc`): docs/reference.md is generated from them by
+scripts/reference.py, and tests/test_reference.py fails when a field has none, so the reference cannot fall
+behind the code. Whatever can be checked without the machine (types, ranges, names of spaces, methods and
+dtypes) is checked here, when the config is built; what needs the machine (folders, task files, devices) is
+checked by `darwin_core.evolution.preflight` before a run folder is created.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,57 +27,90 @@ import yaml
 
 from darwin_core.errors import DarwinError
 
+MAX_NEW_TOKENS_LIMIT = 4096  # a generative task's answer budget; more is a typo, not an answer
+MAX_LAYER_INDEX = 100_000  # no model has this many layers; a larger frozen range is a typo that would fill memory
+_LAYER_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose meaning travels with it (read by the generated reference)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """One fitness task and its weight in the composite.
+    """One fitness task and its weight in the composite (an entry of `tasks` in breed.yaml)."""
 
-    source: "demo" (a built-in skill name), "file" (JSONL/JSON/CSV path), "hub" (a dataset id) or "lm_eval"
-    (an lm-evaluation-harness task name). format/config/split/limit/name pass through to the loader.
-    """
-
-    source: str
-    ref: str
-    weight: float = 1.0
-    name: str | None = None
-    format: str | None = None
-    config: str | None = None
-    split: str | None = None
-    limit: int | None = None
+    source: str = doc("Where the items come from: `demo` (a built-in skill), `file` (a JSONL/JSON/CSV file), "
+                      "`hub` (a Hub dataset id) or `lm_eval` (an lm-evaluation-harness task or group). In YAML "
+                      "it is the key: `{file: my.jsonl}`.")
+    ref: str | tuple[str, ...] = doc("What the source names: the skill, the file path (or a list of paths and glob "
+                                    "patterns, read as one task; relative paths are read from the config file's "
+                                    "folder), the dataset id or the lm-eval task name.")
+    weight: float = doc("The task's share of the composite fitness (weights need not add up to 1; an lm-eval "
+                        "group shares its weight among its subtasks).", default=1.0)
+    name: str | None = doc("The task's name in reports and curves (default: the skill, the file's stem or the "
+                           "dataset's name).", default=None)
+    format: str | None = doc("The file or dataset schema, one of the formats listed under Task files (files "
+                             "default to user; the known Hub datasets bring theirs).", default=None)
+    config: str | None = doc("The Hub dataset's configuration (e.g. `ARC-Challenge`).", default=None)
+    split: str | None = doc("The Hub dataset's split (default: the known dataset's, else every split).", default=None)
+    limit: int | None = doc("Keep only the first items (at least 2: one to search, one held out).", default=None)
+    max_new_tokens: int | None = doc(
+        "Generative tasks only: how many tokens an answer may take (default 256 for files and datasets, the "
+        "skill's own for demo tasks). Multiple-choice tasks generate nothing.", default=None)
+    include_path: str | None = doc("lm_eval tasks only, and only in local mode: a folder of your own lm-eval task "
+                                   "YAMLs to look the task up in (relative to the config file's folder).", default=None)
 
     SOURCES = ("demo", "file", "hub", "lm_eval")
+    OPTIONS = ("weight", "name", "format", "config", "split", "limit", "max_new_tokens", "include_path")
 
     @classmethod
     def parse(cls, value: Any) -> "TaskSpec":
         """A task from YAML: a string (demo skill name, `hub:id`, `lm_eval:name`, or a file path) or a mapping
-        with exactly one of demo/file/hub/lm_eval plus optional weight, name, format, config, split, limit."""
+        with exactly one of demo/file/hub/lm_eval plus any of OPTIONS."""
         if isinstance(value, TaskSpec):
             return value
         if isinstance(value, str):
             return cls._from_string(value)
         if not isinstance(value, Mapping):
-            raise DarwinError(f"A task must be a name or a mapping, not {value!r}.")
+            raise DarwinError(f"A task must be a name or a mapping, not {_short(value)}.")
         keys = [k for k in cls.SOURCES if k in value]
         if len(keys) != 1:
-            raise DarwinError(f"A task needs exactly one of {', '.join(cls.SOURCES)}; got {sorted(value)}.")
-        extra = set(value) - set(cls.SOURCES) - {"weight", "name", "format", "config", "split", "limit"}
+            raise DarwinError(f"A task needs exactly one of {', '.join(cls.SOURCES)}; got {sorted(map(str, value))}.")
+        extra = sorted(map(str, set(value) - set(cls.SOURCES) - set(cls.OPTIONS)))
         if extra:
-            raise DarwinError(f"Unknown task setting {sorted(extra)[0]!r}.")
+            raise DarwinError(f"Unknown task setting {extra[0]!r}; a task takes {', '.join(cls.OPTIONS)}.")
+        source, ref = keys[0], value[keys[0]]
+        if source == "file" and isinstance(ref, (list, tuple)):
+            if not ref or not all(isinstance(p, str) and p.strip() for p in ref):
+                raise DarwinError("A task's file list must name at least one path, each as text.")
+            ref = tuple(ref)
+        elif not isinstance(ref, str) or not ref.strip():
+            raise DarwinError(f"The {source} of a task must be one name or path as text, not {_short(ref)}.")
+        include_path = value.get("include_path")
+        if include_path is not None and (source != "lm_eval" or not isinstance(include_path, str)):
+            raise DarwinError("include_path is a setting of lm_eval tasks only: the folder of your task YAMLs, as text.")
         weight = value.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or not math.isfinite(weight):
-            raise DarwinError(f"The weight of task {value[keys[0]]!r} must be a non-negative number.")
+            raise DarwinError(f"The weight of task {ref!r} must be a non-negative number.")
+        for key in ("name", "format", "config", "split"):
+            if value.get(key) is not None and not isinstance(value[key], str):
+                raise DarwinError(f"The {key} of task {ref!r} must be text, not {_short(value[key])}.")
         limit = value.get("limit")
-        if limit is not None and (not isinstance(limit, int) or limit < 2):
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 2):
             raise DarwinError("A task's limit must be a whole number of at least 2 items.")
-        return cls(
-            source=keys[0],
-            ref=str(value[keys[0]]),
-            weight=float(weight),
-            name=value.get("name"),
-            format=value.get("format"),
-            config=value.get("config"),
-            split=value.get("split"),
-            limit=limit,
-        )
+        tokens = value.get("max_new_tokens")
+        if tokens is not None:
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or not 1 <= tokens <= MAX_NEW_TOKENS_LIMIT:
+                raise DarwinError(f"The max_new_tokens of task {ref!r} must be a whole number from 1 to {MAX_NEW_TOKENS_LIMIT}.")
+            if source == "lm_eval":
+                raise DarwinError(f"Task {ref!r} is an lm-eval multiple-choice task; max_new_tokens has no effect on it.")
+        return cls(source=source, ref=ref, weight=float(weight), name=value.get("name"), format=value.get("format"),
+                   config=value.get("config"), split=value.get("split"), limit=limit, max_new_tokens=tokens,
+                   include_path=include_path)
 
     @classmethod
     def _from_string(cls, text: str) -> "TaskSpec":
@@ -81,16 +122,23 @@ class TaskSpec:
                 return cls(source=prefix[:-1], ref=text[len(prefix):])
         if text in SKILLS:
             return cls(source="demo", ref=text)
-        if Path(text).suffix.lower() in (".jsonl", ".json", ".csv"):
+        if Path(text).suffix.lower() in TASK_FILE_SUFFIXES:
             return cls(source="file", ref=text)
-        raise DarwinError(f"Task {text!r} is not a demo skill or a .jsonl/.json/.csv file; write hub:<id> or lm_eval:<name> for those sources.")
+        raise DarwinError(f"Task {text[:200]!r} is not a demo skill or a .jsonl/.json/.csv file; write hub:<id> or lm_eval:<name> for those sources.")
 
     def to_yaml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {self.source: self.ref, "weight": self.weight}
-        for key in ("name", "format", "config", "split", "limit"):
+        out: dict[str, Any] = {self.source: list(self.ref) if isinstance(self.ref, tuple) else self.ref,
+                               "weight": self.weight}
+        for key in ("name", "format", "config", "split", "limit", "max_new_tokens", "include_path"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+def _short(value: Any) -> str:
+    """A value as a sentence may quote it: its repr, cut (a pasted blob must not become a screenful)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _default_tasks() -> tuple[TaskSpec, ...]:
@@ -99,76 +147,133 @@ def _default_tasks() -> tuple[TaskSpec, ...]:
     return tuple(TaskSpec(source="demo", ref=name) for name in DEMO_SKILLS)
 
 
+def parse_layer_list(value: Any) -> tuple[int, ...]:
+    """frozen_layers as written: a list of indices, or text like "0-3, 7" (the grammar of the page's box)."""
+    if value is None:
+        return ()
+    if isinstance(value, bool):
+        raise DarwinError(f"frozen_layers must be layer numbers like [0, 3] or '0-3, 7', not {value!r}.")
+    parts = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else [value] if isinstance(value, int) else value
+    if not isinstance(parts, (list, tuple)):
+        raise DarwinError(f"frozen_layers must be layer numbers like [0, 3] or '0-3, 7', not {_short(value)}.")
+    layers: list[int] = []  # in the order written: a config's digest must not change when it is read back
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            low = high = part
+        else:
+            match = _LAYER_PART.fullmatch(str(part).strip()) if isinstance(part, str) else None
+            if not part or match is None:
+                if isinstance(part, str) and not part.strip():
+                    continue
+                raise DarwinError(f"frozen_layers are layer numbers like [0, 3] or '0-3, 7'; {_short(part)} is not one.")
+            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if low < 0:
+            raise DarwinError("Frozen layers are layer indices (0 or more).")
+        if high < low:
+            raise DarwinError(f"The frozen-layer range {part!r} runs backwards.")
+        if high > MAX_LAYER_INDEX:
+            raise DarwinError(f"Frozen layer {high} is beyond any model's layers.")
+        layers.extend(range(low, high + 1))
+    return tuple(layers)
+
+
 @dataclass(frozen=True)
 class EvolutionConfig:
-    """Everything that decides a run's result. Saved as the run's config.yaml; the same YAML runs it again.
+    """Everything that decides a run's result. Saved as the run's config.yaml; the same YAML runs it again."""
 
-    father / mother: Hub ids (optionally `@revision`) or local folders (local mode only).
-    genome: a genome space name (darwin-v6, per-layer, per-layer-ffn, per-block-role); method: the merge method
-    the genome's recipes use (None = dare_ties for darwin-v6, linear otherwise); base: the parents' common
-    ancestor for task-vector methods (None = the father is the base). population / sigma0 / generations / seed: CMA-ES budget.
-    proxy_items: search items per task scored for every candidate (Phase 1); topk_full: candidates per
-    generation then scored on the whole search set (Phase 2). patience: stop when the best has not improved
-    for this many generations (0 = never). split_seed: decides each task's search / held-out split; kept apart
-    from `seed` so runs with different CMA-ES seeds are judged on the same held-out items.
-    mri: None, "auto" (scan the parents with the tasks' probe texts before the search) or a saved scan file.
-    """
-
-    father: str
-    mother: str
-    tasks: tuple[TaskSpec, ...] = field(default_factory=_default_tasks)
-    genome: str = "darwin-v6"
-    method: str | None = None
-    base: str | None = None
-    population: int = 8
-    sigma0: float = 0.2
-    generations: int = 10
-    seed: int = 0
-    split_seed: int = 0
-    proxy_items: int = 16
-    topk_full: int = 2
-    patience: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    frozen_layers: tuple[int, ...] = ()
-    heldout: bool = True
-    mri: str | None = None
-    batch_size: int = 64
-    local_mode: bool = True
+    father: str = doc("The first parent, and the default base of task-vector methods: a Hub id (`org/name`, "
+                      "optionally `@revision`), `demo:<name>`, `run:<id>` (an earlier run's child) or, locally, a "
+                      "folder (relative to the config file's folder).")
+    mother: str = doc("The second parent, named like the father.")
+    tasks: tuple[TaskSpec, ...] = doc("The fitness tasks and their weights (see Task entries below); a mapping "
+                                      "`{reverse: 0.6, sort: 0.4}` is a shorthand.", default_factory=_default_tasks)
+    genome: str = doc("The genome space CMA-ES searches: darwin-v6, per-layer, per-layer-ffn or per-block-role.",
+                      default="darwin-v6")
+    method: str | None = doc("The merge method of the genome's recipes (None: the space's default, dare_ties for "
+                             "darwin-v6, linear otherwise).", default=None)
+    base: str | None = doc("The parents' common ancestor for task-vector methods, named like a parent (None: the "
+                           "father is the base, and DARE-TIES then ignores the father's density).", default=None)
+    population: int = doc("Candidates per CMA-ES generation (at least 2).", default=8)
+    sigma0: float = doc("CMA-ES's initial step size, in (0, 1] (genes live in [0, 1]).", default=0.2)
+    generations: int = doc("How many generations the search runs at most.", default=10)
+    seed: int = doc("CMA-ES's seed (and the DARE masks' through the recipes).", default=0)
+    split_seed: int = doc("Decides each task's search / held-out split; apart from `seed`, so runs with different "
+                          "CMA-ES seeds are judged on the same held-out items.", default=0)
+    proxy_items: int = doc("Phase 1: search items per task scored for every candidate.", default=16)
+    topk_full: int = doc("Phase 2: candidates per generation then scored on the whole search split (at most the "
+                         "population).", default=2)
+    patience: int = doc("Stop when the best has not improved for this many generations (0: never).", default=0)
+    device: str = doc("Where the merges and evaluations run: auto (the first CUDA device, else the CPU), cpu, "
+                      "cuda, cuda:N or mps; checked against what torch sees before the run starts.", default="auto")
+    dtype: str = doc("The dtype candidates are bred and evaluated in: auto (the father's), float32, bfloat16 or "
+                     "float16.", default="auto")
+    frozen_layers: tuple[int, ...] = doc("Layers kept as the father's, untouched: a list `[0, 1]` or text "
+                                         "`'0-3, 7'`.", default=())
+    heldout: bool = doc("Score the child, both parents and the baselines on the held-out items at the end "
+                        "(report.json).", default=True)
+    mri: str | None = doc("None (no scan), `auto` (scan the parents with the tasks' probe texts before the "
+                          "search) or a saved scan file (relative to the config file's folder).", default=None)
+    batch_size: int = doc("Items per forward pass in the evaluations.", default=64)
+    local_mode: bool = doc("True where the user owns the machine (the CLI): local folders and files are "
+                           "accepted. A public Space writes False, which refuses every path.", default=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tasks", tuple(TaskSpec.parse(t) for t in self.tasks))
-        object.__setattr__(self, "frozen_layers", tuple(int(x) for x in self.frozen_layers))
+        tasks = self.tasks
+        if isinstance(tasks, (str, Mapping)) or not isinstance(tasks, (list, tuple)):
+            raise DarwinError("tasks must be a list of task names or mappings.")
+        object.__setattr__(self, "tasks", tuple(TaskSpec.parse(t) for t in tasks))
+        object.__setattr__(self, "frozen_layers", parse_layer_list(self.frozen_layers))
         self.validate()
 
     def validate(self) -> None:
-        def whole(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise DarwinError(f"{name} must be a whole number of at least {low}, not {value!r}.")
-
+        """One sentence for the first setting that is not valid, naming it."""
         for key in ("father", "mother"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise DarwinError(f"The config needs a {key} (a Hub id or a local folder).")
-        whole("population", 2)
-        whole("generations", 1)
-        whole("proxy_items", 1)
-        whole("topk_full", 1)
-        whole("patience", 0)
-        whole("batch_size", 1)
+        for name, low in (("population", 2), ("generations", 1), ("proxy_items", 1), ("topk_full", 1),
+                          ("patience", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise DarwinError(f"{name} must be a whole number of at least {low}, not {_short(value)}.")
         for name in ("seed", "split_seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise DarwinError(f"{name} must be a whole number.")
         if self.topk_full > self.population:
             raise DarwinError(f"topk_full ({self.topk_full}) cannot exceed the population ({self.population}).")
-        if not isinstance(self.sigma0, (int, float)) or not 0 < float(self.sigma0) <= 1:
-            raise DarwinError(f"sigma0 must be a number in (0, 1], not {self.sigma0!r}.")
+        if isinstance(self.sigma0, bool) or not isinstance(self.sigma0, (int, float)) or not 0 < float(self.sigma0) <= 1:
+            raise DarwinError(f"sigma0 must be a number in (0, 1], not {_short(self.sigma0)}.")
+        for name in ("heldout", "local_mode"):
+            if not isinstance(getattr(self, name), bool):
+                raise DarwinError(f"{name} must be true or false, not {_short(getattr(self, name))}.")
+        for name in ("genome", "device", "dtype", "method", "base", "mri"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str) or value == "" and name in ("genome", "device", "dtype"):
+                raise DarwinError(f"{name} must be text, not {_short(value)}.")
         if not self.tasks:
             raise DarwinError("The config needs at least one fitness task.")
         if sum(t.weight for t in self.tasks) <= 0:
             raise DarwinError("The task weights add up to zero; give at least one task a positive weight.")
-        if any(layer < 0 for layer in self.frozen_layers):
-            raise DarwinError("Frozen layers are layer indices (0 or more).")
+        self._validate_names()
+
+    def _validate_names(self) -> None:
+        """Genome space, merge method (and whether it takes a base), dtype and device spelling."""
+        from darwin_core.genome.spaces import default_method
+        from darwin_core.io.dtypes import dtype_from_name
+        from darwin_core.merge.methods.registry import get_method
+
+        method = get_method(self.method) if self.method else None
+        method = method or get_method(default_method(self.genome))
+        if self.method:
+            default_method(self.genome)  # an unknown space is refused whichever method is named
+        if self.base and self.base != "father" and not method.delta:
+            raise DarwinError(f"The method {method.name} does not use a base model; remove base from the config.")
+        if self.dtype != "auto":
+            dtype_from_name(self.dtype)
+        if not _DEVICE.fullmatch(self.device.strip()):  # a misspelt device: the sentence names what torch sees
+            from darwin_core.merge.disk import check_device
+
+            check_device(self.device, allow_auto=True)
+            raise DarwinError(f"device must be auto, cpu, cuda, cuda:N or mps, not {_short(self.device)}.")
 
     # ---------------------------------------------------------------- YAML
 
@@ -191,16 +296,16 @@ class EvolutionConfig:
         if not isinstance(data, Mapping):
             raise DarwinError("An evolution config must be a YAML mapping of settings.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(key) for key in set(data) - known)
         if unknown:
-            raise DarwinError(f"Unknown evolution setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}.")
+            raise DarwinError(f"Unknown evolution setting {unknown[0][:60]!r}; known settings: {', '.join(sorted(known))}.")
         if "father" not in data or "mother" not in data:
             raise DarwinError("The config needs both a father and a mother.")
         kwargs = dict(data)
         if "tasks" in kwargs:
             tasks = kwargs["tasks"]
             if isinstance(tasks, Mapping):  # {reverse: 1.0, sort: 0.5} shorthand
-                tasks = [{**TaskSpec._from_string(k).to_yaml(), "weight": w} for k, w in tasks.items()]
+                tasks = [{**TaskSpec._from_string(str(k)).to_yaml(), "weight": w} for k, w in tasks.items()]
             if not isinstance(tasks, (list, tuple)):
                 raise DarwinError("tasks must be a list of task names or mappings.")
             kwargs["tasks"] = tuple(tasks)
@@ -212,21 +317,107 @@ class EvolutionConfig:
             raise DarwinError(f"The evolution config is not valid: {error}.") from None
 
     @classmethod
-    def from_yaml(cls, text: str) -> "EvolutionConfig":
+    def from_yaml(cls, text: str, *, source: str = "The evolution config") -> "EvolutionConfig":
+        """The config a YAML text describes; `source` names it in a syntax error (with the line)."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise DarwinError(f"The evolution config is not valid YAML: {str(error).splitlines()[0]}.") from None
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise DarwinError(f"{source} is not valid YAML{where}: {problem}.") from None
         return cls.from_dict(data or {})
 
     @classmethod
     def load(cls, path: Path | str) -> "EvolutionConfig":
+        """The config in a file, with relative paths in it (local parents, task files, a scan file) read from the
+        file's folder, so a config means the same from wherever it is run."""
+        path = Path(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise DarwinError(f"The config file {path} does not exist.") from None
-        return cls.from_yaml(text)
+        except IsADirectoryError:
+            raise DarwinError(f"{path} is a folder, not a config file.") from None
+        except OSError as error:
+            raise DarwinError(f"The config file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
+        if b"\0" in raw:
+            raise DarwinError(f"The config file {path} is a binary file, not YAML text.")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DarwinError(f"The config file {path} is not UTF-8 text.") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return cls.from_yaml(text, source=f"The config file {path}")
+        if not isinstance(data, Mapping):
+            raise DarwinError(f"The config file {path} must be a YAML mapping of settings.")
+        return cls.from_dict(resolve_relative_paths(data, path.parent))
 
     def digest(self) -> str:
         """A stable hash of every setting: a checkpoint only resumes the config that wrote it."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ relative paths
+
+
+def _looks_like_path(text: str, folder: Path) -> bool:
+    """A parent name that means a folder: written like a path, or a folder beside the config."""
+    if text.startswith(("demo:", "run:", "/", "~")) or os.path.isabs(text):
+        return False
+    if text.startswith(("./", "../")) or text in (".", "..") or text.partition("@")[0].count("/") >= 2:
+        return True
+    try:
+        return (folder / text).is_dir()
+    except OSError:  # a name too long for the file system is no folder
+        return False
+
+
+def _joined(folder: Path, text: str) -> str:
+    return os.path.normpath(os.path.join(folder.resolve(), os.path.expanduser(text)))
+
+
+def resolve_relative_paths(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The settings with relative local paths joined to `folder` (absolute, so they mean the same in the run
+    folder's copy). Nothing changes when `folder` is the working directory: paths then already mean that."""
+    out = dict(data)
+    try:
+        if folder.resolve() == Path.cwd().resolve():
+            return out
+    except OSError:
+        return out
+    for key in ("father", "mother", "base"):
+        value = out.get(key)
+        if isinstance(value, str) and _looks_like_path(value.strip(), folder):
+            out[key] = _joined(folder, value.strip())
+    mri = out.get("mri")
+    if isinstance(mri, str) and mri not in ("", "auto") and not os.path.isabs(os.path.expanduser(mri)):
+        out["mri"] = _joined(folder, mri)
+    tasks = out.get("tasks")
+    if isinstance(tasks, (list, tuple)):
+        out["tasks"] = [_task_joined(task, folder) for task in tasks]
+    return out
+
+
+def _task_joined(task: Any, folder: Path) -> Any:
+    """A task entry with its relative file path joined to `folder`."""
+    if isinstance(task, Mapping):
+        out = dict(task)
+        for key in ("file", "include_path"):
+            value = out.get(key)
+            if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+                out[key] = _joined(folder, value)
+            elif key == "file" and isinstance(value, (list, tuple)):
+                out[key] = [_joined(folder, p) if isinstance(p, str) and not os.path.isabs(os.path.expanduser(p)) else p
+                            for p in value]
+        return out
+    if isinstance(task, str):
+        text = task.strip()
+        is_file = text.startswith("file:") or (not text.startswith(("hub:", "lm_eval:", "demo:"))
+                                              and Path(text).suffix.lower() in TASK_FILE_SUFFIXES)
+        ref = text.removeprefix("file:")
+        if is_file and not os.path.isabs(os.path.expanduser(ref)):
+            return {"file": _joined(folder, ref)}
+    return task

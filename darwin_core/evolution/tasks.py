@@ -48,13 +48,16 @@ def load_spec(spec: TaskSpec, *, split_seed: int, hub_token: str | bool | None =
 
     if spec.source == "demo":
         loaded = [demo_task(spec.ref, split_seed, limit=spec.limit)]
+        if spec.max_new_tokens is not None:
+            loaded = [replace(t, max_new_tokens=spec.max_new_tokens) for t in loaded]
         return [replace(t, name=spec.name) for t in loaded] if spec.name else loaded
     if spec.source == "file":
-        return [sources.load_task(spec.ref, format=spec.format or "user", name=spec.name, seed=split_seed, limit=spec.limit)]
+        return [sources.load_task(spec.ref, format=spec.format or "user", name=spec.name, seed=split_seed, limit=spec.limit,
+                                  max_new_tokens=spec.max_new_tokens)]
     if spec.source == "hub":
         return [sources.load_hub_task(spec.ref, format=spec.format, config=spec.config, split=spec.split, name=spec.name,
-                                      seed=split_seed, limit=spec.limit, token=hub_token)]
+                                      seed=split_seed, limit=spec.limit, token=hub_token, max_new_tokens=spec.max_new_tokens)]
     if spec.source == "lm_eval":
-        return sources.tasks_from_lm_eval([spec.ref], seed=split_seed, limit=spec.limit)
+        return sources.tasks_from_lm_eval([spec.ref], include_path=spec.include_path, seed=split_seed, limit=spec.limit)
     raise DarwinError(f"Unknown task source {spec.source!r}.")
 

@@ -2,9 +2,9 @@
 
 The same function serves a local file and the Hub dataset in that schema, so ARC from
 `ARC-Challenge-Dev.jsonl` and ARC from `allenai/ai2_arc` give the same prompts. Prompts copy
-lm-evaluation-harness's task YAMLs (arc_easy/arc_challenge, mmlu, click, leaderboard_musr, gsm8k), so a
-score here means what the same score means there. Reading files and datasets into tasks is
-`darwin_core.fitness.sources`.
+lm-evaluation-harness's task YAMLs (arc_easy/arc_challenge, mmlu, click, leaderboard_musr, gsm8k; piqa,
+hellaswag, winogrande and truthfulqa_mc1 in `darwin_core.fitness.benchmark_formats`), so a score here means
+what the same score means there. Reading files and datasets into tasks is `darwin_core.fitness.sources`.
 
 User file schema (JSONL, JSON list or CSV, one item per row/line):
 
@@ -14,120 +14,51 @@ User file schema (JSONL, JSON list or CSV, one item per row/line):
 With "choices" the item is scored by log-likelihood (the prompt is the context, each
 choice is appended after a space); without, by generation and exact match of the
 extracted answer. In CSV, choices are a "choices" column holding a JSON list, or
-columns choice0, choice1, ...; CSV cells are text, so an answer is read as a choice's
-text first, then as a letter, then as an index.
+columns choice0, choice1, ...; CSV cells are text, so an answer may be a choice's text, a letter or a
+0-based index. When those readings name different choices (a choice "2" and the answer "2"), the reading that
+fits every answer of the file decides, else the row is refused as ambiguous (`darwin_core.fitness.fields`).
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import re
-import string
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from darwin_core.fitness.benchmark_formats import hellaswag_item, piqa_item, truthfulqa_mc1_item, winogrande_item
+from darwin_core.fitness.fields import (
+    LETTERS,
+    BadRecord,
+    Record,
+    _answer_index,
+    _choices,
+    _field,
+    _id,
+    _text,
+    _user_choices,
+    readings_of_every_row,
+)
 from darwin_core.fitness.tasks import Item
 
-LETTERS = string.ascii_uppercase
-
-Record = dict[str, Any]
-
-
-class BadRecord(ValueError):
-    """A row that does not fit its format; turned into a DarwinError that names the file and line."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Field helpers
-
-
-def _field(record: Record, *names: str) -> Any:
-    for name in names:
-        if name in record and record[name] is not None:
-            return record[name]
-    raise BadRecord(f"it has no {' or '.join(repr(n) for n in names)} field")
-
-
-def _text(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise BadRecord(f"its {what} is not text")
-    text = str(value)
-    if not text.strip():
-        raise BadRecord(f"its {what} is empty")
-    return text
-
-
-def _choices(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):  # a stringified list (MuSR on the Hub, a CSV "choices" cell)
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                raise BadRecord("its choices are not a list") from None
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise BadRecord("its choices are not a list of at least two options")
-    choices = tuple(str(c) for c in value)
-    if any(not c.strip() for c in choices):
-        raise BadRecord("one of its choices is empty")
-    return choices
-
-
-def _answer_index(answer: Any, choices: Sequence[str]) -> int:
-    """An answer given as 0-based index (int), as a choice's text, as a letter, or as a digit string (in that order)."""
-    if isinstance(answer, bool):
-        raise BadRecord("its answer is true/false, not a choice")
-    if isinstance(answer, int):
-        index = answer
-    elif isinstance(answer, float) and answer.is_integer():
-        index = int(answer)
-    elif isinstance(answer, str):
-        text = answer.strip()
-        if text in choices:
-            return choices.index(text)
-        if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
-            return LETTERS.index(text.upper())
-        if text.isdigit():
-            index = int(text)
-        else:
-            raise BadRecord(f"its answer {answer!r} is not one of its choices, a letter or an index")
-    else:
-        raise BadRecord("its answer is not an index, a letter or a choice")
-    if not 0 <= index < len(choices):
-        raise BadRecord(f"its answer index {index} is out of range for {len(choices)} choices")
-    return index
-
-
-def _id(record: Record, fallback: str) -> str:
-    value = record.get("id")
-    if value is None or str(value).strip() == "":
-        return fallback
-    return str(value)
+__all__ = [
+    "FORMATS", "LETTERS", "BadRecord", "Record", "arc_item", "click_item", "click_prompt", "gsm8k_item",
+    "hellaswag_item", "mmlu_item", "mmlu_prompt", "musr_item", "piqa_item", "readings_of_every_row",
+    "truthfulqa_mc1_item", "user_item", "winogrande_item",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Formats (record -> Item); `prefix` makes fallback ids unique per source
 
 
-def user_item(record: Record, index: int, prefix: str = "item") -> Item:
+def user_item(record: Record, index: int, prefix: str = "item", file_readings: frozenset[str] | None = None) -> Item:
+    """The user schema (module doc); `file_readings` (from `readings_of_every_row`) settles ambiguous answers."""
     prompt = _text(_field(record, "prompt", "question"), "prompt")
     item_id = _id(record, f"{prefix}-{index}")
     choices = _user_choices(record)
     answer = _field(record, "answer")
     if choices is None:
         return Item(id=item_id, prompt=prompt, answer=_text(answer, "answer").strip())
-    return Item(id=item_id, prompt=prompt, answer=str(_answer_index(answer, choices)), choices=choices)
-
-
-def _user_choices(record: Record) -> tuple[str, ...] | None:
-    if record.get("choices") not in (None, ""):
-        return _choices(record["choices"])
-    numbered = []
-    while record.get(f"choice{len(numbered)}") not in (None, ""):
-        numbered.append(record[f"choice{len(numbered)}"])
-    return _choices(numbered) if numbered else None
+    return Item(id=item_id, prompt=prompt, answer=str(_answer_index(answer, choices, file_readings)), choices=choices)
 
 
 def arc_item(record: Record, index: int, prefix: str = "arc") -> Item:
@@ -181,16 +112,33 @@ def mmlu_item(record: Record, index: int, prefix: str = "mmlu", subject: str | N
     return Item(id=_id(record, fallback), prompt=mmlu_prompt(question, options, subject), answer=str(gold), choices=tuple(LETTERS[: len(options)]))
 
 
+CLICK_SHOWN_OPTIONS = 4  # lm-eval's get_context names A-D and lists four options, also for CSAT's five
+
+
 def click_prompt(paragraph: str, question: str, options: Sequence[str]) -> str:
-    """lm-eval's CLIcK context (click_cul / click_lang utils.get_context), listing every option."""
-    letters = LETTERS[: len(options)]
-    listed = f"A:{options[0]}" + "".join(f", {letters[i]}: {options[i]}" for i in range(1, len(options)))
+    """lm-eval's CLIcK context (click_cul / click_lang utils.get_context), character for character.
+
+    lm-eval always says "A, B, C, D" and lists the first four options, so a CSAT item's fifth option is scored
+    as E but never shown; that is copied so scores compare. Only an item with fewer than four options (which
+    lm-eval cannot read) is shown all of its options with their letters.
+    """
+    shown = list(options[:CLICK_SHOWN_OPTIONS])
+    letters = LETTERS[: len(shown)]
+    listed = f"A:{shown[0]}" + "".join(f", {letters[i]}: {shown[i]}" for i in range(1, len(shown)))
     letter_list = ", ".join(letters)
     if paragraph:
         head = f"주어진 맥락을 천천히 읽고, 질문에 대한 적절한 정답을 {letter_list} 중에 골라 알파벳 하나로 답하시오.\n\n맥락: {paragraph}\n질문: {question}"
     else:
         head = f"주어진 질문을 천천히 읽고, 적절한 정답을 {letter_list} 중에 골라 알파벳 하나로 답하시오.\n\n질문: {question}"
     return f"{head}\n보기:\n{listed}\n정답:"
+
+
+def click_letters(item_id: str, options: Sequence[str]) -> tuple[str, ...]:
+    """The letters scored: lm-eval's rule (A-E when the id names a CSAT item, else A-D) for items of four or
+    five options; one letter per option otherwise."""
+    if len(options) in (4, 5):
+        return tuple(LETTERS[:5] if "CSAT" in item_id else LETTERS[:4])
+    return tuple(LETTERS[: len(options)])
 
 
 def click_item(record: Record, index: int, prefix: str = "click") -> Item:
@@ -201,12 +149,13 @@ def click_item(record: Record, index: int, prefix: str = "click") -> Item:
     if answer not in options:
         raise BadRecord("its answer is not the text of one of its choices")
     paragraph = str(record.get("paragraph") or "")
-    return Item(
-        id=_id(record, f"{prefix}-{index}"),
-        prompt=click_prompt(paragraph, question, options),
-        answer=str(options.index(answer)),
-        choices=tuple(LETTERS[: len(options)]),
-    )
+    item_id = _id(record, f"{prefix}-{index}")
+    letters = click_letters(str(record.get("id") or ""), options)
+    gold = options.index(answer)
+    if gold >= len(letters):
+        raise BadRecord(f"its answer is option {gold + 1}, but lm-eval's CLIcK scores only {len(letters)} letters "
+                        "for an item whose id does not name a CSAT exam")
+    return Item(id=item_id, prompt=click_prompt(paragraph, question, options), answer=str(gold), choices=letters)
 
 
 def musr_item(record: Record, index: int, prefix: str = "musr") -> Item:
@@ -247,4 +196,8 @@ FORMATS: dict[str, Callable[..., Item]] = {
     "click": click_item,
     "musr": musr_item,
     "gsm8k": gsm8k_item,
+    "piqa": piqa_item,
+    "hellaswag": hellaswag_item,
+    "winogrande": winogrande_item,
+    "truthfulqa_mc1": truthfulqa_mc1_item,
 }

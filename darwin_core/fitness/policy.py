@@ -8,7 +8,7 @@ reads any local folder it is given. So with local mode off:
   lm-eval whose YAML chain (the file and what it includes from lm-eval's own folder) has no `!function`
   (tests/test_task_policy.py checks the installed lm-eval); never a path, never an include folder;
 - `file` tasks are data files the page itself copied into the runs folder's uploads area (JSONL, JSON, CSV,
-  parsed as data);
+  parsed as data); a list or a glob pattern only when every path and every match is such a file;
 - `hub` tasks are Hub dataset ids (never a folder on the server);
 - demo tasks are always fine.
 
@@ -37,6 +37,7 @@ LM_EVAL_ALLOWED: tuple[str, ...] = (
     "truthfulqa_mc1",
     "commonsense_qa",
 )
+_GLOB = re.compile(r"[*?[]")
 _HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$|^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -50,6 +51,9 @@ def check_untrusted_task(spec: Any, *, runs_dir: str | Path | None) -> None:
     if source == "demo":
         return
     if source == "lm_eval":
+        if getattr(spec, "include_path", None):
+            raise DarwinError("On a public Space an lm-evaluation-harness task cannot name an include_path "
+                              "(a folder of task YAMLs may run code and override the built-in tasks).")
         if ref not in LM_EVAL_ALLOWED:
             raise DarwinError(f"On a public Space only these lm-evaluation-harness tasks can be used: "
                               f"{', '.join(LM_EVAL_ALLOWED)} (not {_short(ref)}).")
@@ -60,11 +64,27 @@ def check_untrusted_task(spec: Any, *, runs_dir: str | Path | None) -> None:
                               "folders on the server cannot be named on a public Space.")
         return
     if source == "file":
-        if runs_dir is None or not _inside(Path(ref), uploads_dir(runs_dir)) or Path(ref).suffix.lower() not in DATA_SUFFIXES:
-            raise DarwinError(f"On a public Space a task file must be uploaded on the page (.jsonl, .json or .csv); "
-                              f"{_short(Path(ref).name or ref)} was not.")
+        _check_uploaded_files(spec.ref, runs_dir)
         return
     raise DarwinError(f"Unknown task source {source!r}.")
+
+
+def _check_uploaded_files(ref: Any, runs_dir: str | Path | None) -> None:
+    """Every path of a `file:` task (one, a list, or what a pattern matches) is a data file in the uploads area."""
+    from darwin_core.fitness.sources import expand_task_paths
+
+    named = [str(r) for r in ref] if isinstance(ref, (list, tuple)) else [str(ref)]
+    for text in named:
+        _check_uploaded_file(Path(text), runs_dir)
+    if any(_GLOB.search(text) for text in named):  # a pattern: also what it matches (no symlink out)
+        for path in expand_task_paths(named):
+            _check_uploaded_file(path, runs_dir)
+
+
+def _check_uploaded_file(path: Path, runs_dir: str | Path | None) -> None:
+    if runs_dir is None or not _inside(path, uploads_dir(runs_dir)) or path.suffix.lower() not in DATA_SUFFIXES:
+        raise DarwinError(f"On a public Space a task file must be uploaded on the page (.jsonl, .json or .csv); "
+                          f"{_short(path.name or str(path))} was not.")
 
 
 def check_untrusted_tasks(specs: Iterable[Any], *, runs_dir: str | Path | None) -> None:

@@ -9,6 +9,7 @@ re-exports their public names. Rows of one task must be all multiple choice or a
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import re
@@ -27,17 +28,23 @@ from darwin_core.fitness.formats import (
     click_item,
     click_prompt,
     gsm8k_item,
+    hellaswag_item,
     mmlu_item,
     mmlu_prompt,
     musr_item,
+    piqa_item,
+    readings_of_every_row,
+    truthfulqa_mc1_item,
     user_item,
+    winogrande_item,
 )
 from darwin_core.fitness.tasks import Item, Task, split_items
 
 __all__ = [
     "FORMATS", "GENERATE_MAX_NEW_TOKENS", "HELDOUT_FRACTION", "HUB_DATASETS", "LETTERS", "BadRecord", "Record",
-    "arc_item", "click_item", "click_prompt", "gsm8k_item", "load_hub_task", "load_task", "mmlu_item",
-    "mmlu_prompt", "musr_item", "read_items", "read_records", "task_from_items", "tasks_from_lm_eval", "user_item",
+    "arc_item", "click_item", "click_prompt", "expand_task_paths", "gsm8k_item", "hellaswag_item", "load_hub_task",
+    "load_task", "mmlu_item", "mmlu_prompt", "musr_item", "piqa_item", "read_items", "read_records",
+    "task_from_items", "tasks_from_lm_eval", "truthfulqa_mc1_item", "user_item", "winogrande_item",
 ]
 
 HELDOUT_FRACTION = 0.5
@@ -50,6 +57,11 @@ HUB_DATASETS: dict[str, tuple[str, str | None, str | None]] = {
     "EunsuKim/CLIcK": ("click", None, "train"),
     "TAUR-Lab/MuSR": ("musr", None, None),
     "openai/gsm8k": ("gsm8k", "main", "test"),
+    "baber/piqa": ("piqa", None, "validation"),
+    "ybisk/piqa": ("piqa", None, "validation"),
+    "Rowan/hellaswag": ("hellaswag", None, "validation"),
+    "allenai/winogrande": ("winogrande", "winogrande_xl", "validation"),
+    "truthfulqa/truthful_qa": ("truthfulqa_mc1", "multiple_choice", "validation"),
 }
 
 
@@ -87,6 +99,13 @@ def task_from_items(
     return Task(name=name, kind=kind, search=search, heldout=heldout, max_new_tokens=tokens, description=description)
 
 
+def _format_kwargs(format: str, records: Sequence[tuple[int, Any]]) -> dict[str, Any]:
+    """What a format needs to know about the whole source: the user format's answer rule is the file's."""
+    if format == "user":
+        return {"file_readings": readings_of_every_row(record for _, record in records)}
+    return {}
+
+
 def _items_from_records(
     records: Iterable[tuple[int, Record]], adapter: Callable[..., Item], where: Callable[[int], str], **kwargs: Any
 ) -> list[Item]:
@@ -108,6 +127,9 @@ def read_records(path: Path) -> list[tuple[int, Record]]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DarwinError(f"The task file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise DarwinError(f"The task file {path} is a folder; name a .jsonl, .json or .csv file in it "
+                          f"(or a pattern such as {Path(path) / '*.jsonl'}).") from None
     except UnicodeDecodeError:
         raise DarwinError(f"The task file {path.name} is not UTF-8 text.") from None
     if suffix == ".jsonl":
@@ -144,22 +166,73 @@ def read_records(path: Path) -> list[tuple[int, Record]]:
 
 
 def read_items(path: str | Path, *, format: str = "user", limit: int | None = None) -> list[Item]:
-    """The items of one file in `format` ("user", "arc", "mmlu", "click", "musr", "gsm8k"), in file order.
+    """The items of one file in `format` (a key of FORMATS), in file order.
 
     Bad rows raise a DarwinError naming the file and the line (JSONL/CSV) or position (JSON list).
     For MMLU csv files named `<subject>_dev.csv` / `<subject>_test.csv`, the subject comes from the name.
+    A PIQA file without labels takes them from the original release's `<stem>-labels.lst` beside it.
+    The user format's rule for ambiguous answers looks at the whole file, also when `limit` keeps fewer rows.
     """
     path = Path(path)
     if format not in FORMATS:
         raise DarwinError(f"Unknown task format {format!r}; use one of {', '.join(FORMATS)}.")
     records = read_records(path)
+    if format == "piqa":
+        records = _with_piqa_labels(path, records)
+    kwargs: dict[str, Any] = {"prefix": path.stem, **_format_kwargs(format, records)}
     if limit is not None:
         records = records[:limit]
     unit = "item" if path.suffix.lower() == ".json" else "line"
-    kwargs: dict[str, Any] = {"prefix": path.stem}
     if format == "mmlu":
         kwargs["subject"] = re.sub(r"_(dev|val|test)$", "", path.stem)
     return _items_from_records(records, FORMATS[format], lambda n: f"{path.name} {unit} {n}", **kwargs)
+
+
+def _with_piqa_labels(path: Path, records: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
+    """PIQA's original release: `train.jsonl` + `train-labels.lst` (one 0/1 per line, in order)."""
+    labels_file = path.with_name(f"{path.stem}-labels.lst")
+    if not labels_file.is_file() or all(isinstance(r, dict) and "label" in r for _, r in records):
+        return records
+    labels = [line.strip() for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(labels) != len(records):
+        raise DarwinError(f"{labels_file.name} has {len(labels)} labels for the {len(records)} items of {path.name}.")
+    return [(n, {**r, "label": label} if isinstance(r, dict) else r) for (n, r), label in zip(records, labels)]
+
+
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+
+
+def expand_task_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files a `file:` task names: one path, a list of paths, and glob patterns among them (sorted matches).
+
+    A path that exists is itself, even with glob characters in its name; a pattern that matches nothing is an
+    error, so a typo never shrinks a task silently.
+    """
+    entries = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not entries:
+        raise DarwinError("No task file was given.")
+    files: list[Path] = []
+    for entry in entries:
+        text = str(entry)
+        if _GLOB_CHARACTERS.search(text) and not Path(text).exists():
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DarwinError(f"The task file pattern {text} matches no file.")
+            files.extend(matches)
+        else:
+            files.append(Path(text))
+    duplicates = sorted({str(f) for f in files if files.count(f) > 1})
+    if duplicates:
+        raise DarwinError(f"The task file {duplicates[0]} is named twice.")
+    return files
+
+
+def _file_labels(files: Sequence[Path]) -> list[str]:
+    """What prefixes each file's item ids: its stem, or its path without suffix when two files share a stem."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [str(f.with_suffix("")) for f in files]
 
 
 def load_task(
@@ -172,20 +245,18 @@ def load_task(
     limit: int | None = None,
     max_new_tokens: int | None = None,
 ) -> Task:
-    """A task from one file, or from several files of one format (all MMLU subjects, all CLIcK categories).
+    """A task from one file, or from several files of one format (all MMLU subjects, all CLIcK categories):
+    a list of paths and glob patterns (`mmlu/*_test.csv`), see `expand_task_paths`.
 
     `limit` keeps the first items of each file. The task is named after the (first) file unless `name` is
     given. With several files, item ids become "<file stem>/<id>", since benchmarks reuse ids across files.
     """
-    many = not isinstance(paths, (str, Path))
-    files = [Path(p) for p in paths] if many else [Path(paths)]
-    if not files:
-        raise DarwinError("No task file was given.")
+    files = expand_task_paths(paths)
     items: list[Item] = []
-    for path in files:
+    for path, label in zip(files, _file_labels(files)):
         part = read_items(path, format=format, limit=limit)
         if len(files) > 1:  # ids are unique within a file, not across files (CLIcK reuses them)
-            part = [replace(item, id=f"{path.stem}/{item.id}") for item in part]
+            part = [replace(item, id=f"{label}/{item.id}") for item in part]
         items.extend(part)
     return task_from_items(
         name or files[0].stem, items, heldout_fraction=heldout_fraction, seed=seed, max_new_tokens=max_new_tokens
@@ -232,9 +303,8 @@ def load_hub_task(
     for part_name, part in parts:
         prefix = short if split is not None else f"{short}-{part_name}"
         records = list(enumerate(part))
-        items.extend(
-            _items_from_records(records, FORMATS[format], lambda n, p=part_name: f"{dataset_id} ({p}) row {n}", prefix=prefix)
-        )
+        items.extend(_items_from_records(records, FORMATS[format], lambda n, p=part_name: f"{dataset_id} ({p}) row {n}",
+                                         prefix=prefix, **_format_kwargs(format, records)))
     if limit is not None:
         items = items[:limit]
     return task_from_items(name or short, items, heldout_fraction=heldout_fraction, seed=seed, max_new_tokens=max_new_tokens)
@@ -256,14 +326,17 @@ def tasks_from_lm_eval(
     """lm-eval multiple-choice tasks as Darwin tasks: prompt = lm-eval's zero-shot context (description +
     doc_to_text), choices = doc_to_choice, answer = doc_to_target. Groups expand to their subtasks.
 
-    include_path: a folder of your own task YAMLs; include_defaults=False skips indexing lm-eval's
-    thousands of built-in tasks (seconds saved when only your own tasks are needed).
+    include_path: a folder (or list of folders) of your own task YAMLs, local mode only (a YAML there may run
+    code, and overrides a built-in task of the same name; darwin_core.fitness.policy refuses it on a Space);
+    include_defaults=False skips indexing lm-eval's thousands of built-in tasks (seconds saved when only your
+    own tasks are needed).
     """
+    folders = _include_folders(include_path)
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise DarwinError("Install `lm-eval` to use lm-evaluation-harness tasks (pip install lm-eval).") from None
-    manager = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
+    manager = TaskManager(include_path=folders or None, include_defaults=include_defaults)
     try:
         loaded = manager.load(list(task_names))["tasks"]
     except Exception as error:  # unknown names, datasets that cannot be fetched, bad YAML
@@ -293,3 +366,19 @@ def tasks_from_lm_eval(
             items.append(Item(id=f"{task_name}-{index}", prompt=prompt, answer=str(int(target)), choices=choices))
         tasks.append(task_from_items(task_name, items, heldout_fraction=heldout_fraction, seed=seed))
     return tasks
+
+
+def _include_folders(include_path: str | Path | Sequence[str | Path] | None) -> list[str]:
+    """lm-eval include folders, each checked to be a folder (lm-eval skips a missing one without a word)."""
+    if include_path is None or include_path == "":
+        return []
+    entries = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
+    folders = []
+    for entry in entries:
+        folder = Path(entry)
+        if folder.is_file():
+            raise DarwinError(f"The lm-eval include_path {folder} is a file; name the folder that holds your task YAMLs.")
+        if not folder.is_dir():
+            raise DarwinError(f"The folder {folder} does not exist.")
+        folders.append(str(folder))
+    return folders

@@ -45,6 +45,67 @@ SIDE_FILES = (
 DEFAULT_SHARD_BYTES = 5 * 10**9
 
 
+def visible_devices() -> list[str]:
+    """The devices this torch build can run on here, as they are named: cpu, cuda:0 … cuda:N-1, mps."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: Any, *, allow_auto: bool = False) -> str:
+    """`name` when torch can run on it here, else one sentence naming what torch sees (a CPU-only build says so)."""
+    text = str(name).strip() if isinstance(name, str) else ""
+    if allow_auto and text == "auto":
+        return text
+    seen = visible_devices()
+    cuda_note = "" if torch.cuda.is_available() else (
+        " (this torch build has no CUDA)" if torch.version.cuda is None else " (no CUDA device is visible)")
+    sees = f"torch here sees {', '.join(seen)}{cuda_note}"
+    choices = "auto, " if allow_auto else ""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise DarwinError(f"{text[:40] or repr(name)} is not a device torch knows ({choices}cpu, cuda, cuda:N or mps); {sees}.") from None
+    if device.type == "cpu" or (device.type == "mps" and "mps" in seen):
+        return text
+    if device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count():
+        return text
+    raise DarwinError(f"The device {text} is not available: {sees}.")
+
+
+def check_shard_size(max_shard_gb: Any) -> int:
+    """The largest shard in bytes for a size in GB; one sentence unless it is a positive, finite number."""
+    import math
+
+    try:
+        size = float(max_shard_gb)
+    except (TypeError, ValueError):
+        raise DarwinError(f"The largest shard size must be a number of GB, not {max_shard_gb!r}.") from None
+    if not math.isfinite(size) or size <= 0 or size * 10**9 < 1:
+        raise DarwinError(f"The largest shard size must be more than 0 GB, not {max_shard_gb}.")
+    return int(size * 10**9)
+
+
+def check_out_folder(out_dir: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Where the child goes, checked before any parent is read: not a file, not an existing folder unless
+    `overwrite`, and not under a file (missing folders above it are made by the writer)."""
+    out = Path(out_dir).expanduser()
+    if out.is_file():
+        raise DarwinError(f"{out} is a file; the output must be a folder for the child.")
+    if out.exists() and not overwrite:
+        raise DarwinError(f"The output folder {out} already exists; choose another or allow overwriting.")
+    for ancestor in out.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise DarwinError(f"{ancestor} is a file, so the output folder {out} cannot be made inside it.")
+            break
+    return out
+
+
 def parent_model(ref: ParentRef, who: str) -> Any:
     """The hub.ModelRef of a recipe's parent from its config and safetensors headers, no weight downloaded: its
     `path`, else its name: `demo:`/`run:` (this machine's demo zoo and runs folder), else the Hub (the cache, or
@@ -57,6 +118,8 @@ def parent_model(ref: ParentRef, who: str) -> Any:
 
     if ref.path:
         path = Path(ref.path)
+        if path.is_file():
+            raise DarwinError(f"The {who} {path} is a file, not a model folder.")
         if not path.is_dir():
             raise DarwinError(f"The {who} folder {path} does not exist.")
         return resolve_model(str(path), local_mode=True)
@@ -218,6 +281,10 @@ def merge_to_disk(
 
     from darwin_core.parents.compatibility import check_breedable
 
+    check_device(device)  # the arguments first: nothing is resolved, downloaded or written for a typo
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+        raise DarwinError(f"The largest shard must be at least one byte, not {max_shard_bytes!r}.")
+    check_out_folder(out_dir, overwrite=overwrite)
     father_model, mother_model = parent_model(recipe.father, "father"), parent_model(recipe.mother, "mother")
     check_breedable(father_model, mother_model)  # before any download: never fetch 2 × 60 GB to fail
     father_dir, mother_dir = fetched_folder(father_model), fetched_folder(mother_model)

@@ -11,13 +11,22 @@ Parameter mapping, per tensor with ratio r (share of the mother) and densities (
 | dare_ties        | dare_ties             | father/ancestor  | weight 1 − r, density d_f| weight r, density d_m | normalize, rescale, lambda    |
 | dare_linear      | dare_linear           | father/ancestor  | weight 1 − r, density d_f| weight r, density d_m | normalize, rescale, lambda    |
 | transplant       | linear                | —                | weight 1 or 0            | weight 0 or 1      |                                  |
+| breadcrumbs(_ties)| breadcrumbs(_ties)   | father/ancestor  | weight, density, gamma   | weight, density, gamma | normalize, rescale, lambda   |
+| della(_linear)   | della(_linear)        | father/ancestor  | weight, density, epsilon*| weight, density, epsilon* | normalize, rescale, lambda|
+| nuslerp          | nuslerp               | ancestor or —    | weight 1 − r             | weight r           |                                  |
+| model_stock      | model_stock           | ancestor         | —                        | —                  |                                  |
+| sce              | sce                   | ancestor         | —                        | —                  | select_topk                      |
+
+A recipe's `negate` writes that parent's weight negative (mergekit's negative task-vector weights). (*) DELLA's
+epsilon is written per tensor as Darwin caps it (`della.effective_epsilon`), so mergekit accepts every density.
 
 With base = father, mergekit ignores the father's own weight/density (his task vector is zero), so only the
 mother's are written. The export always sets `dtype: float32` (mergekit then computes in float32, as Darwin)
 and `out_dtype` to the child's dtype.
 
 Not expressible, with the sentence the DarwinError gives: `method_weight` < 1 (a blend of the method's result
-with linear interpolation: mergekit has no such blend). DARE with densities < 1 is exported, but mergekit draws
+with linear interpolation: mergekit has no such blend); a copied tensor (frozen layer, transplant, tower) for
+methods without weights (model_stock, sce). DARE and DELLA with densities < 1 are exported, but mergekit draws
 its masks from torch's global RNG (`--random-seed`), so the two children differ where masks differ: the YAML
 says so in a comment.
 """
@@ -198,6 +207,7 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         raise DarwinError("Exporting to mergekit needs at least one tensor name.")
 
     _check_fused_experts(recipe, names)
+    _check_copies(recipe, names)
     shared_values: dict[str, dict[str, Any]] = defaultdict(dict)
     model_values: dict[str, dict[str, dict[str, Any]]] = {"father": defaultdict(dict), "mother": defaultdict(dict)}
     for name in names:
@@ -220,6 +230,8 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
     config: dict[str, Any] = {"models": models, "merge_method": method.mergekit_name}
     if method.mergekit_base:
         config["base_model"] = _model_ref(recipe.father if recipe.base == "father" else recipe.base)
+    elif method.mergekit_ancestor_base and recipe.base != "father":
+        config["base_model"] = _model_ref(recipe.base)
     shared = {key: _conditional(vals) for key, vals in shared_values.items()}
     if shared:
         config["parameters"] = shared
@@ -227,15 +239,22 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
     if out_dtype:
         config["out_dtype"] = out_dtype
 
+    header = _header(recipe, names)
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def _header(recipe: Recipe, names: list[str]) -> list[str]:
+    """The YAML's comment lines: where it came from, and a warning where random masks make the children differ."""
+    method = get_method(recipe.method)
     header = [
         f"# mergekit 0.1.5 config exported from Darwin recipe {recipe.recipe_hash[:16]}",
         "# (ratio = share of the mother; see darwin_core/merge/mergekit_export.py for the mapping)",
     ]
-    if method.random_masks and any(
-        d < 1.0 for pair in _all_densities(recipe, names) for d in pair
-    ):
-        header.append("# DARE masks differ: mergekit draws them from torch's global RNG (--random-seed), Darwin per tensor.")
-    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, width=120)
+    if method.random_masks and any(d < 1.0 for pair in _all_densities(recipe, names) for d in pair):
+        family = method.name.split("_")[0].upper()  # DARE, DELLA
+        header.append(f"# {family} masks differ: mergekit draws them from torch's global RNG (--random-seed), "
+                      "Darwin per tensor.")
+    return header
 
 
 def _check_fused_experts(recipe: Recipe, names: list[str]) -> None:
@@ -254,6 +273,19 @@ def _check_fused_experts(recipe: Recipe, names: list[str]) -> None:
             f"mergekit cannot express this recipe exactly: mergekit 0.1.5 merges the experts of a layer as one fused "
             f"tensor, so {why} would span all experts, while Darwin computes it per expert tensor ({name})."
         )
+
+
+def _check_copies(recipe: Recipe, names: list[str]) -> None:
+    """Refuse copied tensors for methods whose mergekit config has no weights to express a copy with."""
+    method = get_method(recipe.method)
+    if method.mergekit_copies:
+        return
+    for name in names:
+        if recipe.plan_for(name).source is not None:
+            raise DarwinError(
+                f"mergekit cannot express this recipe: {method.name} has no weights in mergekit, so the tensor {name}, "
+                "which this recipe copies from one parent (frozen layer, transplant or tower), cannot be written."
+            )
 
 
 def _all_densities(recipe: Recipe, names: list[str]) -> Iterable[tuple[float, float]]:

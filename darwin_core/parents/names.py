@@ -22,6 +22,7 @@ from darwin_core.errors import DarwinError
 from darwin_core.io.runfolder import CHILD, CONFIG, check_run_id
 
 DEMO_PREFIX = "demo:"
+MAX_NAME_CHARS = 1024  # longer than any Hub id (96 + 96 + a revision) or sane path; the OS refuses longer names
 RUN_PREFIX = "run:"
 
 
@@ -45,8 +46,12 @@ def parse_parent(ref: str, *, local_mode: bool) -> ParentName:
     """The scheme of what a user typed; one sentence for what is none of them (paths refused off local mode)."""
     from darwin_core.parents import hub
 
-
+    if not isinstance(ref, (str, type(None))):
+        raise DarwinError(f"A parent is named by text (a Hub id or a folder), not by {type(ref).__name__}.")
     text = (ref or "").strip()
+    if len(text) > MAX_NAME_CHARS:  # before any file-system call: a name this long makes the OS raise
+        raise DarwinError(f"A parent name of {len(text)} characters is neither a Hub id (at most 96 characters "
+                          f"for the name) nor a folder path.")
     if text.startswith(DEMO_PREFIX):
         name = text[len(DEMO_PREFIX):]
         if not name.isidentifier():
@@ -54,8 +59,39 @@ def parse_parent(ref: str, *, local_mode: bool) -> ParentName:
         return ParentName(Scheme.DEMO, name)
     if text.startswith(RUN_PREFIX):
         return ParentName(Scheme.RUN, check_run_id(text[len(RUN_PREFIX):]))
-    kind, target, revision = hub.parse_ref(text, local_mode=local_mode)
+    try:
+        kind, target, revision = hub.parse_ref(text, local_mode=local_mode)
+    except OSError:  # the file system refused to look the name up (a path component over its length limit)
+        raise DarwinError(f"{text[:77] + '...' if len(text) > 80 else text} is neither a Hub model id nor a folder "
+                          "this machine can open.") from None
+    if kind == "hub":
+        _check_hub_id(target, text)
     return ParentName(Scheme.LOCAL if kind == "local" else Scheme.HUB, target, revision)
+
+
+def _check_hub_id(repo_id: str, text: str) -> None:
+    """The Hub's own rules for a repo id (length, `--`, `..`, `.git`), as one sentence instead of its exception."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise DarwinError(f"{shown} is not a Hub model id: a name of at most 96 letters, digits, '-', '_' or '.', "
+                          "without '--' or '..', optionally after 'org/' and before '@revision'.") from None
+
+
+def check_local_folder(path: str | Path, who: str = "parent") -> Path:
+    """A local parent's folder, or one sentence: it does not exist, or it is a file where a model folder goes."""
+    folder = Path(path).expanduser()
+    try:
+        if folder.is_file():
+            raise DarwinError(f"The {who} {path} is a file, not a model folder.")
+        if not folder.is_dir():
+            raise DarwinError(f"The folder {path} does not exist.")
+    except OSError as error:
+        raise DarwinError(f"The {who} folder {path} cannot be read ({error.strerror or type(error).__name__}).") from None
+    return folder
 
 
 def run_child_folder(run_id: str, runs_dir: str | Path | None) -> Path:
@@ -96,6 +132,8 @@ def resolve_parent_name(ref: str, *, local_mode: bool, token: str | None = None,
         return hub.resolve_model(str(run_child_folder(name.target, runs_dir)), local_mode=True, token=None)
     if name.scheme is Scheme.DEMO:
         return hub.resolve_model(str(demo_folder(name.target, zoo_dir)), local_mode=True, token=None)
+    if name.scheme is Scheme.LOCAL:
+        check_local_folder(name.target)
     return hub.resolve_model(ref.strip(), local_mode=local_mode, token=token, check_access=check_access)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 CARD_TAGS = ("merge", "evolutionary-merge", "darwin")
+RECIPE_FILE = "darwin-recipe.yaml"  # the child's whole recipe, published beside the card
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -48,7 +49,8 @@ class CardInputs:
     father_license: str | None = None
     mother_license: str | None = None
     repo_id: str | None = None
-    genome: list[tuple[str, float]] = field(default_factory=list)
+    genome: list[tuple[str, float]] = field(default_factory=list)  # the dimensions that have an effect on the child
+    genome_hidden: int = 0  # dimensions of the genome left out: they have no effect on this child
     genome_space: str | None = None
     heldout: list[HeldoutRow] = field(default_factory=list)
     search_best: float | None = None
@@ -136,11 +138,16 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
         parts.append(f"\n## Genome ({inputs.genome_space or 'genome'})\n")
         parts.append("| dimension | value |\n|---|---:|\n")
         parts.extend(f"| {dim} | {value:.4f} |\n" for dim, value in inputs.genome)
+        if inputs.genome_hidden:
+            parts.append(f"\n{inputs.genome_hidden} more dimensions of this genome have no effect on this child's "
+                         "weights and are not shown (the recipe file keeps the whole genome).\n")
     if inputs.pictures:
         parts.append("\n## Pictures\n")
         parts.extend(f"![{caption}]({path})\n" for caption, path in inputs.pictures)
     parts.append("\n## Recipe\n")
     parts.append(f"Recipe hash `{inputs.recipe_hash}`: the same recipe on the same parents gives bit-identical weights.\n")
+    parts.append(f"\nThe recipe's settings that decide this child's weights (entries no tensor of this model reads "
+                 f"are left out; `{RECIPE_FILE}` beside this card is the whole recipe, the one that re-merges it):\n")
     parts.append(f"\n```yaml\n{inputs.recipe_yaml.rstrip()}\n```\n")
     parts.append("\n## Usage\n")
     repo = inputs.repo_id or "path/to/child"

@@ -11,7 +11,8 @@ Anyone may view a card and the card is published, so two rules hold:
   draws them into the child folder as PNGs, beside the README that names them by file name.
 - No path of this machine appears (runs folder, Hub cache, home, temp). Parents are named by Hub id (pinned
   `id@commit` where it must be reproducible), `demo:<member>`, `run:<id>` or a folder's name; the recipe shown
-  is `Recipe.public()`; the reproduce command carries the run's settings with task files by file name.
+  is `Recipe.public()` reduced to what decides the child's bytes (`recipe_view`); the reproduce command carries
+  the run's settings with task files by file name.
 """
 
 from __future__ import annotations
@@ -400,8 +401,10 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
     """Everything the card says about this run's child, read from the run folder (and the parents' metadata).
 
     Pure reading: the pictures it lists are the ones `render_pictures` draws (into the child only by `write_card`).
-    Parents, recipe and reproduce command are their public forms: the card is read by anyone.
+    Parents, recipe and reproduce command are their public forms: the card is read by anyone. The recipe and
+    genome shown are what decides this child's bytes (`recipe_view`); the hash is the whole recipe's.
     """
+    from darwin_core.publishing import recipe_view
     from darwin_core.recipe import Recipe
 
     folder = RunFolder(run_dir)
@@ -418,17 +421,19 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
 
     best = report.get("best") or {}
     candidates = len({e["name"] for e in evaluations if e.get("kind") == "candidate"})
-    genome = list(recipe.genome.as_dict().items()) if recipe.genome is not None else []
+    use = recipe_view.recipe_use(recipe, recipe_view.child_tensor_names(child))
+    genome, genome_hidden = recipe_view.effective_genome(recipe, use)
     return CardInputs(
         father=_parent_name(config.get("father"), recipe.father, zoo_dir, pinned=False),
         mother=_parent_name(config.get("mother"), recipe.mother, zoo_dir, pinned=False),
-        recipe_yaml=recipe.public().to_yaml(),
+        recipe_yaml=recipe_view.view_yaml(recipe_view.recipe_view(recipe, use)),
         recipe_hash=recipe.recipe_hash,
         method=recipe.method,
         father_license=parent_license(recipe.father),
         mother_license=parent_license(recipe.mother),
         repo_id=repo_id,
         genome=genome,
+        genome_hidden=genome_hidden,
         genome_space=recipe.genome.space if recipe.genome is not None else config.get("genome"),
         heldout=heldout_rows(report.get("heldout")),
         search_best=best.get("fitness"),

@@ -3,7 +3,9 @@
 A recipe names the parents (Hub id + revision, optionally a local folder), the merge method, the base of
 delta methods ("father" or a common ancestor), the per-tensor ratios ("share of the mother": 0 = father,
 1 = mother) and DARE/TIES densities as compact tables, the transplant thresholds, frozen layers, the child's
-dtype and a seed. `recipe_hash` is sha256 of a canonical serialisation of the fields that change bytes (not of
+dtype and a seed; for some methods their options (breadcrumbs' gamma, DELLA's epsilon, SCE's select_topk) and
+`negate` (a parent's task vector entering with a negative weight, mergekit's negative `weight`), each refused
+by methods that do not take it, and hashed only when set. `recipe_hash` is sha256 of a canonical serialisation of the fields that change bytes (not of
 cosmetic ones: local paths, the genome it came from, notes), and it seeds the DARE masks: the same recipe on
 the same parents gives bit-identical tensors on every run.
 
@@ -44,6 +46,7 @@ from darwin_core.recipe.tables import ParamTable, _unit, density_table, ratio_ta
 FORMAT = "darwin-recipe/1"
 RECIPE_FILE = "darwin-recipe.yaml"
 DEFAULT_TRANSPLANT = (0.15, 0.85)
+METHOD_OPTIONS = ("gamma", "epsilon", "select_topk")  # numeric method options, TensorParams fields of the same names
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,10 @@ class Recipe:
     rescale: bool | None = None  # mergekit's `rescale` (DARE L1 rescaling); None = the method's default
     scale: float = 1.0  # mergekit's `lambda`: multiplies the merged task vector
     method_weight: float = 1.0  # 1 = the method's result; w < 1 blends (1 − w)·linear + w·method
+    gamma: float | None = None  # breadcrumbs: share of largest task-vector entries dropped; None = mergekit's 0.01
+    epsilon: float | None = None  # DELLA: spread of the keep probabilities; None = mergekit's 0.15
+    select_topk: float | None = None  # SCE: share of entries kept by variance; None = mergekit's 1
+    negate: str | None = None  # "mother" / "father": that parent's task vector enters with weight −w
     genome: GenomeRecord | None = None  # cosmetic
     notes: str | None = None  # cosmetic
 
@@ -140,12 +147,41 @@ class Recipe:
             raise DarwinError(f"The recipe scale must be a finite number, got {self.scale!r}.")
         set_("scale", scale)
         set_("method_weight", _unit(self.method_weight, "The method weight"))
+        self._check_method_options(method)
         if self.genome is not None and not isinstance(self.genome, GenomeRecord):
             g = self.genome
             if not isinstance(g, Mapping) or "space" not in g:
                 raise DarwinError("The recipe's genome must name its space.")
             values = g.get("values") or {}
             set_("genome", GenomeRecord(str(g["space"]), tuple(values), tuple(values.values())))
+
+    def _check_method_options(self, method: Any) -> None:
+        """The method options (gamma, epsilon, select_topk, negate) are valid and taken by this method."""
+        if method.needs_ancestor and self.base == "father":
+            raise DarwinError(f"The method {self.method} needs a common ancestor as base; name one with base:.")
+        for name in METHOD_OPTIONS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name not in method.parameters:
+                raise DarwinError(f"The method {self.method} does not take {name}; remove it from the recipe.")
+            value = _unit(value, f"The recipe option {name}")
+            if name == "epsilon" and value >= 0.5:
+                raise DarwinError(f"The recipe option epsilon must be below 0.5, got {value!r}.")
+            object.__setattr__(self, name, value)
+        if self.negate is None:
+            return
+        if self.negate not in ("father", "mother"):
+            raise DarwinError(f"The recipe option negate must be father, mother or null, got {self.negate!r}.")
+        if not method.negatable:
+            raise DarwinError(f"The method {self.method} has no task-vector weights to negate; remove negate.")
+        if self.negate == "father" and self.base == "father":
+            raise DarwinError("With base = father the father has no task vector to negate; negate the mother.")
+
+    def _method_options(self) -> dict[str, Any]:
+        """The method options that are set (hashed and written only then, so older recipes keep their hash)."""
+        names = (*METHOD_OPTIONS, "negate")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     # -- identity -------------------------------------------------------------------------------------------
     def canonical(self) -> dict[str, Any]:
@@ -174,6 +210,7 @@ class Recipe:
             "rescale": self.rescale,
             "scale": self.scale,
             "method_weight": self.method_weight,
+            **self._method_options(),
         }
 
     @cached_property
@@ -209,6 +246,7 @@ class Recipe:
             "rescale": self.rescale,
             "scale": self.scale,
             "method_weight": self.method_weight,
+            **self._method_options(),
         }
         if self.genome is not None:
             doc["genome"] = {"space": self.genome.space, "values": self.genome.as_dict()}
@@ -305,6 +343,8 @@ class Recipe:
             ratio=ratio, density_father=densities[0], density_mother=densities[1],
             normalize=self.normalize, rescale=self.rescale, scale=self.scale,
             mask_seeds=(self.mask_seed(name, "father"), self.mask_seed(name, "mother")),
+            weight_signs=(-1.0 if self.negate == "father" else 1.0, -1.0 if self.negate == "mother" else 1.0),
+            **{option: getattr(self, option) for option in METHOD_OPTIONS if getattr(self, option) is not None},
         )
         if role.tower != "language":
             return TensorPlan("father", replace(params, ratio=0.0), keep_dtype=True)
@@ -331,3 +371,32 @@ def recipe_hash(recipe: Recipe) -> str:
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read a recipe YAML file (or the darwin-recipe.yaml of a child folder)."""
     return Recipe.load(path)
+
+
+# What each Recipe field means, as docs/reference.md shows it (scripts/reference.py; tests/test_reference.py
+# fails when a field has no entry here). In YAML a recipe also carries `format: darwin-recipe/1`.
+RECIPE_FIELD_DOCS: dict[str, str] = {
+    "father": "The first parent: `{id: org/name, revision: <commit>}` (a Hub id, `demo:<name>` or `run:<id>`), "
+              "optionally with `path:` for a folder on this machine (never hashed, never published).",
+    "mother": "The second parent, written like the father.",
+    "method": "The merge method (see the methods table in the README); default linear.",
+    "base": "`father`, or the common ancestor of task-vector methods written like a parent.",
+    "ratios": "The share of the mother per tensor (0 = father, 1 = mother): a number, or a table "
+              "`{default, roles: {role: r}, layers: {n: {role or '*': r}}, tensors: {name: r}}` (most specific wins).",
+    "densities": "DARE/TIES densities (father's, mother's) as a pair or a table like `ratios`; default [1, 1].",
+    "transplant": "`[low, high]`: a tensor whose ratio is below low is the father's as is, above high the "
+                  "mother's; null = always merge.",
+    "frozen_layers": "Layers copied from the father untouched.",
+    "dtype": "The child's dtype (float32, bfloat16, float16); null = each tensor keeps the father's.",
+    "seed": "Seeds the DARE masks (with the recipe's hash): equal recipes give equal bytes.",
+    "normalize": "mergekit's `normalize`; null = the method's default.",
+    "rescale": "mergekit's `rescale` (DARE's L1 rescaling); null = the method's default.",
+    "scale": "mergekit's `lambda`: multiplies the merged task vector; default 1.",
+    "method_weight": "1 = the method's result; w < 1 blends (1 − w)·linear + w·method.",
+    "gamma": "breadcrumbs: the share of the largest task-vector entries dropped; null = mergekit's 0.01.",
+    "epsilon": "DELLA: the spread of the keep probabilities (below 0.5); null = mergekit's 0.15.",
+    "select_topk": "SCE: the share of entries kept by variance; null = mergekit's 1.",
+    "negate": "`mother` or `father`: that parent's task vector enters with weight −w; null = none.",
+    "genome": "Cosmetic (not hashed): the genome space and vector the ratios came from, `{space, values}`.",
+    "notes": "Cosmetic (not hashed): free text.",
+}

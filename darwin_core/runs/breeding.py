@@ -33,11 +33,23 @@ class BreedRequest:
     frozen_layers: str | None = None
 
 
+def _stage_upload(path: Path, runs_dir: Path) -> str:
+    """Copy one task file into the runs folder's uploads area (content-addressed); returns its absolute path."""
+    from darwin_core.fitness.policy import uploads_dir
+
+    data = Path(path).read_bytes()
+    target = uploads_dir(runs_dir) / hashlib.sha256(data).hexdigest()[:16] / Path(path).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+    return str(target.resolve())
+
+
 def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | None, quotas: Any) -> Any:
     """Load every task (one sentence for a bad one, before anything is written), check the item quotas, then
     keep the run's data where the worker may read it (see the module docstring)."""
     from darwin_core.evolution.pipeline import TaskSpec, load_spec
-    from darwin_core.fitness.policy import check_untrusted_tasks, materialize_task, uploads_dir
+    from darwin_core.fitness.policy import check_untrusted_tasks, materialize_task
+    from darwin_core.fitness.sources import expand_task_paths
     from darwin_core.runs.quotas import check_items
 
     if not local_mode:
@@ -49,11 +61,8 @@ def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | N
     staged: list[TaskSpec] = []
     for spec, tasks in loaded:
         if spec.source == "file":
-            data = Path(spec.ref).read_bytes()
-            target = uploads_dir(runs_dir) / hashlib.sha256(data).hexdigest()[:16] / Path(spec.ref).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, data)
-            staged.append(replace(spec, ref=str(target.resolve())))
+            files = [_stage_upload(path, runs_dir) for path in expand_task_paths(spec.ref)]
+            staged.append(replace(spec, ref=files[0] if len(files) == 1 else tuple(files)))
         elif local_mode or spec.source == "demo":
             staged.append(spec)
         else:

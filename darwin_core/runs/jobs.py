@@ -1,11 +1,13 @@
-"""Device jobs besides evolutions: MRI scans and health checks, queued for the same worker.
+"""Device jobs besides evolutions: MRI scans, health checks and chats, queued for the same worker.
 
 The worker executes one job at a time, whatever its kind, so a scan asked for while an evolution runs waits
 for it: two models never load onto one accelerator at once, and nothing heavy runs in the web process. A job
 is a run folder like any other (`status.json`, `events.jsonl`, listed by `runs list`), whose config.yaml
 names its kind. A scan's id is the hash of what decides its result (the parents' weight files or Hub
 commits, and the probe set), so asking twice for the same scan is served from the stored `mri.json`; a health
-check's id follows its run, and its result is the run's own `health.json`, where the card reads it.
+check's id follows its run, and its result is the run's own `health.json`, where the card reads it. A chat
+(one prompt answered by some of a run's models, `darwin_core.chat`) is named by the hash of its run, prompt,
+models and sampling settings, so the same question is answered from the stored `chat.json`.
 
 Tokens never reach a job: a gated or private Hub parent is downloaded with the visitor's token when the job
 is asked for (`parent_for_job`), and the job names its cached commit.
@@ -43,6 +45,7 @@ class JobKind(str, Enum):
     EVOLVE = "evolve"
     SCAN = "scan"
     HEALTH = "health"
+    CHAT = "chat"
 
 
 class ScanTarget(str, Enum):
@@ -53,6 +56,7 @@ class ScanTarget(str, Enum):
     MOTHER = "mother"
 
 
+CHAT_RESULT = "chat.json"  # in a chat job's folder: each model's answer
 JOB_KEY = "job"  # the config.yaml key naming a job's kind; evolution configs have none
 DEFAULT_PROBES = "default"  # the five built-in probe categories
 
@@ -114,9 +118,15 @@ def health_job_id(run_id: str) -> str:
     return "health-" + check_run_id(run_id)
 
 
+def chat_job_id(run_id: str, prompt: str, models: Sequence[str], sampling: Mapping[str, Any]) -> str:
+    key = json.dumps({"run": check_run_id(run_id), "prompt": prompt, "models": list(models), "sampling": dict(sampling)},
+                     sort_keys=True)
+    return "chat-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
 def submit_job(config: Mapping[str, Any], job_id: str, runs_dir: str | Path | None = None, *,
                start_worker: bool = True) -> str:
-    """Queue a scan or health job once: an existing job with this id is served (finished, queued or running)
+    """Queue a scan, health or chat job once: an existing job with this id is served (finished, queued or running)
     or queued again (failed, cancelled, interrupted). Returns the job id."""
     from darwin_core.runs.queue import _queue_lock, ensure_worker, read_state
 
@@ -166,6 +176,25 @@ def submit_health(run_id: str, runs_dir: str | Path | None = None, *, start_work
     return submit_job(config, health_job_id(run_id), root, start_worker=start_worker)
 
 
+def submit_chat(run_id: str, prompt: str, models: Sequence[str], sampling: Mapping[str, Any] | None = None, *,
+                local_mode: bool, runs_dir: str | Path | None = None, start_worker: bool = True) -> str:
+    """Queue one prompt for some of a run's models (the child, candidates by name, "father", "mother"); returns
+    the job id. Everything is checked first: off local mode the prompt is bounded by the prompt_chars quota."""
+    from darwin_core.chat.answer import Sampling, check_prompt
+    from darwin_core.chat.models import check_models
+    from darwin_core.runs.quotas import Quotas
+
+    root = runs_dir_default(runs_dir)
+    run = RunFolder(root / check_run_id(run_id))
+    if not run.exists():
+        raise DarwinError(f"There is no run {run_id!r} in {root}.")
+    text = check_prompt(prompt, limit=None if local_mode else Quotas.from_env().prompt_chars)
+    names = check_models(run.path, models)
+    settings = Sampling.from_dict(sampling).to_dict()
+    config = {JOB_KEY: JobKind.CHAT.value, "run": run_id, "prompt": text, "models": names, "sampling": settings}
+    return submit_job(config, chat_job_id(run_id, text, names, settings), root, start_worker=start_worker)
+
+
 def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, Any]:
     """(state, payload): ("finished", the result), ("failed", its sentence) or (state, None) while it waits."""
     from darwin_core.runs.queue import read_state
@@ -180,7 +209,13 @@ def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, An
     if state != FINISHED:
         return state, None
     config = yaml.safe_load(folder.config_text()) or {}
-    result = folder.file(MRI_SCAN) if job_kind(config) is JobKind.SCAN else root / str(config["run"]) / "health.json"
+    kind = job_kind(config)
+    if kind is JobKind.SCAN:
+        result = folder.file(MRI_SCAN)
+    elif kind is JobKind.CHAT:
+        result = folder.file(CHAT_RESULT)
+    else:
+        result = root / str(config["run"]) / "health.json"
     try:
         return FINISHED, json.loads(result.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -188,7 +223,7 @@ def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, An
 
 
 def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: Callable[[str], None]) -> str:
-    """Do what the run folder's config asks (an evolution, a scan, a health check); returns the final state."""
+    """Do what the run folder's config asks (an evolution, a scan, a health check, a chat); returns the final state."""
     config = yaml.safe_load(folder.config_text()) or {}
     if job_kind(config) is not JobKind.EVOLVE:
         return execute_job(folder, config)
@@ -198,7 +233,7 @@ def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: C
 
 
 def execute_job(folder: RunFolder, config: Mapping[str, Any]) -> str:
-    """Run a scan or health job in this process (the worker's child); returns FINISHED (a DarwinError fails it)."""
+    """Run a scan, health or chat job in this process (the worker's child); returns FINISHED (a DarwinError fails it)."""
     kind = job_kind(config)
     device = compute_device()
     if kind is JobKind.SCAN:
@@ -207,6 +242,8 @@ def execute_job(folder: RunFolder, config: Mapping[str, Any]) -> str:
         from darwin_core.health.run import check_run
 
         check_run(runs_dir_default(folder.path.parent) / check_run_id(str(config["run"])), device=device)
+    elif kind is JobKind.CHAT:
+        _run_chat(folder, config, device)
     else:
         raise DarwinError("An evolution is not a scan or health job.")
     return FINISHED
@@ -225,6 +262,16 @@ def _run_scan(folder: RunFolder, config: Mapping[str, Any], device: str) -> None
     else:
         scan = scan_model(folders[0], probes=probes, device=device)
     save_scan(scan, folder.file(MRI_SCAN))
+
+
+def _run_chat(folder: RunFolder, config: Mapping[str, Any], device: str) -> None:
+    from darwin_core.chat.answer import Sampling, chat_run
+    from darwin_core.io.runfolder import atomic_write_text
+
+    run_dir = runs_dir_default(folder.path.parent) / check_run_id(str(config["run"]))
+    result = chat_run(run_dir, str(config["prompt"]), list(config["models"]), Sampling.from_dict(config.get("sampling")),
+                      device=device)
+    atomic_write_text(folder.file(CHAT_RESULT), json.dumps(result, indent=1) + "\n")
 
 
 def wait_until_idle(runs_dir: str | Path | None = None, timeout: float = 300.0) -> bool:

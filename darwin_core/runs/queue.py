@@ -47,7 +47,6 @@ from darwin_core.io.runfolder import (
     REPORT,
     RUNNING,
     REPO_ROOT,
-    RUNS_DIR_ENV,
     STARTING,
     RunFolder,
     check_run_id,
@@ -83,10 +82,11 @@ def _queue_lock(runs_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _config_yaml(config: Any, runs_dir: Path | None = None) -> str:
-    """Validate and normalise a config (EvolutionConfig, mapping, YAML text or path) into its YAML text.
+def _parse_config(config: Any, runs_dir: Path | None = None) -> Any:
+    """Validate a config (EvolutionConfig, mapping, YAML text or path) into an EvolutionConfig.
 
-    With local mode off its tasks are vetted here too (darwin_core.fitness.policy), before a run folder exists.
+    A path is read by `EvolutionConfig.load`, so its relative paths mean what they mean beside the file. With
+    local mode off its tasks are vetted here too (darwin_core.fitness.policy), before a run folder exists.
     """
     from darwin_core.evolution.pipeline import EvolutionConfig
     from darwin_core.fitness.policy import check_untrusted_tasks
@@ -103,23 +103,18 @@ def _config_yaml(config: Any, runs_dir: Path | None = None) -> str:
         raise DarwinError("A run needs an evolution config (a mapping, YAML text or a .yaml file).")
     if not parsed.local_mode:
         check_untrusted_tasks(parsed.tasks, runs_dir=runs_dir)
+    return parsed
+
+
+def _checked_config(config: Any, root: Path, *, strict_hub: bool) -> str:
+    """The config's YAML text once everything a run needs has been checked, before any run folder exists:
+    the settings, then this machine's side (`darwin_core.evolution.preflight`: device, scan and task files,
+    parents and whether they can be bred; Hub parents only with `strict_hub`)."""
+    from darwin_core.evolution.preflight import check_before_run
+
+    parsed = _parse_config(config, root)
+    check_before_run(parsed, root, strict_hub=strict_hub)
     return parsed.to_yaml()
-
-
-def _check_parents(text: str, root: Path) -> None:
-    """The compatibility gate: refuse parents no merge path breeds before a run folder exists and before any
-    weight is downloaded (config and headers only), resolved as the worker will resolve them. A parent that does
-    not resolve here (not found, offline) is left to the run, which fails with that sentence as it always has."""
-    from darwin_core.evolution.pipeline import EvolutionConfig
-    from darwin_core.parents.compatibility import NotBreedable, check_named_pair
-
-    config = EvolutionConfig.from_yaml(text)
-    try:
-        check_named_pair(config.father, config.mother, local_mode=config.local_mode, runs_dir=root, check_access=False)
-    except NotBreedable:
-        raise
-    except DarwinError:
-        return
 
 
 # --------------------------------------------------------------------------------------------- queue API
@@ -128,8 +123,9 @@ def _check_parents(text: str, root: Path) -> None:
 def submit(config: Any, runs_dir: str | Path | None = None, *, run_id: str | None = None, start_worker: bool = True) -> str:
     """Queue a run; returns its id. The worker is started if none is alive."""
     root = runs_dir_default(runs_dir)
-    text = _config_yaml(config, root)
-    _check_parents(text, root)
+    if run_id is not None:
+        check_run_id(run_id)  # before the runs folder is made
+    text = _checked_config(config, root, strict_hub=False)  # a queued run may wait for the Hub: its worker tells
     with _queue_lock(root):
         folder = RunFolder.create(root, text, run_id=run_id, state=QUEUED)
         # relative paths in the config (parents, task files) mean what they meant where the run was submitted
@@ -273,8 +269,9 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
     """The folder for a run executed in this process (the CLI): a new one, or an unfinished one with the same
     config when `run_id` names it (running the same command again resumes it)."""
     root = runs_dir_default(runs_dir)
-    text = _config_yaml(config, root)
-    _check_parents(text, root)
+    if run_id:
+        check_run_id(run_id)  # before the runs folder is made
+    text = _checked_config(config, root, strict_hub=True)  # it runs right away: a Hub parent must resolve now
     with _queue_lock(root):
         if run_id and (root / check_run_id(run_id) / "config.yaml").is_file():
             folder = RunFolder(root / run_id)

@@ -7,13 +7,16 @@ This sub-package sits below the recipe in the layer order (a recipe names a meth
 parameters); the rest of `darwin_core.merge` (writing a child to disk, mergekit export) sits above it.
 """
 
-from darwin_core.merge.methods import dare, linear, slerp, task_arithmetic, ties, transplant
+from darwin_core.merge.methods import (
+    breadcrumbs, dare, della, linear, model_stock, nuslerp, sce, slerp, task_arithmetic, ties, transplant,
+)
 from darwin_core.merge.methods.apply import merge_tensors
 from darwin_core.merge.methods.registry import (
     DEFAULT_METHOD, Method, MergeMethod, TensorParams, get_method, method_names, register,
 )
 
-METHOD_MODULES = (dare, linear, slerp, task_arithmetic, ties, transplant)  # importing a method's module registers it
+# importing a method's module registers it
+METHOD_MODULES = (breadcrumbs, dare, della, linear, model_stock, nuslerp, sce, slerp, task_arithmetic, ties, transplant)
 
 __all__ = ["DEFAULT_METHOD", "Method", "MergeMethod", "TensorParams", "get_method", "method_names", "register",
            "merge_tensors"]

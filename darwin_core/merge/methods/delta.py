@@ -1,12 +1,13 @@
 """Task-vector merging (mergekit's "generalized task arithmetic"), the one core behind task_arithmetic, TIES,
-DARE-TIES and DARE-linear.
+DARE-TIES, DARE-linear, breadcrumbs(_ties) and DELLA(-linear) (their sparsifiers live in their own modules).
 
 For one tensor, with `base` = the common ancestor (or the father when the recipe's base is "father"):
 
     entries   = [father, mother]            (ancestor base)     or  [mother]   (base = father; its delta is 0)
-    weights   = [1 − ratio, ratio]                                  [ratio]
+    weights   = [s_f·(1 − ratio), s_m·ratio]                         [s_m·ratio]   (s = weight_signs, ±1)
     densities = [density_father, density_mother]                    [density_mother]
-    delta_i   = sparsify(entry_i − base, density_i)   (magnitude top-k for TIES, Bernoulli for DARE, none for TA)
+    delta_i   = sparsify(entry_i − base, density_i)   (magnitude top-k for TIES, Bernoulli for DARE, none for TA;
+                                                    breadcrumbs' outlier band, DELLA's magnitude-ranked drop)
     delta_i  *= weight_i
     mask_i    = sign(delta_i) == sign-election(Σ delta_i)            (TIES/DARE-TIES only; zeros never agree)
     mixed     = Σ delta_i·mask_i
@@ -44,7 +45,7 @@ ties among equal magnitudes by an unstable argsort, we keep the earliest ones (d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -119,11 +120,28 @@ def keep_mask(shape: torch.Size | tuple[int, ...], density: float, seed: int, de
     out = torch.empty(n, dtype=torch.bool, device=device)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
-        low = start & _M32  # a chunk never crosses a multiple of 2^32 (the chunk size divides it)
-        x = _mix32(torch.arange(low, low + stop - start, dtype=torch.int64, device=device) ^ seed_low)
-        x = _mix32(x ^ ((start >> 32) ^ seed_high))
-        out[start:stop] = (x >> (32 - _MASK_BITS)) < threshold
+        out[start:stop] = _hash24_chunk(start, stop, seed_low, seed_high, device) < threshold
     return out.reshape(shape)
+
+
+def _hash24_chunk(start: int, stop: int, seed_low: int, seed_high: int, device: torch.device) -> torch.Tensor:
+    """The 24-bit hashes of elements start..stop−1 (int64); a chunk never crosses a multiple of 2^32."""
+    low = start & _M32
+    x = _mix32(torch.arange(low, low + stop - start, dtype=torch.int64, device=device) ^ seed_low)
+    x = _mix32(x ^ ((start >> 32) ^ seed_high))
+    return x >> (32 - _MASK_BITS)
+
+
+def hash24(n: int, seed: int, device: torch.device | str) -> torch.Tensor:
+    """The 24-bit counter hash of elements 0..n−1 under `seed` (see `keep_mask`), as int32: a uniform number
+    per element that is the same on every device, for masks with per-element probabilities (DELLA)."""
+    device = torch.device(device)
+    seed_low, seed_high = seed & _M32, (seed >> 32) & _M32
+    out = torch.empty(n, dtype=torch.int32, device=device)
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        out[start:stop] = _hash24_chunk(start, stop, seed_low, seed_high, device)
+    return out
 
 
 def dare_drop(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> torch.Tensor:
@@ -134,39 +152,54 @@ def dare_drop(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> 
     return rescale_l1(delta, masked) if rescale else masked
 
 
+Sparsifier = Callable[[torch.Tensor, float, bool, TensorParams, int], torch.Tensor]
+"""(delta, density, rescale, params, mask seed) -> the sparsified delta (a new tensor or `delta` itself)."""
+
+
+def _magnitude(delta: torch.Tensor, density: float, rescale: bool, params: TensorParams, seed: int) -> torch.Tensor:
+    return magnitude_prune(delta, density, rescale)
+
+
+def _random(delta: torch.Tensor, density: float, rescale: bool, params: TensorParams, seed: int) -> torch.Tensor:
+    return dare_drop(delta, density, rescale, seed)
+
+
+BUILTIN_SPARSIFIERS: dict[str, Sparsifier] = {"magnitude": _magnitude, "random": _random}
+
+
 def task_vector_merge(
     father: torch.Tensor,
     mother: torch.Tensor,
     base: torch.Tensor | None,
     params: TensorParams,
     *,
-    sparsification: str | None,
+    sparsify: Sparsifier | None,
     consensus: bool,
     default_normalize: bool,
     default_rescale: bool,
 ) -> torch.Tensor:
-    """The shared core; see the module docstring for the exact formula."""
+    """The shared core; see the module docstring for the exact formula. A parent's weight is multiplied by
+    its `weight_signs` entry (−1: that task vector enters negatively), as a negative mergekit `weight`."""
     dtype = work_dtype(father)
     normalize = default_normalize if params.normalize is None else params.normalize
     rescale = default_rescale if params.rescale is None else params.rescale
+    sign_father, sign_mother = params.weight_signs
     if base is None:
         base_t = father.to(dtype)
-        entries = [(mother, params.ratio, params.density_mother, params.mask_seeds[1])]
+        entries = [(mother, sign_mother * params.ratio, params.density_mother, params.mask_seeds[1])]
     else:
         base_t = base.to(dtype)
         entries = [
-            (father, 1.0 - params.ratio, params.density_father, params.mask_seeds[0]),
-            (mother, params.ratio, params.density_mother, params.mask_seeds[1]),
+            (father, sign_father * (1.0 - params.ratio), params.density_father, params.mask_seeds[0]),
+            (mother, sign_mother * params.ratio, params.density_mother, params.mask_seeds[1]),
         ]
 
     deltas: list[torch.Tensor] = []
     weights: list[torch.Tensor] = []
     for tensor, weight, density, seed in entries:
         delta = tensor.to(dtype) - base_t
-        if sparsification == "magnitude":
-            delta = magnitude_prune(delta, density, rescale)
-        elif sparsification == "random":
-            delta = dare_drop(delta, density, rescale, seed)
+        if sparsify is not None:
+            delta = sparsify(delta, density, rescale, params, seed)
         w = torch.tensor(weight, dtype=dtype, device=delta.device)
         delta.mul_(w)  # delta is always a fresh tensor here, never a parent's storage
         deltas.append(delta)
@@ -197,38 +230,60 @@ def task_vector_merge(
     return base_t + mixed
 
 
-def mergekit_delta_params(params: TensorParams, defaults: Mapping[str, bool], *, with_density: bool):
-    """The mergekit parameters of one tensor for any task-vector method (TA, TIES, DARE)."""
+ModelOptions = Callable[[TensorParams, float], dict[str, float]]
+"""(params, one model's density) -> that model's mergekit options (e.g. DELLA's epsilon for that density)."""
+
+
+def mergekit_delta_params(params: TensorParams, defaults: Mapping[str, bool], *, with_density: bool,
+                          options: tuple[str, ...] = (), model_options: ModelOptions | None = None):
+    """The mergekit parameters of one tensor for any task-vector method (TA, TIES, DARE, breadcrumbs, DELLA):
+    weights with their signs, densities, and the per-model options (`gamma`, `epsilon`) the method reads."""
     shared = {
         "normalize": defaults["normalize"] if params.normalize is None else params.normalize,
         "rescale": defaults["rescale"] if params.rescale is None else params.rescale,
         "lambda": params.scale,
     }
-    father = {"weight": 1.0 - params.ratio}
-    mother = {"weight": params.ratio}
+    father = {"weight": params.weight_signs[0] * (1.0 - params.ratio)}
+    mother = {"weight": params.weight_signs[1] * params.ratio}
     if with_density:
         father["density"] = params.density_father
         mother["density"] = params.density_mother
+    for model, density in ((father, params.density_father), (mother, params.density_mother)):
+        if model_options is not None:
+            model.update(model_options(params, density))
+        else:
+            model.update({option: getattr(params, option) for option in options})
     return shared, {"father": father, "mother": mother}
 
 
 def register_task_vector_method(name: str, summary: str, *, sparsification: str | None, consensus: bool,
                                 normalize: bool, rescale: bool, whole_tensor_step: str | None = None,
-                                genome_normalize: bool | None = None) -> MergeMethod:
+                                genome_normalize: bool | None = None, sparsifier: Sparsifier | None = None,
+                                options: tuple[str, ...] = (), model_options: ModelOptions | None = None,
+                                random_masks: bool | None = None) -> MergeMethod:
     """Register one task-vector method: `task_vector_merge` with its sparsification, sign election and
     mergekit defaults, and the same method's mergekit name and parameters. Returns the MergeMethod.
 
-    The parameters it reads follow from the sparsification: every task-vector method reads the ratio (its
-    weights), `normalize` and `scale`; sparsifying ones also the densities and `rescale`, DARE the mask seeds."""
+    `sparsification` names the sparsifier (mergekit's name: "magnitude", "random", or a method's own, which
+    then passes it as `sparsifier`); `options` are the further `TensorParams` fields it reads and exports
+    per model (breadcrumbs' `gamma`, DELLA's `epsilon`; `model_options` computes their values per model where
+    they depend on its density). The parameters it reads follow: every task-vector
+    method reads the ratio (its weights), their signs, `normalize` and `scale`; sparsifying ones also the
+    densities and `rescale`, random ones the mask seeds."""
     defaults = {"normalize": normalize, "rescale": rescale}
-    parameters = ("ratio", "normalize", "scale")
+    sparsify = sparsifier if sparsifier is not None else BUILTIN_SPARSIFIERS.get(sparsification or "")
+    if sparsification is not None and sparsify is None:
+        raise ValueError(f"merge method {name!r}: unknown sparsification {sparsification!r}")
+    random_masks = sparsification == "random" if random_masks is None else random_masks
+    parameters = ("ratio", "weight_signs", "normalize", "scale")
     if sparsification is not None:
         parameters += ("density_father", "density_mother", "rescale")
-    if sparsification == "random":
+    if random_masks:
         parameters += ("mask_seeds",)
+    parameters += options
 
     def kernel(father: torch.Tensor, mother: torch.Tensor, base: torch.Tensor | None, params: TensorParams) -> torch.Tensor:
-        return task_vector_merge(father, mother, base, params, sparsification=sparsification, consensus=consensus,
+        return task_vector_merge(father, mother, base, params, sparsify=sparsify, consensus=consensus,
                                  default_normalize=normalize, default_rescale=rescale)
 
     kernel.__name__ = kernel.__qualname__ = str(name)
@@ -237,7 +292,8 @@ def register_task_vector_method(name: str, summary: str, *, sparsification: str 
     return register(MergeMethod(
         name=name, kernel=kernel, summary=summary, parameters=parameters, delta=True, default_normalize=normalize,
         default_rescale=rescale, genome_normalize=genome_normalize, whole_tensor_step=whole_tensor_step,
-        mergekit_name=name, mergekit_params=lambda p: mergekit_delta_params(p, defaults, with_density=with_density),
-        mergekit_base=True, random_masks=sparsification == "random",
+        mergekit_name=name,
+        mergekit_params=lambda p: mergekit_delta_params(p, defaults, with_density=with_density, options=options,
+                                                        model_options=model_options),
+        mergekit_base=True, random_masks=random_masks,
     ))
-

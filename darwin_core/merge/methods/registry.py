@@ -37,7 +37,11 @@ class TensorParams:
     `ratio` is the share of the mother (0 = father, 1 = mother). `density_father` / `density_mother` are the
     shares of each parent's task vector (its delta from the base) that sparsifying methods keep. `normalize`,
     `rescale` and `scale` are mergekit's `normalize`, `rescale` and `lambda`; None means "the method's default"
-    (the same default as mergekit's). `mask_seeds` seed the DARE masks of the father's and the mother's deltas.
+    (the same default as mergekit's). `mask_seeds` seed the DARE/DELLA masks of the father's and the mother's
+    deltas. `gamma` (breadcrumbs: share of the largest entries dropped as outliers), `epsilon` (DELLA: spread of
+    the keep probabilities around the density) and `select_topk` (SCE: share of entries kept by variance) are
+    mergekit's options of the same names, with mergekit's defaults. `weight_signs` multiply the father's and the
+    mother's task-vector weights: −1 makes that parent's task vector enter negatively (task negation).
     """
 
     ratio: float
@@ -47,6 +51,10 @@ class TensorParams:
     rescale: bool | None = None
     scale: float = 1.0
     mask_seeds: tuple[int, int] = (0, 1)
+    gamma: float = 0.01
+    epsilon: float = 0.15
+    select_topk: float = 1.0
+    weight_signs: tuple[float, float] = (1.0, 1.0)
 
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", TensorParams], torch.Tensor]
@@ -66,6 +74,13 @@ class Method(StrEnum):
     DARE_TIES = "dare_ties"
     DARE_LINEAR = "dare_linear"
     TRANSPLANT = "transplant"
+    BREADCRUMBS = "breadcrumbs"
+    BREADCRUMBS_TIES = "breadcrumbs_ties"
+    DELLA = "della"
+    DELLA_LINEAR = "della_linear"
+    MODEL_STOCK = "model_stock"
+    NUSLERP = "nuslerp"
+    SCE = "sce"
 
 
 DEFAULT_METHOD = Method.LINEAR  # the method of a recipe that names none
@@ -94,8 +109,13 @@ class MergeMethod:
     dicts to each model's `parameters`.
     `mergekit_base`: mergekit's config names a `base_model` (the father or the common ancestor), whose own
     entry in `models` then takes no parameters.
-    `random_masks`: the method drops task-vector entries at random (DARE); mergekit draws its masks from torch's
-    global RNG, so with densities < 1 an export gives a different child where the masks differ.
+    `mergekit_ancestor_base`: mergekit's config names a `base_model` only when the recipe has a common ancestor;
+    with base = father both parents are ordinary inputs (NuSLERP).
+    `mergekit_copies`: mergekit can express a copied tensor (frozen layer, transplant, tower) with this
+    method's own parameters (weight 0/1, t = 0/1); False for methods without weights (SCE, Model Stock).
+    `needs_ancestor`: the method cannot work with base = father (Model Stock needs two task vectors).
+    `random_masks`: the method drops task-vector entries at random (DARE, DELLA); mergekit draws its masks from
+    torch's global RNG, so with densities < 1 an export gives a different child where the masks differ.
     """
 
     name: str
@@ -111,6 +131,9 @@ class MergeMethod:
     mergekit_name: str | None = None
     mergekit_params: Callable[[TensorParams], tuple[dict[str, Any], dict[str, dict[str, Any]]]] | None = None
     mergekit_base: bool = False
+    mergekit_ancestor_base: bool = False
+    mergekit_copies: bool = True
+    needs_ancestor: bool = False
     random_masks: bool = False
 
     def __post_init__(self) -> None:
@@ -130,12 +153,20 @@ class MergeMethod:
         """Whether this tensor's result depends on the whole tensor at once (so it differs when mergekit fuses
         tensors, as it does a layer's experts): for methods with densities, when a density that applies is
         below 1 (the father's does not with base = father: he has no task vector); for the others, when the
-        ratio is strictly between 0 and 1 (at 0 or 1 the result is one parent's tensor)."""
+        ratio is strictly between 0 and 1 (at 0 or 1 the result is one parent's tensor); always for methods
+        that weigh the task vectors by the tensors themselves."""
         if self.whole_tensor_step is None:
             return False
+        if "ratio" not in self.parameters:  # weights from the tensors themselves (SCE, Model Stock)
+            return True
         if self.uses_density:
             return min(params.density_mother, 1.0 if base_is_father else params.density_father) < 1.0
         return 0.0 < params.ratio < 1.0
+
+    @property
+    def negatable(self) -> bool:
+        """A recipe's `negate` (a task vector entering with a negative weight) changes the result."""
+        return "weight_signs" in self.parameters
 
 
 _METHODS: dict[str, MergeMethod] = {}

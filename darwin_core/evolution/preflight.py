@@ -1,0 +1,82 @@
+"""What a run needs from this machine, checked before its run folder is created.
+
+`EvolutionConfig` checks what the YAML alone decides (types, ranges, names). A run also needs its parents'
+folders, its task files, its scan file and its device; when one of them is missing the run would fail seconds
+after it started and leave a failed run in `runs list`. Here each is checked first, and the first problem is
+one sentence (`DarwinError`): the CLI prints it and exits 2, the page shows it, and no folder is left behind.
+
+Hub parents and Hub or lm-eval tasks are only checked this far when `strict_hub` is set (the foreground CLI,
+which would fail right away): a queued run may be waiting for the network, and its worker says what it found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from darwin_core.errors import DarwinError
+from darwin_core.evolution.config import EvolutionConfig
+
+
+def check_before_run(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> None:
+    """Device, MRI scan file, task files and parents, in that order (cheapest first); one sentence if not."""
+    from darwin_core.merge.disk import check_device
+
+    check_device(config.device, allow_auto=True)
+    if config.mri not in (None, "auto") and config.local_mode:
+        _check_file(config.mri, "MRI scan file")
+    check_task_files(config)
+    check_parents(config, runs_dir, strict_hub=strict_hub)
+
+
+def _check_file(path: str, what: str) -> Path:
+    """A file the run reads: it exists and is a file (a folder where a file goes says so)."""
+    file = Path(path).expanduser()
+    try:
+        if file.is_dir():
+            raise DarwinError(f"The {what} {path} is a folder, not a file.")
+        if not file.is_file():
+            raise DarwinError(f"The {what} {path} does not exist.")
+    except OSError as error:
+        raise DarwinError(f"The {what} {path[:80]} cannot be read ({error.strerror or type(error).__name__}).") from None
+    return file
+
+
+def check_task_files(config: EvolutionConfig) -> None:
+    """Every `file:` task exists, is a file, and reads as its format (the loader's sentence names file and line);
+    demo tasks are built too (cheap). Hub and lm-eval tasks are left to the run (network, seconds of indexing)."""
+    from darwin_core.evolution.tasks import load_spec
+
+    for spec in config.tasks:
+        if spec.source == "file":
+            if config.local_mode:
+                from darwin_core.fitness.sources import expand_task_paths
+
+                for path in expand_task_paths(spec.ref):  # a pattern matching nothing: one sentence
+                    _check_file(str(path), "task file")
+            load_spec(spec, split_seed=config.split_seed)
+        elif spec.source == "demo":
+            load_spec(spec, split_seed=config.split_seed)
+
+
+def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> None:
+    """Each parent (and the base) named validly, local folders present and holding a model, and the pair
+    breedable (`darwin_core.parents.compatibility`), from configs and headers only, before any weight is fetched.
+
+    A Hub parent that does not resolve (not found, offline) is left to the run unless `strict_hub`."""
+    from darwin_core.parents.compatibility import check_breedable
+    from darwin_core.parents.names import Scheme, parse_parent, resolve_parent_name
+
+    named = {"father": config.father, "mother": config.mother}
+    if config.base and config.base != "father":
+        named["base"] = config.base
+    schemes = {who: parse_parent(ref, local_mode=config.local_mode).scheme for who, ref in named.items()}
+    resolved = {}
+    for who, ref in named.items():
+        try:
+            resolved[who] = resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir, check_access=False)
+        except DarwinError:
+            if schemes[who] is not Scheme.HUB or strict_hub:
+                raise
+    if "father" in resolved and "mother" in resolved:
+        check_breedable(resolved["father"], resolved["mother"])
+
