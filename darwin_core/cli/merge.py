@@ -12,6 +12,7 @@ from pathlib import Path
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge.disk import check_device, check_out_folder, check_shard_size, merge_to_disk
+from darwin_core.io.textfile import read_user_text
 from darwin_core.recipe import RECIPE_FILE, Recipe
 
 
@@ -23,18 +24,7 @@ def read_recipe(path: str) -> Recipe:
         file = file / RECIPE_FILE
         if not file.is_file():
             raise DarwinError(f"The folder {path} holds no {RECIPE_FILE}, so it is not a child folder.")
-    try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise DarwinError(f"The recipe file {file} does not exist.") from None
-    except OSError as error:
-        raise DarwinError(f"The recipe file {file} cannot be read ({error.strerror or type(error).__name__}).") from None
-    if b"\0" in raw:
-        raise DarwinError(f"The recipe file {file} is a binary file, not YAML text.")
-    try:
-        return Recipe.from_yaml(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DarwinError(f"The recipe file {file} is not UTF-8 text.") from None
+    return Recipe.from_yaml(read_user_text(file, "recipe file"))
 
 
 def _run(args: argparse.Namespace) -> int:

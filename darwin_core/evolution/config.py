@@ -332,21 +332,10 @@ class EvolutionConfig:
     def load(cls, path: Path | str) -> "EvolutionConfig":
         """The config in a file, with relative paths in it (local parents, task files, a scan file) read from the
         file's folder, so a config means the same from wherever it is run."""
+        from darwin_core.io.textfile import read_user_text
+
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise DarwinError(f"The config file {path} does not exist.") from None
-        except IsADirectoryError:
-            raise DarwinError(f"{path} is a folder, not a config file.") from None
-        except OSError as error:
-            raise DarwinError(f"The config file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
-        if b"\0" in raw:
-            raise DarwinError(f"The config file {path} is a binary file, not YAML text.")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DarwinError(f"The config file {path} is not UTF-8 text.") from None
+        text = read_user_text(path, "config file")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError:
