@@ -134,3 +134,16 @@ def test_every_name_the_api_re_exports_exists():
 
     missing = [name for name, module in api.REEXPORTS.items() if not hasattr(importlib.import_module(module), name)]
     assert not missing
+
+
+def test_no_module_over_500_lines_and_no_function_over_80():
+    """The house's size rule (STYLE.md): a module does one job, a function fits on a screen."""
+    too_big = []
+    for path in sorted([*(REPO / "darwin_core").rglob("*.py"), *(REPO / "ui").rglob("*.py")]):
+        text = path.read_text()
+        if len(text.splitlines()) > 500:
+            too_big.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                too_big.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_big, "\n".join(too_big)
