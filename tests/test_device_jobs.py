@@ -108,3 +108,23 @@ def test_health_of_an_unknown_run_is_one_sentence(tmp_path):
     result = subprocess.run([sys.executable, "-m", "darwin_core", "health", "nope", "--runs-dir", str(tmp_path)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: There is no run 'nope'")
+
+
+def test_a_scan_started_from_the_mri_tab_waits_for_the_evolution_in_flight(fixture_pair, tmp_path, runs_dir):  # noqa: F811
+    from ui.tabs.mri import poll_scan, start_scan
+
+    father, mother = fixture_pair("llama")
+    evolution = queue.submit(_config(fixture_pair, tmp_path, generations=50), runs_dir)
+    evolution_folder = RunFolder(runs_dir / evolution)
+    _wait(lambda: len(evolution_folder.evaluations()) >= 3, "the evolution to be measuring candidates")
+
+    job, error = start_scan("both", "default", None, str(father), None, str(mother), runs_dir=runs_dir,
+                            local_mode=True, token=None, zoo_dir=None)
+    assert error == "" and job is not None, error
+    status, *_ = poll_scan(job, runs_dir=runs_dir)
+    assert status.startswith("Waiting for the device")
+    assert queue.read_state(RunFolder(runs_dir / job["job"])) == "queued"
+    assert queue.read_state(evolution_folder) == "running"
+    queue.cancel(evolution, runs_dir)
+    _wait(lambda: device_jobs.job_result(job["job"], runs_dir)[0] == "finished", "the scan to finish")
+    assert _held(RunFolder(runs_dir / job["job"]))[0] >= _held(evolution_folder)[1]
