@@ -19,19 +19,11 @@ import pytest
 import yaml
 
 from darwin_core.io.runfolder import CHILD
+from tests.test_card_privacy import _write_choice_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MOE_AND_HYBRID_ROLES = ("experts", "shared_expert", "router", "linear_attn")
 LICENSE_WARNING = "Neither parent declares a license"
-
-
-def _write_choice_task(path: Path, n: int = 16) -> Path:
-    words = ["abcd", "bcda", "cdab", "dabc", "abdc", "badc", "cadb", "dcba"]
-    with open(path, "w", encoding="utf-8") as handle:
-        for k in range(n):
-            w = words[k % len(words)]
-            handle.write(json.dumps({"id": f"q{k}", "prompt": f"{w} =", "choices": [w, w[::-1]], "answer": k % 2}) + "\n")
-    return path
 
 
 def _finish_run(runs_dir: Path, run_id: str, pair: tuple[Path, Path], task: Path, *, method: str, mri: str | None) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -24,22 +23,12 @@ import pytest
 
 from darwin_core.runs import queue as jobs
 from tests.browser import CHROMIUM, chromium_page, demo_zoo_dir, screenshot, served
+from tests.test_jobs import _wait
 from tests.test_space_security import _snapshot, unsealed  # noqa: F401 — the fixture puts the token seal back
 
 TIMEOUT = 300
 RUN_ID = re.compile(r"Run `?(\d{8}-\d{6}-\w+)")
 ITEMS_PER_SKILL = "8"  # the demo skills' items: a run of population 2 × 1 generation finishes in seconds
-
-
-def _wait(predicate, what: str, timeout: float = TIMEOUT, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def _outside(path: Path, folder: str | Path) -> bool:

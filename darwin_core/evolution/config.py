@@ -147,8 +147,10 @@ def _default_tasks() -> tuple[TaskSpec, ...]:
     return tuple(TaskSpec(source="demo", ref=name) for name in DEMO_SKILLS)
 
 
-def parse_layer_list(value: Any) -> tuple[int, ...]:
-    """frozen_layers as written: a list of indices, or text like "0-3, 7" (the grammar of the page's box)."""
+def parse_layer_list(value: Any, layer_count: int | None = None) -> tuple[int, ...]:
+    """frozen_layers as written: a list of indices, or text like "0-3, 7" (the grammar of the page's box).
+
+    With `layer_count` (the father's), every index is checked against it before a range is expanded."""
     if value is None:
         return ()
     if isinstance(value, bool):
@@ -171,6 +173,8 @@ def parse_layer_list(value: Any) -> tuple[int, ...]:
             raise DarwinError("Frozen layers are layer indices (0 or more).")
         if high < low:
             raise DarwinError(f"The frozen-layer range {part!r} runs backwards.")
+        if layer_count is not None and high >= layer_count:
+            raise DarwinError(f"Frozen layer {high} does not exist: the father has {layer_count} layers (0–{layer_count - 1}).")
         if high > MAX_LAYER_INDEX:
             raise DarwinError(f"Frozen layer {high} is beyond any model's layers.")
         layers.extend(range(low, high + 1))

@@ -20,7 +20,6 @@ Every refusal is one sentence, raised before anything is written.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -106,25 +105,11 @@ def check_items(quotas: Quotas, tasks: Sequence[Any]) -> None:
                                   f"items are limited to {quotas.prompt_chars} on this server.")
 
 
-_PART = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
 
 
 def parse_frozen_layers(text: str | Sequence[int] | None, layer_count: int | None) -> list[int]:
-    """"0, 3, 5-7" → [0, 3, 5, 6, 7], each index checked against the layer count before any range is expanded."""
-    if text is None:
-        return []
-    parts = [str(x) for x in text] if not isinstance(text, str) else re.split(r"[,\s]+", text.strip())
-    layers: set[int] = set()
-    for part in parts:
-        if not part:
-            continue
-        match = _PART.fullmatch(part)
-        if not match:
-            raise DarwinError(f"Frozen layers are layer numbers like '0, 3, 5-7'; {part[:40]!r} is not one.")
-        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        if high < low:
-            raise DarwinError(f"The frozen-layer range {part!r} runs backwards.")
-        if layer_count is not None and high >= layer_count:
-            raise DarwinError(f"Frozen layer {high} does not exist: the father has {layer_count} layers (0–{layer_count - 1}).")
-        layers.update(range(low, high + 1))
-    return sorted(layers)
+    """"0, 3, 5-7" → [0, 3, 5, 6, 7]: the config's own grammar (`parse_layer_list`), each index checked against
+    the father's layer count before any range is expanded, so a request can never name a million layers."""
+    from darwin_core.evolution.config import parse_layer_list
+
+    return sorted(set(parse_layer_list(text, layer_count)))
