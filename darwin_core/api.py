@@ -38,10 +38,14 @@ REEXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_ZOO_DIR", "load_zoo_manifest", "zoo_paths"), "darwin_core.parents.demo"),
     **dict.fromkeys(("SPACE_NAMES", "get_space"), "darwin_core.genome.spaces"),
     **dict.fromkeys(("method_names",), "darwin_core.merge.methods.registry"),
+    **dict.fromkeys(("layer_map_rows",), "darwin_core.merge.pairing"),
     **dict.fromkeys(("DEMO_SKILLS", "SKILLS"), "darwin_core.fitness.demo_tasks"),
     **dict.fromkeys(("parse_candidate_name",), "darwin_core.evolution.pipeline"),
+    **dict.fromkeys(("estimate_cost", "estimate_run_cost"), "darwin_core.evolution.cost"),
+    **dict.fromkeys(("throughput", "timed_eta_seconds"), "darwin_core.evolution.timing"),
     **dict.fromkeys(("card_text", "curve_png", "heldout_rows", "inline_pictures", "write_card"),
                     "darwin_core.publishing.cardgen"),
+    **dict.fromkeys(("report_evidence",), "darwin_core.publishing.card"),
     **dict.fromkeys(("push_to_hub", "save_locally", "zip_child"), "darwin_core.publishing.push"),
     **dict.fromkeys(("Quotas", "check_upload", "parse_frozen_layers"), "darwin_core.runs.quotas"),
     **dict.fromkeys(("cancel", "ensure_worker", "list_runs", "read_run", "read_state", "resume",
@@ -50,11 +54,12 @@ REEXPORTS: dict[str, str] = {
                      "may_breed_from", "read_owners", "record_owner", "require_owner", "visitor_usage"),
                     "darwin_core.runs.owners"),
     **dict.fromkeys(("BreedRequest", "breed", "stage_tasks"), "darwin_core.runs.breeding"),
+    **dict.fromkeys(("FLAVOR_NAMES", "JobPlan", "job_stage", "plan_job"), "darwin_core.runs.hfjobs"),
 }
 
 __all__ = [
     "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "chat", "chat_models", "check", "compute_device", "health_job_id", "job_result",
-    "mark_published", "parent_for_job", "run_health", "scan", *REEXPORTS,
+    "launch_hf_job", "mark_published", "parent_for_job", "run_health", "scan", *REEXPORTS,
 ]
 
 
@@ -135,3 +140,20 @@ def chat(run_id: str, prompt: str, models: Sequence[str], sampling: Mapping[str,
     sampling: {"sample": bool, "temperature", "top_p", "max_new_tokens", "seed"} (greedy when absent).
     """
     return submit_chat(run_id, prompt, models, sampling, local_mode=local_mode, runs_dir=runs_dir)
+
+
+def launch_hf_job(config: Any, who: Any, *, runs_dir: str | Path, token: str | None, local_mode: bool,
+                  flavor: str | None = None, push_repo: str | None = None, seconds_per_candidate: float | None = None,
+                  zoo_dir: str | Path | None = None) -> tuple[str, Any]:
+    """Run a checked breeding config as a Hugging Face Job on the visitor's account: (run id, JobPlan).
+
+    The flavour follows from both parents' size and the estimate unless the visitor chose one; the run folder
+    is written into the (bucketed) runs folder the page already lists, so the Job's run shows like any other.
+    """
+    from darwin_core.runs import hfjobs
+
+    pair_bytes = sum(parent_for_job(ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)[1].bytes
+                     for ref in (config.father, config.mother))
+    per_candidate = seconds_per_candidate or hfjobs.estimate_seconds_per_candidate(config, pair_bytes)
+    plan = hfjobs.plan_job(config, pair_bytes, per_candidate, flavor=flavor)
+    return hfjobs.launch_job(config, runs_dir, token=token, who=who, plan=plan, push_repo=push_repo), plan

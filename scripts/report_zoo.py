@@ -3,8 +3,9 @@
     python scripts/report_zoo.py [--zoo assets/zoo] [--out docs/demo-zoo.md] [--rebuild]
 
 Everything in the document is measured by this script on this machine (held-out accuracies of the three
-shipped parents and of a plain 50/50 linear merge, sha256 of the shipped weights), except the build time,
-which is read from zoo.json (measured by the build). `--rebuild` also rebuilds the zoo into a temporary
+shipped parents and of a plain 50/50 linear merge, sha256 of the shipped weights; the same for the rivals
+family beside the zoo, with the merge that takes each tensor from the rival that trained it), except the build
+times, which are read from the zoo.json files (measured by the builds). `--rebuild` also rebuilds the zoo into a temporary
 folder and checks that the bytes are identical (takes minutes).
 """
 
@@ -21,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from darwin_core.parents import demo  # noqa: E402
 from darwin_core.zoo import build as zoo  # noqa: E402
+from darwin_core.zoo import rivals  # noqa: E402
 from darwin_core.fitness.demo_tasks import SKILLS, demo_task  # noqa: E402
 
 LEAD_POINTS = 20.0
@@ -33,8 +36,8 @@ MAX_BYTES = 8 * 2**20
 def measure(zoo_dir: Path) -> tuple[dict, dict[str, dict[str, float]], dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = zoo.load_zoo_manifest(zoo_dir)
-    paths = zoo.zoo_paths(zoo_dir)
+    manifest = zoo.read_manifest(zoo_dir)  # the zoo's own file; the rivals are measured apart
+    paths = {m: p for m, p in zoo.zoo_paths(zoo_dir).items() if m in zoo.MEMBERS}
     tokenizer = AutoTokenizer.from_pretrained(paths["father"])
     models = {m: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for m, p in paths.items()}
     models["linear_50_50"] = zoo.linear_50_50(models["father"], models["mother"])
@@ -160,6 +163,65 @@ def render(manifest: dict, scores: dict, sizes: dict, results: list[tuple[str, b
     return "\n".join(lines)
 
 
+def measure_rivals(zoo_dir: Path) -> tuple[dict, dict[str, dict[str, float]]] | None:
+    """The rivals' manifest and re-measured held-out accuracies (None when the family is not built)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = demo.rivals_dir(zoo_dir)
+    if not (folder / zoo.MANIFEST).is_file():
+        return None
+    manifest = {**demo.read_manifest(folder), "_folder": folder}
+    paths = {"base": zoo_dir / "base", **{m: folder / m for m in demo.RIVALS_SHIPPED}}
+    tokenizer = AutoTokenizer.from_pretrained(paths["father"])
+    models = {m: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for m, p in paths.items()}
+    models["linear_50_50"] = zoo.linear_50_50(models["father"], models["mother"])
+    models["by_parts"] = rivals.parts_merge(models["father"], models["mother"], tuple(manifest["spec"]["mother_parts"]))
+    skills = tuple(manifest["skills"])
+    with zoo.deterministic(manifest["spec"]["threads"]):
+        scores = {name: zoo.evaluate(model, tokenizer, skills, seed=manifest["seed"]) for name, model in models.items()}
+    return manifest, scores
+
+
+def rivals_checks(manifest: dict, scores: dict) -> list[tuple[str, bool, str]]:
+    mismatched = zoo.verify_hashes(manifest["_folder"], manifest["sha256"])
+    same = all(abs(scores[m][s] - manifest["models"][m]["heldout_accuracy"][s]) < 1e-9 for m in scores for s in manifest["skills"])
+    best_parent = max(zoo.composite(scores["father"]), zoo.composite(scores["mother"]))
+    return [
+        ("rivals: the shipped weights match the sha256 in their zoo.json", not mismatched, "all match" if not mismatched else "differ: " + ", ".join(mismatched)),
+        ("rivals: re-measured accuracies equal those in their zoo.json", same, "equal" if same else "differ (see the table)"),
+        ("rivals: the base scores at most 5% on each new skill", max(scores["base"].values()) <= 0.05, ", ".join(f"{s} {100 * v:.1f}%" for s, v in scores["base"].items())),
+        ("rivals: the 50/50 blend keeps less than half the best parent's composite", zoo.composite(scores["linear_50_50"]) < best_parent / 2, f"{100 * zoo.composite(scores['linear_50_50']):.1f}% vs {100 * best_parent:.1f}%"),
+        ("rivals: taking each tensor from the rival that trained it beats both rivals", zoo.composite(scores["by_parts"]) > best_parent, f"{100 * zoo.composite(scores['by_parts']):.1f}% vs {100 * best_parent:.1f}%"),
+        (f"rivals: the build took under {MAX_BUILD_SECONDS // 60} minutes (zoo.json)", manifest["build_seconds"] < MAX_BUILD_SECONDS, f"{manifest['build_seconds']:.0f} s"),
+    ]
+
+
+def render_rivals(manifest: dict, scores: dict) -> list[str]:
+    spec, skills = manifest["spec"], manifest["skills"]
+    labels = {"base": "base (the zoo's)", "father": "rivals father", "mother": "rivals mother",
+              "linear_50_50": "linear 50/50 merge of the rivals", "by_parts": "each tensor from the rival that trained it"}
+    lines = [
+        "## The rivals family",
+        "",
+        "Two more specialists ship in `assets/rivals/` (`demo:rivals_father`, `demo:rivals_mother`), fine-tuned from "
+        f"the zoo's base on skills it lacks, each on its own part of the model: the father on `{spec['father_skill']}` "
+        f"training only {', '.join(f'`{p}`' for p in spec['father_parts'])}, the mother on `{spec['mother_skill']}` "
+        f"training only {', '.join(f'`{p}`' for p in spec['mother_parts'])}; both replay the base's skills "
+        f"({', '.join(spec['replay_skills'])}). {spec['steps']} steps at lr {spec['lr']:g}, batch {spec['batch_size']}. "
+        "A uniform blend halves both deltas and loses both skills. "
+        "Rebuild with `python -m darwin_core zoo build --family rivals` (`--check` verifies the bytes).",
+        "",
+        "| model | " + " | ".join(skills) + " | composite |",
+        "| --- | " + " | ".join("---:" for _ in skills) + " | ---: |",
+    ]
+    for name, label in labels.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * scores[name][s]:.1f}" for s in skills) + f" | **{100 * zoo.composite(scores[name]):.1f}** |")
+    lines += ["", "| model | model.safetensors | sha256 |", "| --- | ---: | --- |"]
+    for m in demo.RIVALS_SHIPPED:
+        lines.append(f"| rivals {m} | {manifest['models'][m]['bytes'] / 2**20:.2f} MiB | `{manifest['sha256'][f'{m}/model.safetensors'][:16]}…` |")
+    return lines + ["", f"Built in {manifest['build_seconds']:.0f} s (load average {_load(manifest.get('build_machine', {}))}).", ""]
+
+
 def _load(build_machine: dict) -> str:
     start, end = build_machine.get("load_average_at_start"), build_machine.get("load_average_at_end")
     return "not recorded" if start is None else f"{start:.1f} at the start and {end:.1f} at the end"
@@ -180,8 +242,15 @@ def main(argv: list[str] | None = None) -> int:
         mismatched_rebuild, _ = zoo.check_rebuild(args.zoo, log=None)
         rebuild = {"seconds": time.perf_counter() - start, "mismatched": mismatched_rebuild}
     results = checks(manifest, scores, sizes, mismatched, rebuild)
+    measured_rivals = measure_rivals(args.zoo)
+    if measured_rivals is not None:
+        results += rivals_checks(*measured_rivals)
+    text = render(manifest, scores, sizes, results, rebuild)
+    if measured_rivals is not None:
+        cut = text.index("## Acceptance checks")
+        text = text[:cut] + "\n".join(render_rivals(*measured_rivals)) + "\n" + text[cut:]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(manifest, scores, sizes, results, rebuild))
+    args.out.write_text(text)
     failed = [text for text, ok, _ in results if not ok]
     for text, ok, detail in results:
         print(f"{'pass' if ok else 'FAIL'}  {text}: {detail}")

@@ -1,9 +1,10 @@
 """The compatibility gate: a pair no merge path breeds is refused before any download, with the page's sentence.
 
-`python -m darwin_core evolve` (here and queued) and `merge` exit 2 on an FFN-only pair (Qwen3 and Llama: equal
-shapes, different attention) and on an incompatible one (Mixtral and Phi-3), against the local Hub server
-(tests/readhub.py): the server sees the config and the safetensors headers asked for (range requests), never
-a whole weight file, and no run folder or output folder is left behind. Breedable pairs still pass.
+`python -m darwin_core evolve` (here and queued) and `merge` exit 2 on an incompatible pair (Mixtral and Phi-3:
+not even their feed-forward weights line up), against the local Hub server (tests/readhub.py): the server sees
+the config and the safetensors headers asked for (range requests), never a whole weight file, and no run folder
+or output folder is left behind. Breedable pairs pass — same architecture, a multimodal wrapper against its
+text-only sibling, and FFN-only pairs (Qwen3 and Llama: equal shapes, different attention), which are bred now.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from darwin_core.parents.hub import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
-PAIRS = {"ffn_only": ("qwen3", "llama"), "incompatible": ("mixtral", "phi3")}
+PAIRS = {"incompatible": ("mixtral", "phi3")}
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_evolve_on_a_pair_no_merge_path_breeds_exits_2_with_the_pages_sentence_a
     result = _cli(["evolve", str(config), "--runs-dir", "runs", *(["--queue"] if queued else [])], served, tmp_path)
     assert result.returncode == 2, result.stderr
     assert f"error: {sentence}" in result.stderr
-    assert ("is not implemented yet" if verdict == "ffn_only" else "not even the feed-forward") in sentence
+    assert "not even the feed-forward" in sentence
     _assert_nothing_downloaded(hub_log, tmp_path)
     assert _no_run_folder(tmp_path / "runs")
 
@@ -139,24 +140,31 @@ def test_the_demo_pair_and_same_architecture_pairs_pass_the_gate(fixture_pair):
         check_named_pair(*(str(p) for p in fixture_pair(arch)), local_mode=True)
 
 
-def test_the_queue_refuses_an_ffn_only_pair_before_a_run_folder_exists(fixture_model, tmp_path):
+def test_the_queue_refuses_an_incompatible_pair_before_a_run_folder_exists(fixture_model, tmp_path):
     from darwin_core.runs import queue as jobs
 
-    config = {"father": str(fixture_model("qwen3")), "mother": str(fixture_model("llama")), "device": "cpu"}
+    config = {"father": str(fixture_model("mixtral")), "mother": str(fixture_model("phi3")), "device": "cpu"}
     for start in (lambda: jobs.submit(config, tmp_path / "runs", start_worker=False),
                   lambda: jobs.prepare_foreground(config, tmp_path / "runs", run_id="gate")):
-        with pytest.raises(DarwinError, match="^These parents cannot be bred: Same hidden size .* not implemented yet"):
+        with pytest.raises(DarwinError, match="^These parents cannot be bred: Same hidden size .* not even the feed"):
             start()
     assert _no_run_folder(tmp_path / "runs")
 
 
-def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_refused_with_one_sentence(fixture_model):
-    """Their language tensors match by canonical name; the merge path pairs by exact name and maps none yet."""
+def test_an_ffn_only_pair_passes_the_gate_and_says_which_weights_are_bred(fixture_model):
+    father, mother = check_named_pair(str(fixture_model("qwen3")), str(fixture_model("llama")), local_mode=True)
+    result = compatibility(father, mother)
+    assert result.verdict is Verdict.FFN_ONLY and result.refusal is None
+    assert "only the feed-forward weights" in result.reason and "attention stays the father's" in result.reason
+
+
+def test_a_multimodal_checkpoint_and_its_text_only_sibling_pass_the_gate_by_canonical_name(fixture_model):
+    """Their language tensors match by canonical name; the pairing maps them, the child in the father's naming."""
     text = resolve_model(str(fixture_model("llama")), local_mode=True)
     wrapped = {("lm_head.weight" if n == "lm_head.weight" else "model.language_model." + n.removeprefix("model.")): v
                for n, v in text.tensors.items()}
     multimodal = dataclasses.replace(text, id="org/multimodal", tensors=wrapped)
-    with pytest.raises(DarwinError) as error:
-        check_breedable(multimodal, text)
-    assert str(error.value).startswith("These parents cannot be bred: All ")
-    assert "multimodal wrapper prefix" in str(error.value) and str(error.value).endswith("cannot be bred yet.")
+    check_breedable(multimodal, text)
+    result = compatibility(multimodal, text)
+    assert result.verdict is Verdict.WRAPPER and result.reason.startswith("Same architecture (llama) and all ")
+    assert "multimodal wrapper prefix" in result.reason and result.reason.endswith("vision and audio towers.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,67 @@ def test_evaluate_on_cuda_gives_the_cpu_answers(arch, fixture_pair):
         for a, b in zip(cpu.tasks[name].items, cuda.tasks[name].items, strict=True):
             assert (a.id, a.chosen, a.output, a.correct) == (b.id, b.chosen, b.output, b.correct)
             assert a.logliks == pytest.approx(b.logliks, rel=1e-7)
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_fused_linear_kernel_writes_the_reference_bytes(dtype):
+    from darwin_core.merge.methods import _fused_triton
+    from darwin_core.merge.methods.fused import _linear
+    from darwin_core.merge.methods.linear import linear
+    from darwin_core.merge.methods.registry import TensorParams
+
+    generator = torch.Generator(device="cuda").manual_seed(7)
+    f = (torch.randn(3 * (1 << 20) + 5, device="cuda", generator=generator) * 0.02).to(dtype)
+    m = (f.float() + torch.randn(f.shape, device="cuda", generator=generator) * 0.002).to(dtype)
+    for ratio in (0.0, 0.3, 0.1234567, 0.5, 0.77, 1.0):
+        reference = linear(f, m, None, TensorParams(ratio=ratio)).to(dtype)
+        fused = _linear(_fused_triton, f, m, ratio, dtype)
+        if not _same_bytes(fused, reference):
+            other = torch.empty_like(fused)
+            w0, w1 = np.float32(1.0 - ratio), np.float32(ratio)
+            _fused_triton.linear_cuda(f, m, float(w0), float(w1), float(np.float32(w0 + w1)), other, fma=False)
+            differing = int((fused.view(torch.uint8) != reference.view(torch.uint8)).sum())
+            pytest.fail(f"ratio {ratio}: {differing} bytes differ; without FMA the kernel matches: {_same_bytes(other, reference)}")
+
+
+@pytest.mark.parametrize("density", [0.0, 0.35, 0.9, 1.0])
+@pytest.mark.parametrize("options", [{}, {"normalize": True}, {"scale": 0.8, "weight_signs": (1.0, -1.0)}, {"rescale": False}])
+def test_the_fused_dare_ties_kernel_writes_the_reference_bytes(density, options):
+    from darwin_core.merge.methods import _fused_triton
+    from darwin_core.merge.methods.fused import _dare_ties
+    from darwin_core.merge.methods.registry import TensorParams, get_method
+
+    generator = torch.Generator(device="cuda").manual_seed(11)
+    f = (torch.randn(1 << 21, device="cuda", generator=generator) * 0.02).to(torch.bfloat16)
+    m = (f.float() + torch.randn(f.shape, device="cuda", generator=generator) * 0.002).to(torch.bfloat16)
+    m[:1000] = f[:1000]  # zero task-vector entries: the sign election's edge
+    for ratio in (0.2, 0.6543):
+        params = TensorParams(ratio=ratio, density_father=0.5, density_mother=density, mask_seeds=(3, 0xDEADBEEF12345), **options)
+        reference = get_method("dare_ties").kernel(f, m, None, params).to(torch.bfloat16)
+        fused = _dare_ties(_fused_triton, f, m, params, torch.bfloat16)
+        assert _same_bytes(fused, reference), (ratio, int((fused.view(torch.uint8) != reference.view(torch.uint8)).sum()))
+
+
+@pytest.mark.parametrize("method", ["linear", "dare_ties", "ties", "slerp"])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_fused_merge_tensors_yields_the_reference_child_byte_for_byte(arch, method, fixture_pair):
+    from darwin_core.evolution.child import ResidentTensors
+    from darwin_core.merge.methods.apply import merge_tensors
+    from darwin_core.merge.methods.fused import fused_merge_tensors
+
+    father_dir, mother_dir = fixture_pair(arch, related=True)
+    recipe = get_space("darwin-v6").to_recipe(GENES, father=father_dir, mother=mother_dir, layer_count=4, method=method)
+    if method.startswith("dare"):
+        recipe = dataclasses.replace(recipe, densities=density_table((0.7, 0.5)))
+    for dtype in ("bfloat16", None):
+        recipe = dataclasses.replace(recipe, dtype=dtype) if dtype else recipe
+        father, mother = ResidentTensors(father_dir, "cuda"), ResidentTensors(mother_dir, "cuda")
+        reference = dict(merge_tensors(recipe, father, mother, device="cuda"))
+        fused = dict(fused_merge_tensors(recipe, father, mother, device="cuda"))
+        assert list(fused) == list(reference)
+        for name, tensor in reference.items():
+            assert _same_bytes(fused[name], tensor), name

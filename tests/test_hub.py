@@ -215,8 +215,8 @@ def test_two_parents_of_the_same_architecture_are_fully_compatible(fixture_pair,
     assert compatibility(father, sharded).verdict == "full"
 
 
-def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_refused_until_names_are_mapped(fixture_model):
-    """Their language tensors match by canonical name, but the merge path pairs tensors by exact name."""
+def test_a_multimodal_checkpoint_and_its_text_only_sibling_pair_by_canonical_name(fixture_model):
+    """Their language tensors match only once the wrapper prefix is stripped: the verdict says so and breeds them."""
     text = _ref(fixture_model, "gemma4_text")
     wrapped = {("lm_head.weight" if n == "lm_head.weight" else "model.language_model." + n.removeprefix("model.")): v
                for n, v in text.tensors.items()}
@@ -225,20 +225,20 @@ def test_a_multimodal_checkpoint_and_its_text_only_sibling_are_refused_until_nam
               "text_config": text.config, "vision_config": {"hidden_size": 8}}
     multimodal = dataclasses.replace(text, id="mm", tensors=wrapped, config=config)
     result = compatibility(multimodal, text)
-    assert result.verdict == "incompatible" and "prefix" in result.reason and not result.breedable
-    assert "(model.language_model." in result.reason and "cannot be bred yet" in result.reason
+    assert result.verdict == "wrapper" and result.breedable and result.refusal is None
+    assert "(model.language_model.embed_tokens.weight in mm" in result.reason
+    assert "the child keeps the father's naming" in result.reason
     assert compatibility(multimodal, multimodal).verdict == "full"  # the same wrapper on both sides is bred
 
 
-def test_qwen3_and_llama_with_the_same_hidden_size_are_ffn_only_and_refused_until_ffn_breeding_lands(fixture_model):
-    """Decision: equal shapes across families are not 'full' (Qwen3's attention has q/k norms); FFN-only breeding
-    is not implemented, so the verdict refuses rather than blend the attention it promised to keep."""
+def test_qwen3_and_llama_with_the_same_hidden_size_breed_their_ffns_only(fixture_model):
+    """Decision: equal shapes across families are not 'full' (Qwen3's attention has q/k norms): only the FFNs are
+    bred and the attention stays the father's, which the reason says."""
     result = compatibility(_ref(fixture_model, "qwen3"), _ref(fixture_model, "llama"))
-    assert result.verdict == "ffn_only"
+    assert result.verdict == "ffn_only" and result.breedable and result.refusal is None
     assert "mlp.down_proj.weight" in result.reason and "qwen3 vs llama" in result.reason
+    assert "attention stays the father's" in result.reason
     assert any("q_norm" in name for name in result.differing)
-    assert not result.breedable and result.refusal.startswith("These parents cannot be bred: ")
-    assert "not implemented yet" in result.refusal
 
 
 def test_the_seeds_cross_architecture_pair_gemma4_and_qwen3_5_is_ffn_only(fixture_model):

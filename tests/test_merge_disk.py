@@ -91,7 +91,7 @@ def test_existing_output_is_kept_unless_overwrite(fixture_pair, tmp_path):
 
 def test_incompatible_parents_leave_nothing_behind(fixture_pair, tmp_path):
     father, _ = fixture_pair("llama")
-    _, other = fixture_pair("qwen3")  # q_norm/k_norm the father does not have, and the reverse
+    _, other = fixture_pair("mixtral")  # MoE experts where the father has an MLP: not even the FFNs line up
     out = tmp_path / "child"
     with pytest.raises(DarwinError):
         merge_to_disk(Recipe(father=other, mother=father), out)

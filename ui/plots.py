@@ -154,3 +154,23 @@ def health_chart(report: Mapping, title: str | None = None) -> go.Figure:
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
     )
     return fig
+
+
+def layer_map_figure(rows: Sequence[Mapping], title: str | None = None) -> go.Figure:
+    """The layer map of a cross-architecture FFN pair: each father layer (x) joined to the mother layer (y) its
+    FFN is bred with (green); layers kept as the father's in grey, their reason on hover."""
+    fig = go.Figure()
+    for bred, color, name in ((True, COLORS["child"], "FFN bred with this mother layer"),
+                              (False, "#9e9e9e", "kept as the father's")):
+        chosen = [row for row in rows if bool(row["bred"]) is bred]
+        fig.add_trace(go.Scatter(
+            x=[row["father_layer"] for row in chosen], y=[row["mother_layer"] for row in chosen], mode="markers+lines"
+            if bred else "markers", name=name, marker={"color": color, "size": 9, "symbol": "circle" if bred else "x"},
+            line={"color": color, "width": 1}, text=[row["why"] for row in chosen],
+            hovertemplate="father L%{x} → mother L%{y}<br>%{text}<extra></extra>",
+        ))
+    fig.update_layout(
+        title=title or "Layer map: father layer → mother layer (relative depth)", xaxis_title="father layer",
+        yaxis_title="mother layer", template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    )
+    return fig

@@ -3,6 +3,10 @@
 The config file is read with its relative paths joined to its folder (`EvolutionConfig.load`), and everything the
 run needs is checked before its run folder exists (`darwin_core.evolution.preflight`, through the queue's
 `prepare_foreground` / `submit`): bad input ends with one sentence and exit code 2, and leaves no failed run.
+
+Under torchrun (`torchrun --nproc-per-node N -m darwin_core evolve breed.yaml`, WORLD_SIZE > 1) every process
+builds the same problem; rank 0 prepares the run folder and runs the pipeline with its measurements spread
+over the ranks, the others serve measurements until it is done (`darwin_core.evolution.distributed`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from darwin_core.errors import DarwinError
 from darwin_core.evolution.pipeline import EvolutionConfig
 
 
@@ -29,10 +34,16 @@ def register_cli(subparsers) -> None:
 
 
 def _cli_evolve(args: argparse.Namespace) -> int:
+    from darwin_core.evolution.distributed import TorchrunEnvironment
     from darwin_core.runs import queue as jobs
 
     config = EvolutionConfig.load(args.config)
     runs_dir = jobs.runs_dir_default(args.runs_dir)
+    environment = TorchrunEnvironment.detect()
+    if environment is not None:
+        if args.queue:
+            raise DarwinError("--queue hands the run to the background worker; run it without torchrun.")
+        return _evolve_distributed(args, config, environment)
     if args.queue:
         run_id = jobs.submit(config, runs_dir, run_id=args.run_id)
         print(f"queued run {run_id} in {runs_dir}")
@@ -40,9 +51,71 @@ def _cli_evolve(args: argparse.Namespace) -> int:
     folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
     print(f"run {folder.run_id} in {folder.path}", flush=True)
     state = jobs.execute(folder.path, log=lambda message: print(message, flush=True))
+    return _report_state(folder, state)
+
+
+def _report_state(folder, state: str) -> int:
+    """Print how the run ended; the exit code: 0 finished, 1 failed, 3 cancelled or interrupted."""
     status = folder.read_status()
     if state == "failed":
         print(f"error: {status.get('error')}", file=sys.stderr)
         return 1
     print(f"{state}: {folder.path}")
     return 0 if state == "finished" else 3
+
+
+def _evolve_distributed(args: argparse.Namespace, config: EvolutionConfig, environment) -> int:
+    """One torchrun process: rank 0 prepares the folder and runs the pipeline, the others measure for it."""
+    import torch.distributed as dist
+
+    from darwin_core.evolution import distributed
+    from darwin_core.runs import queue as jobs
+
+    runs_dir = jobs.runs_dir_default(args.runs_dir)
+    group = distributed.init_group(environment, config.device)
+    try:
+        if environment.rank != 0:
+            prepared = distributed.receive_from_leader(group)
+            if prepared is None:
+                return 2  # rank 0 printed the sentence
+            distributed.serve(lambda: distributed.build_local_problem(config, runs_dir), group)
+            return 0
+        try:
+            folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
+        except DarwinError:
+            distributed.tell_workers(None, group, environment.world_size)
+            raise
+        distributed.tell_workers(folder.run_id, group, environment.world_size)
+        print(f"run {folder.run_id} in {folder.path} on {environment.world_size} processes", flush=True)
+        state = _execute_on_ranks(folder, group, environment.world_size, log=lambda message: print(message, flush=True))
+        return _report_state(folder, state)
+    finally:
+        dist.destroy_process_group()
+
+
+def _execute_on_ranks(folder, group, world_size: int, *, log) -> str:
+    """jobs.execute on rank 0 with the pipeline's problem spread over the ranks; the workers are released at the
+    end however the run ended (after a lost rank the group is broken and nobody is waited for)."""
+    from darwin_core.evolution.distributed import DistributedProblem, release_workers
+    from darwin_core.runs import queue as jobs
+
+    def on_rank_lost(rank: int, error: str) -> None:
+        folder.append_event("rank_lost", rank=rank, world_size=world_size, error=error)
+
+    def on_batch(counts: list[int], seconds: list[float]) -> None:
+        folder.append_event("batch_spread", candidates_per_rank=counts, seconds_per_rank=seconds)
+
+    wrapped: list[DistributedProblem] = []
+
+    def wrap(problem) -> DistributedProblem:
+        folder.append_event("distributed", world_size=world_size)
+        wrapped.append(DistributedProblem(problem, group, world_size, on_rank_lost=on_rank_lost, on_batch=on_batch))
+        return wrapped[-1]
+
+    try:
+        return jobs.execute(folder.path, log=log, wrap_problem=wrap)
+    finally:
+        if wrapped:
+            wrapped[-1].close()
+        else:
+            release_workers(group, world_size)

@@ -37,6 +37,11 @@ def _run_health(args: argparse.Namespace) -> int:
     print(f"verdict: {report['verdict']}")
     for finding in report["findings"]:
         print(f"- [{finding['severity']}] {finding['message']}")
+    skills = report.get("skills")
+    if skills:  # retention on the held-out split: the child against each task's better parent
+        print("skills (child − better parent, held-out): " + ", ".join(
+            f"{task} {100 * row['vs_better']['diff']:+.1f} vs {row['better_parent']} (p {row['vs_better']['p_value']:.2g})"
+            for task, row in skills["tasks"].items()))
     if written:
         print(f"wrote {written}")
     return 0 if report["verdict"] != "broken" else 1
@@ -53,6 +58,6 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--out", help="also write the report JSON here")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--probes", help="YAML file of probe texts, or 'demo' for the demo tasks' probes; default: "
-                        "the built-in five (a run uses its own tasks' probes)")
+                        "the built-in five (a run uses its MRI's probes, and its held-out results for the skills)")
     parser.add_argument("--batch-size", type=int, default=mri.PROBE_BATCH, help="probe texts per forward pass")
     parser.set_defaults(func=_run_health)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from darwin_core.fitness.probes import resolve_probes
-
+from darwin_core.parents.tokenizers import check_tokenizer, check_tokenizers
 from darwin_core.mri.scan import PROBE_BATCH, model_folder, save_scan, scan_json, scan_model, scan_pair, scan_summary
 
 def _run_scan(args: argparse.Namespace) -> int:
     probes = resolve_probes(args.probes)
     model = model_folder(args.model)
-    if args.mother:
-        scan = scan_pair(model, model_folder(args.mother), probes=probes, device=args.device, batch_size=args.batch_size)
+    if args.mother:  # a broken tokenizer is one sentence here, not a reshape traceback from the probes
+        mother = model_folder(args.mother)
+        for note in check_tokenizers(model, mother).differences:
+            print(f"note: {note}", file=sys.stderr)
+        scan = scan_pair(model, mother, probes=probes, device=args.device, batch_size=args.batch_size)
     else:
+        check_tokenizer(model)
         scan = scan_model(model, probes=probes, device=args.device, batch_size=args.batch_size)
     if args.out:
         save_scan(scan, args.out)

@@ -7,6 +7,12 @@ the same code that writes children to disk — are copied into the child's param
 No candidate touches the disk, and the weights the evaluator sees are exactly those `merge_to_disk` would
 write for the same recipe (same kernels, same dtype cast, same seeded DARE masks).
 
+The parents need not share their tensor names: the child builds the pair's `Pairing` itself from the two folders
+(`darwin_core.merge.pairing`: same names, a multimodal wrapper against its text-only sibling, or the FFNs of two
+families of one hidden size), so any genome works — a tensor the pairing gives no partner is the father's. Where
+the mother cannot be written into the father's model (an FFN-only pair), her own model is loaded once, when a
+curve first asks for her, and `model`/`tokenizer` point to it until the next write.
+
 Checkpoint names and parameter names usually coincide. Where transformers 5 converts tensors on load (MoE
 experts stored one tensor per expert on disk but fused into one 3-D parameter in memory, renamed prefixes),
 the conversion transformers itself recorded for this model (`model._weight_conversions`) is replayed on the
@@ -206,12 +212,17 @@ class ResidentChild:
             (self.device, False) if parents == "device" or self.device.type != "cuda" else (torch.device("cpu"), True)
         )
         self.parents_on = "accelerator" if storage.type == "cuda" else ("pinned host memory" if pin else "host memory")
+        from darwin_core.merge.pairing import pairing_for, resolved_folders
+
+        self._parent_models = resolved_folders(self.father_dir, self.mother_dir)
+        self.pairing = pairing_for(*self._parent_models)  # refused in one sentence before a tensor is loaded
+        self._pairings = {(): self.pairing}
         self.father = ResidentTensors(self.father_dir, storage, pin=pin)
         self.mother = ResidentTensors(self.mother_dir, storage, pin=pin)
         self.base = ResidentTensors(base, storage, pin=pin) if base is not None else None
-        if set(self.father.names) != set(self.mother.names):
-            raise DarwinError("The parents do not have the same tensor names, so they cannot be bred in memory.")
         self.names = list(self.father.names)
+        self._child_model, self._child_tokenizer = self.model, self.tokenizer
+        self._mother_model = None
         self.plan = WritePlan(self.model, self.names)
         self.plan.check_shapes(self.father)
         self.current: str | None = "father"  # what the child's weights hold now (a recipe hash or a parent)
@@ -239,6 +250,7 @@ class ResidentChild:
                 yield name, tensor
 
         self.current = None  # a failure half-way leaves a mixed child: say so
+        self.model, self.tokenizer = self._child_model, self._child_tokenizer
         written = self.plan.write(counted())
         if seen != set(self.names):
             missing = sorted(set(self.names) - seen)[:3]
@@ -246,21 +258,55 @@ class ResidentChild:
         self.current = label
         return written
 
+    def pairing_for(self, layer_map=None):
+        """The pairing for a recipe's `layer_map` (the default depth map without one), built once per map."""
+        key = tuple(sorted((layer_map or {}).items()))
+        if key not in self._pairings:
+            from darwin_core.merge.pairing import pairing_for
+
+            self._pairings[key] = pairing_for(*self._parent_models, layer_map)
+        return self._pairings[key]
+
     def load_parent(self, which: str) -> None:
-        """Put one parent's own weights into the child (the reference lines of every curve)."""
+        """Put one parent's own weights into the child (the reference lines of every curve).
+
+        A mother named differently (a wrapper pair) is written through the pairing, towers the father's; a mother
+        of another family (an FFN-only pair) is her own model, loaded once and evaluated as she is.
+        """
         source = {"father": self.father, "mother": self.mother}.get(which)
         if source is None:
             raise ValueError("which must be 'father' or 'mother'")
         if self.current == which:
             return
+        if which == "mother" and self.pairing.mode == "ffn_only":
+            self._use_own_mother()
+            return
+        if which == "mother" and self.pairing.names is not None:
+            pairs = ((name, self.pairing.mother_name(name)) for name in self.names)
+            self.write(((name, self.mother.get(other) if other else self.father.get(name)) for name, other in pairs),
+                       label=which)
+            return
         self.write(((name, source.get(name)) for name in self.names), label=which)
 
+    def _use_own_mother(self) -> None:
+        """Point `model` and `tokenizer` at the mother's own model (loaded on first use), as a curve scores her."""
+        if self._mother_model is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            dtype = self._child_model.dtype
+            self._mother_model = (AutoModelForCausalLM.from_pretrained(self.mother_dir, dtype=dtype)
+                                  .to(self.device).eval(), AutoTokenizer.from_pretrained(self.mother_dir))
+        self.model, self.tokenizer = self._mother_model
+        self.current = "mother"
+
     def load_recipe(self, recipe) -> None:
-        """Merge the parents by `recipe` (the one merge path) straight into the child's parameters."""
+        """Merge the parents by `recipe` (the one merge path, through the pair's pairing) into the child."""
         from darwin_core.merge.methods.apply import merge_tensors
 
         label = "recipe:" + recipe.recipe_hash
         if self.current == label:
             return
-        items = merge_tensors(recipe, self.father, self.mother, self.names, device=self.device, base=self.base)
+        pairing = self.pairing_for(getattr(recipe, "layer_map", None))
+        items = merge_tensors(recipe, self.father, self.mother, self.names, device=self.device, base=self.base,
+                              pairing=pairing.names)
         self.write(items, label=label)

@@ -32,6 +32,9 @@ MAX_LAYER_INDEX = 100_000  # no model has this many layers; a larger frozen rang
 _LAYER_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+START_POINTS = ("neutral", "mri")
+SELECTIONS = ("topk", "halving")
+_LATER_SETTINGS = ("start", "selection", "halving_rate", "cma_stop")  # in a digest only when not the default
 
 
 def doc(text: str, **kwargs: Any) -> Any:
@@ -207,6 +210,21 @@ class EvolutionConfig:
     topk_full: int = doc("Phase 2: candidates per generation then scored on the whole search split (at most the "
                          "population).", default=2)
     patience: int = doc("Stop when the best has not improved for this many generations (0: never).", default=0)
+    start: str = doc("Where CMA-ES starts: `neutral` (the genome space's neutral point) or `mri` (the genome that "
+                     "reproduces the MRI prescription: darwin-v6 with mri_trust = 1, a per-layer space at each "
+                     "layer's mean prescribed ratio; needs `mri`).", default="neutral")
+    selection: str = doc("Which candidates reach the whole search split: `topk` (Phase 2 scores the `topk_full` "
+                         "best by proxy fitness) or `halving` (successive halving: rung 0 is the proxy subset for "
+                         "every candidate; each next rung keeps the best 1/`halving_rate` of the previous one and "
+                         "scores `halving_rate` times as many items per task, the last rung being the whole search "
+                         "split; the rungs are documented in darwin_core/evolution/halving.py).", default="topk")
+    halving_rate: int = doc("Successive halving's rate η (at least 2): each rung keeps ⌈n/η⌉ candidates and η× "
+                            "the items of the rung before.", default=2)
+    cma_stop: bool = doc("End the search when CMA-ES's own stop conditions on its distribution fire (es.stop(): "
+                         "tolx, tolupsigma, conditioncov, noeffectaxis, noeffectcoord, tolstagnation, maxiter); the "
+                         "fitness-value ones (tolfun, tolflatfitness) are left out, since accuracies on a few dozen "
+                         "items tie from the first generation. The reason is logged and recorded in events.jsonl "
+                         "(`early_stop`) and the checkpoint.", default=True)
     device: str = doc("Where the merges and evaluations run: auto (the first CUDA device, else the CPU), cpu, "
                       "cuda, cuda:N or mps; checked against what torch sees before the run starts.", default="auto")
     dtype: str = doc("The dtype candidates are bred and evaluated in: auto (the father's), float32, bfloat16 or "
@@ -242,11 +260,19 @@ class EvolutionConfig:
         for name in ("seed", "split_seed"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise DarwinError(f"{name} must be a whole number.")
+        if self.start not in START_POINTS:
+            raise DarwinError(f"start must be one of {', '.join(START_POINTS)}, not {_short(self.start)}.")
+        if self.start == "mri" and not self.mri:
+            raise DarwinError("start: mri needs the MRI prescription; set mri to auto or a saved scan of both parents.")
+        if self.selection not in SELECTIONS:
+            raise DarwinError(f"selection must be one of {', '.join(SELECTIONS)}, not {_short(self.selection)}.")
+        if not isinstance(self.halving_rate, int) or isinstance(self.halving_rate, bool) or self.halving_rate < 2:
+            raise DarwinError(f"halving_rate must be a whole number of at least 2, not {_short(self.halving_rate)}.")
         if self.topk_full > self.population:
             raise DarwinError(f"topk_full ({self.topk_full}) cannot exceed the population ({self.population}).")
         if isinstance(self.sigma0, bool) or not isinstance(self.sigma0, (int, float)) or not 0 < float(self.sigma0) <= 1:
             raise DarwinError(f"sigma0 must be a number in (0, 1], not {_short(self.sigma0)}.")
-        for name in ("heldout", "local_mode"):
+        for name in ("heldout", "local_mode", "cma_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise DarwinError(f"{name} must be true or false, not {_short(getattr(self, name))}.")
         for name in ("genome", "device", "dtype", "method", "base", "mri"):
@@ -349,8 +375,11 @@ class EvolutionConfig:
         return cls.from_dict(resolve_relative_paths(data, path.parent))
 
     def digest(self) -> str:
-        """A stable hash of every setting: a checkpoint only resumes the config that wrote it."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of every setting: a checkpoint only resumes the config that wrote it. Settings added after
+        checkpoints existed count only when they differ from their default, so older runs still resume."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in _LATER_SETTINGS}
+        settings = {k: v for k, v in self.to_dict().items() if k not in defaults or v != defaults[k]}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ relative paths

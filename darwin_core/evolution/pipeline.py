@@ -29,7 +29,7 @@ from darwin_core.evolution.records import (
     candidate_name,
     parse_candidate_name,
 )
-from darwin_core.evolution.report import HELDOUT_RESULTS, SIGNIFICANCE, choose_child, heldout_report
+from darwin_core.evolution.report import HELDOUT_RESULTS, SIGNIFICANCE, choose_child, heldout_report, uniform_grid
 from darwin_core.evolution.search import (
     Cancelled,
     Candidate,
@@ -43,6 +43,7 @@ from darwin_core.evolution.search import (
 )
 from darwin_core.evolution.tasks import load_spec, load_tasks
 from darwin_core.io.runfolder import BEST_RECIPE, CHILD, MRI_SCAN, REPORT, RunFolder, atomic_write_text
+from darwin_core.mri.probes import describe_probes
 
 __all__ = [
     "BASELINE_GENERATION", "CHECKPOINT_FORMAT", "HELDOUT_RESULTS", "SIGNIFICANCE",
@@ -59,8 +60,12 @@ def run_evolution(
     *,
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
+    wrap_problem: Callable[[ModelProblem], Problem] | None = None,
 ) -> str:
     """Run (or resume) the evolution in `run_dir`; returns "finished" or "cancelled".
+
+    `wrap_problem` turns the model problem into the one the search runs (e.g. candidates spread over several
+    devices); the child, its merge and the held-out report still use the ModelProblem itself.
 
     Writes evaluations.jsonl, events.jsonl and a checkpoint after every generation, then best-recipe.yaml,
     child/ and report.json. The caller (jobs.execute) owns status.json's state; a DarwinError is the user's
@@ -73,13 +78,16 @@ def run_evolution(
     folder.append_event("loading", father=parent_label(config.father), mother=parent_label(config.mother))
     folder.update_status(phase="loading")
     problem = ModelProblem(config, log=log, runs_dir=folder.path.parent)
+    searched: Problem = wrap_problem(problem) if wrap_problem is not None else problem
     if problem.scan is not None:
         from darwin_core.mri.scan import save_json
 
         save_json(problem.scan, folder.file(MRI_SCAN))  # the card's MRI picture and the prescription's evidence
+        used = probes_used(problem.scan)
+        log(describe_probes(used["categories"], used["source"]))
     folder.update_status(phase="search", generations=config.generations)
     try:
-        outcome = run_search(folder, problem, SearchSettings.from_config(config), should_stop=should_stop, log=log)
+        outcome = run_search(folder, searched, SearchSettings.from_config(config), should_stop=should_stop, log=log)
     except Cancelled:
         return "cancelled"  # jobs.execute records the state and the event
     if outcome.best is None:
@@ -130,9 +138,21 @@ def _write_report(folder: RunFolder, problem: ModelProblem, outcome: SearchOutco
         "stopped_early": outcome.stopped_early,
         "baselines_search": baselines_search,
     }
+    report["tasks"] = {t.name: {"search": len(t.search), "heldout": len(t.heldout), "weight": problem.weights.get(t.name)}
+                       for t in problem.tasks}
+    if problem.scan is not None:
+        report["probes"] = probes_used(problem.scan)
     if config.heldout:
-        heldout, per_item = heldout_report(problem, best, child_dir, log=log)
+        grid = uniform_grid(problem, baselines_search, log=log)
+        heldout, per_item = heldout_report(problem, best, child_dir, log=log, grid=grid)
         report["heldout"] = heldout
         atomic_write_text(folder.file(HELDOUT_RESULTS), json.dumps(per_item, sort_keys=True) + "\n")
     atomic_write_text(folder.file(REPORT), json.dumps(report, indent=1, sort_keys=True) + "\n")
     folder.append_event("report_written")
+
+
+def probes_used(scan: dict[str, Any]) -> dict[str, Any]:
+    """Which probe texts the run's MRI ran (report.json's `probes`: where they came from, and per category the
+    texts), read from the pair scan itself so the log, the MRI tab and the card name what was really used."""
+    texts = scan["father"]["probes"]["texts"]
+    return {"source": scan.get("probe_source", "given"), "categories": {c: list(t) for c, t in texts.items()}}

@@ -7,6 +7,9 @@ one sentence (`DarwinError`): the CLI prints it and exits 2, the page shows it, 
 
 Hub parents and Hub or lm-eval tasks are only checked this far when `strict_hub` is set (the foreground CLI,
 which would fail right away): a queued run may be waiting for the network, and its worker says what it found.
+
+`preflight_report` is what the `evolve` command and the Evolve tab show before a launch: the checks, then the
+run's cost estimate (candidates, items, minutes from measured speed; darwin_core.evolution.cost).
 """
 
 from __future__ import annotations
@@ -80,3 +83,11 @@ def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub:
     if "father" in resolved and "mother" in resolved:
         check_breedable(resolved["father"], resolved["mother"])
 
+
+
+def preflight_report(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> str:
+    """Every check of `check_before_run` (one sentence if one fails), then the cost estimate line."""
+    from darwin_core.evolution.cost import estimate_cost
+
+    check_before_run(config, runs_dir, strict_hub=strict_hub)
+    return estimate_cost(config, runs_dir).sentence()

@@ -17,6 +17,7 @@ from darwin_core.errors import DarwinError
 from darwin_core.evolution.config import EvolutionConfig
 from darwin_core.evolution.search import Candidate
 from darwin_core.evolution.tasks import load_tasks
+from darwin_core.evolution.timing import EvalTiming, TokenCounter
 from darwin_core.fitness.evaluate import EvalResult
 from darwin_core.fitness.tasks import Task
 
@@ -69,8 +70,10 @@ class ModelProblem:
         self.child = ResidentChild(self.father_dir, self.mother_dir, base=self.base_dir, device=config.device, dtype=config.dtype)
         self.mri_ratios = self._prescription()
         self.lower, self.upper = self.space.bounds
-        self.x0 = list(self.space.default())
+        self.x0 = self._start_genome()
         self._baselines = self._baseline_recipes()
+        self._tokens = TokenCounter(self.child.tokenizer)
+        self.last_timing: EvalTiming | None = None
 
     # ---------------------------------------------------------------- genome ↔ recipe
 
@@ -95,6 +98,16 @@ class ModelProblem:
             raise DarwinError(f"The MRI file {self.config.mri} is a scan of one model; the prescription needs a scan of both parents.")
         self.scan = scan
         return {str(k): float(v) for k, v in scan["prescription"].items()}
+
+    def _start_genome(self) -> list[float]:
+        """CMA-ES's starting point: the space's neutral genome, or (start: mri) the one that follows the MRI."""
+        from darwin_core.evolution.start import mri_start_genome
+
+        if self.config.start == "mri":
+            if self.mri_ratios is None:
+                raise DarwinError("start: mri needs the MRI prescription; set mri to auto or a saved scan of both parents.")
+            return mri_start_genome(self.space, self.mri_ratios, self.layer_count)
+        return list(self.space.default())
 
     def _recipe_args(self) -> dict[str, Any]:
         return dict(
@@ -153,8 +166,25 @@ class ModelProblem:
             self.child.load_recipe(self.recipe(candidate))
 
     def measure(self, candidate: Candidate, tasks: Sequence[Task], split: str = "search") -> EvalResult:
+        """Load the candidate, score it, and leave what it cost in `last_timing` (merge seconds up to a device
+        synchronisation, scoring seconds, token positions of the scored items)."""
+        import time
+
+        started = time.perf_counter()
         self.load(candidate)
-        return self.measure_loaded(tasks, split)
+        self._synchronize()
+        loaded = time.perf_counter()
+        result = self.measure_loaded(tasks, split)
+        self.last_timing = EvalTiming(merge_seconds=loaded - started, scoring_seconds=time.perf_counter() - loaded,
+                                      tokens_scored=self._tokens.positions(tasks, split))
+        return result
+
+    def _synchronize(self) -> None:
+        """Wait for the device's queued kernels, so the merge's seconds are its own and not the scoring's."""
+        import torch
+
+        if self.child.device.type == "cuda":
+            torch.cuda.synchronize(self.child.device)
 
     def measure_loaded(self, tasks: Sequence[Task], split: str = "search") -> EvalResult:
         """Score the weights the resident child holds now (after `load`, or `child.load_recipe` of any recipe)."""

@@ -16,6 +16,7 @@ from darwin_core.errors import DarwinError
 
 CHECKPOINT_FORMAT = 1
 BASELINE_GENERATION = 0
+_LATER_FIELDS = ("stop_reason",)  # checkpoint fields a checkpoint written before them lacks (their default then)
 
 _CANDIDATE_NAME = re.compile(r"g([0-9]+)c([0-9]+)")
 
@@ -118,6 +119,7 @@ class SearchState:
     stopped_early: bool = False
     evaluations_bytes: int = 0
     format: int = CHECKPOINT_FORMAT
+    stop_reason: str | None = None  # why the search ended before its last generation (patience, CMA-ES's es.stop())
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The plain mapping the run folder pickles (the I/O layer stores data, not evolution classes)."""
@@ -128,4 +130,4 @@ class SearchState:
         """The state a checkpoint holds, refused unless this code and this config (`digest`) wrote it."""
         if data.get("format") != CHECKPOINT_FORMAT or data.get("digest") != digest:
             raise DarwinError("The run's checkpoint was written by a different config; start a new run instead of resuming this one.")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.name not in _LATER_FIELDS})

@@ -6,10 +6,17 @@ Shape (pycma's ask/tell): the optimiser only proposes genomes; this loop owns sc
     for each generation g = 1..G:
         X = es.ask()
         Phase 1: every candidate on the proxy subset (a fixed, seeded sample of the search items)
-        Phase 2: the top-k candidates by proxy score on the rest of the search set (full = proxy ∪ rest)
+        Phase 2: the top-k candidates by proxy score on the rest of the search set (full = proxy ∪ rest),
+                 or (selection: halving) successive halving's rungs up to the full set (halving.py)
         es.tell(X, −proxy fitness)          (CMA-ES minimises; all candidates ranked on the same measure)
         best = highest full-search fitness seen so far (only Phase 2 results can become best)
+        stop when patience runs out or CMA-ES's own es.stop() fires (reason in events and checkpoint)
         checkpoint                          (atomic; see below)
+
+Each phase is one batch (`iter_measured`: `problem.measure_many` when the problem has it, e.g. spread over
+torchrun ranks; else candidate by candidate, with stop requests honoured between candidates). Records are
+appended in the batch's order after it, so evaluations.jsonl does not depend on how a batch was computed; the
+wall-clock cost of each evaluation (EvalTiming: merge and scoring seconds, tokens) goes to events.jsonl only.
 
 Gold labels of the held-out split never enter the loop; Phase 2 picks its candidates by their proxy score
 (fitness on search items), never by anything held out.
@@ -33,14 +40,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from darwin_core.evolution.config import EvolutionConfig
+from darwin_core.evolution.halving import Rung, halving_rungs, rung_phase
 from darwin_core.evolution.records import BASELINE_GENERATION, EvaluationRecord, SearchState, candidate_name
+from darwin_core.evolution.timing import EvalTiming, untimed
 from darwin_core.fitness.evaluate import EvalResult, TaskResult, normalize_weights
 from darwin_core.fitness.tasks import Task, seeded_rng
 from darwin_core.io.runfolder import RunFolder
@@ -68,6 +77,49 @@ class Problem(Protocol):
         """Score the candidate on the *search* split of `tasks` (subsets of the problem's tasks)."""
         ...
 
+    # Optional (found with hasattr, so a Protocol member would wrongly make it required):
+    #   measure_many(candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[EvalResult]
+    #       every candidate's result on `tasks`, in the batch's order (e.g. spread over several processes);
+    #   last_timing: EvalTiming set by `measure`, last_timings: list[EvalTiming] set by `measure_many`.
+
+
+def iter_measured(problem: Problem, candidates: Sequence[Candidate], tasks: Sequence[Task],
+                  check_stop: Callable[[], None] = lambda: None) -> Iterator[tuple[EvalResult, EvalTiming]]:
+    """(result, timing) per candidate, in the batch's order: all at once after `problem.measure_many` when the
+    problem has one, else one by one with `check_stop` before each (so a stop request lands between
+    candidates there, between batches here). A result is a pure function of (candidate, tasks), so how the batch
+    was computed changes no result; timings are the problem's own when it reports them, else the wall clock."""
+    candidates = list(candidates)
+    if hasattr(problem, "measure_many"):
+        check_stop()
+        t0 = time.perf_counter()
+        results = list(problem.measure_many(candidates, tasks))
+        if len(results) != len(candidates):
+            raise AssertionError(f"measure_many returned {len(results)} results for {len(candidates)} candidates")
+        timings = list(getattr(problem, "last_timings", None) or [])
+        if len(timings) != len(candidates):
+            timings = untimed(len(candidates), time.perf_counter() - t0)
+        yield from zip(results, timings)
+        return
+    for candidate in candidates:
+        check_stop()
+        t0 = time.perf_counter()
+        result = problem.measure(candidate, tasks)
+        timing = getattr(problem, "last_timing", None)
+        yield result, timing if isinstance(timing, EvalTiming) else untimed(1, time.perf_counter() - t0)[0]
+
+
+def measure_all_timed(problem: Problem, candidates: Sequence[Candidate],
+                      tasks: Sequence[Task]) -> tuple[list[EvalResult], list[EvalTiming]]:
+    """(results, timings) of a whole batch, in the batch's order (see iter_measured)."""
+    pairs = list(iter_measured(problem, candidates, tasks))
+    return [r for r, _ in pairs], [t for _, t in pairs]
+
+
+def measure_all(problem: Problem, candidates: Sequence[Candidate], tasks: Sequence[Task]) -> list[EvalResult]:
+    """Every candidate's result on `tasks`, in the batch's order (`problem.measure_many` when it has one)."""
+    return measure_all_timed(problem, candidates, tasks)[0]
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -79,14 +131,25 @@ class SearchSettings:
     topk_full: int
     patience: int = 0
     digest: str = ""
+    selection: str = "topk"  # or "halving" (darwin_core.evolution.halving)
+    halving_rate: int = 2
+    cma_stop: bool = True  # honour es.stop() (less IGNORED_CMA_STOPS)
 
     @classmethod
     def from_config(cls, config: EvolutionConfig) -> "SearchSettings":
         return cls(
             population=config.population, sigma0=float(config.sigma0), generations=config.generations,
             seed=config.seed, proxy_items=config.proxy_items, topk_full=config.topk_full,
-            patience=config.patience, digest=config.digest(),
+            patience=config.patience, digest=config.digest(), selection=config.selection,
+            halving_rate=config.halving_rate, cma_stop=config.cma_stop,
         )
+
+
+# pycma's fitness-value stops (flat fitness, a fitness range below tolfun) fire whenever a generation's candidates
+# tie, which accuracies on a few dozen items do from the first generation while the distribution still moves (pycma
+# widens sigma itself then): item granularity, not convergence. The distribution's own stops are honoured (tolx,
+# tolupsigma, conditioncov, noeffectaxis, noeffectcoord, tolstagnation, maxiter, …).
+IGNORED_CMA_STOPS = frozenset({"tolflatfitness", "tolfun", "tolfunrel", "tolfunhist"})
 
 
 class Cancelled(Exception):
@@ -99,6 +162,7 @@ class SearchOutcome:
     best: dict[str, Any] | None
     generation: int
     stopped_early: bool = False
+    stop_reason: str | None = None
 
 
 def proxy_split(tasks: Sequence[Task], per_task: int, seed: int) -> tuple[list[Task], list[Task]]:
@@ -210,7 +274,8 @@ def run_search(
         state = loop.start()
     while not state.done:
         loop.run_generation(state)
-    return SearchOutcome(state="finished", best=state.best, generation=state.generation, stopped_early=state.stopped_early)
+    return SearchOutcome(state="finished", best=state.best, generation=state.generation, stopped_early=state.stopped_early,
+                         stop_reason=state.stop_reason)
 
 
 @dataclass
@@ -236,14 +301,22 @@ class _SearchLoop:
         self.weights = normalize_weights(dict(problem.weights), [t.name for t in problem.tasks])
         self.proxy_tasks, self.rest_tasks = proxy_split(problem.tasks, settings.proxy_items, settings.seed)
         self.proxy_is_full = not self.rest_tasks
+        self.rungs: list[Rung] = []
+        if settings.selection == "halving":
+            self.rungs = halving_rungs(problem.tasks, self.proxy_tasks, population=settings.population,
+                                       proxy_items=settings.proxy_items, rate=settings.halving_rate, seed=settings.seed)
 
     def check_stop(self) -> None:
         if self.should_stop():
             raise Cancelled()
 
-    def record(self, record: EvaluationRecord, seconds: float) -> None:
+    def record(self, record: EvaluationRecord, timing: EvalTiming, tasks: Sequence[Task]) -> None:
+        """The measurement into evaluations.jsonl (deterministic) and its timing into events.jsonl (wall clock),
+        with the number of items this evaluation scored (`items`: what the next run's cost estimate divides by)."""
         self.folder.append_evaluation(record.to_json())
-        self.folder.append_event("evaluated", name=record.name, phase=record.phase, fitness=record.fitness, seconds=round(seconds, 3))
+        self.folder.append_event("evaluated", name=record.name, phase=record.phase, fitness=record.fitness,
+                                 seconds=round(timing.seconds, 3), items=sum(len(t.search) for t in tasks),
+                                 **timing.to_event())
 
     def checkpoint(self, state: SearchState) -> None:
         state.evaluations_bytes = self.folder.evaluations_size()
@@ -268,26 +341,26 @@ class _SearchLoop:
         self.check_stop()
         es = _new_es(self.problem, self.settings)
         global_rng = np.random.RandomState(self.settings.seed % 2**32).get_state()
+        self.folder.append_event("search_started", x0=[float(v) for v in es.mean], selection=self.settings.selection,
+                                 rungs=[{"keep": r.keep, "items": sum(len(t.search) for t in r.cumulative)} for r in self.rungs])
         self.folder.append_event("baselines_started", names=self.problem.baseline_names())
+        names = self.problem.baseline_names()
         baselines: dict[str, float] = {}
-        for name in self.problem.baseline_names():
-            self.check_stop()
-            baselines[name] = self.measure_baseline(name).fitness
+        for name, (full, timing) in zip(names, iter_measured(self.problem, names, self.problem.tasks, self.check_stop)):
+            baselines[name] = self.record_baseline(name, full, timing).fitness
             self.log(f"baseline {name}: {baselines[name]:.4f}")
         state = SearchState(digest=self.settings.digest, es=es, global_rng=global_rng, baselines=baselines)
         self.checkpoint(state)
         return state
 
-    def measure_baseline(self, name: str) -> EvaluationRecord:
-        t0 = time.perf_counter()
-        full = self.problem.measure(name, self.problem.tasks)
+    def record_baseline(self, name: str, full: EvalResult, timing: EvalTiming) -> EvaluationRecord:
         proxy = combine(self.proxy_tasks, _restrict(full, self.proxy_tasks))
         record = EvaluationRecord(
             kind="baseline", name=name, generation=BASELINE_GENERATION, phase="full",
             fitness=full.composite(self.weights), scores=task_scores(full),
             proxy_fitness=proxy.composite(self.weights), proxy_scores=task_scores(proxy),
         )
-        self.record(record, time.perf_counter() - t0)
+        self.record(record, timing, self.problem.tasks)
         return record
 
     # ---------------------------------------------------------------- one generation
@@ -302,7 +375,10 @@ class _SearchLoop:
                                  genomes=[[float(v) for v in x] for x in solutions],
                                  proxy_results=[], proxy_fitness=[], full_fitness={})
         self.measure_proxies(generation)
-        self.measure_top_k(generation)
+        if self.settings.selection == "halving":
+            self.measure_rungs(generation)
+        else:
+            self.measure_top_k(generation)
         with _private_global_rng(state):
             state.es.tell(solutions, [-f for f in generation.proxy_fitness])
         self.advance(state, generation)
@@ -310,34 +386,52 @@ class _SearchLoop:
         self.report_generation(state, generation, time.perf_counter() - t_gen)
 
     def measure_proxies(self, generation: _Generation) -> None:
-        """Phase 1: every candidate on the proxy subset (which is the whole search set when it covers it)."""
-        for index, genome in enumerate(generation.genomes):
-            self.check_stop()
-            t0 = time.perf_counter()
-            result = self.problem.measure(genome, self.proxy_tasks)
+        """Phase 1: every candidate on the proxy subset (which is the whole search set when it covers it), as one
+        batch; the records follow in index order."""
+        phase = "full" if self.proxy_is_full else "proxy"
+        measured = iter_measured(self.problem, generation.genomes, self.proxy_tasks, self.check_stop)
+        for index, (genome, (result, timing)) in enumerate(zip(generation.genomes, measured)):
             fitness = result.composite(self.weights)
             generation.proxy_fitness.append(fitness)
             generation.proxy_results.append(result)
-            self.record(self.candidate_record(generation.number, index, genome, "full" if self.proxy_is_full else "proxy",
-                                              fitness, task_scores(result)), time.perf_counter() - t0)
+            self.record(self.candidate_record(generation.number, index, genome, phase, fitness, task_scores(result)),
+                        timing, self.proxy_tasks)
         if self.proxy_is_full:
             generation.full_fitness = dict(enumerate(generation.proxy_fitness))
 
     def measure_top_k(self, generation: _Generation) -> None:
-        """Phase 2: the top-k by proxy fitness (ties: lower index first) on the rest of the search set."""
+        """Phase 2: the top-k by proxy fitness (ties: lower index first) on the rest of the search set, one batch;
+        the records follow in rank order, as they always did."""
         if self.proxy_is_full:
             return
         proxy_fitness = generation.proxy_fitness
-        ranked = sorted(range(len(generation.genomes)), key=lambda i: (-proxy_fitness[i], i))
-        for index in ranked[: self.settings.topk_full]:
-            self.check_stop()
-            t0 = time.perf_counter()
+        ranked = sorted(range(len(generation.genomes)), key=lambda i: (-proxy_fitness[i], i))[: self.settings.topk_full]
+        measured = iter_measured(self.problem, [generation.genomes[i] for i in ranked], self.rest_tasks, self.check_stop)
+        for index, (rest, timing) in zip(ranked, measured):
             genome = generation.genomes[index]
-            rest = self.problem.measure(genome, self.rest_tasks)
             full = combine(self.problem.tasks, generation.proxy_results[index], rest)
             generation.full_fitness[index] = full.composite(self.weights)
             self.record(self.candidate_record(generation.number, index, genome, "full", generation.full_fitness[index],
-                                              task_scores(full), proxy_fitness=proxy_fitness[index]), time.perf_counter() - t0)
+                                              task_scores(full), proxy_fitness=proxy_fitness[index]), timing, self.rest_tasks)
+
+    def measure_rungs(self, generation: _Generation) -> None:
+        """Successive halving after Phase 1 (rungs in darwin_core.evolution.halving): each rung one batch over the
+        best of the rung before, scored on the rung's new items; the records follow in rank order."""
+        parts = {index: [result] for index, result in enumerate(generation.proxy_results)}
+        fitness = dict(enumerate(generation.proxy_fitness))
+        for rung in self.rungs:
+            ranked = sorted(fitness, key=lambda i: (-fitness[i], i))[: rung.keep]
+            measured = iter_measured(self.problem, [generation.genomes[i] for i in ranked], rung.part, self.check_stop)
+            fitness = {}
+            for index, (result, timing) in zip(ranked, measured):
+                parts[index].append(result)
+                combined = combine(rung.cumulative, *parts[index])
+                fitness[index] = combined.composite(self.weights)
+                self.record(self.candidate_record(generation.number, index, generation.genomes[index], rung_phase(rung),
+                                                  fitness[index], task_scores(combined),
+                                                  proxy_fitness=generation.proxy_fitness[index]), timing, rung.part)
+            if rung.last:
+                generation.full_fitness = fitness
 
     def candidate_record(self, generation: int, index: int, genome: list[float], phase: str, fitness: float,
                          scores: dict[str, float], proxy_fitness: float | None = None) -> EvaluationRecord:
@@ -362,8 +456,19 @@ class _SearchLoop:
         state.stale = 0 if improved else state.stale + 1
         state.generation = generation.number
         stop_early = self.settings.patience > 0 and state.stale >= self.settings.patience
-        state.done = generation.number >= self.settings.generations or stop_early
-        state.stopped_early = stop_early
+        cma_reasons = self.cma_stop_reasons(state) if not stop_early else {}
+        state.done = generation.number >= self.settings.generations or stop_early or bool(cma_reasons)
+        state.stopped_early = stop_early or bool(cma_reasons)
+        if cma_reasons and generation.number < self.settings.generations:
+            state.stop_reason = "cma-es: " + ", ".join(f"{k}={v}" for k, v in sorted(cma_reasons.items()))
+        elif stop_early:
+            state.stop_reason = f"patience: no improvement for {self.settings.patience} generations"
+
+    def cma_stop_reasons(self, state: SearchState) -> dict[str, Any]:
+        """The stop conditions CMA-ES reports after this generation's tell (none when cma_stop is off)."""
+        if not self.settings.cma_stop:
+            return {}
+        return {str(k): v for k, v in dict(state.es.stop()).items() if k not in IGNORED_CMA_STOPS}
 
     def report_generation(self, state: SearchState, generation: _Generation, seconds: float) -> None:
         """The generation's event, status.json's progress and the log line (after the checkpoint is safe)."""
@@ -379,5 +484,6 @@ class _SearchLoop:
         self.log(f"generation {generation.number}/{self.settings.generations}: best proxy {max(proxy_fitness):.4f}, "
                  f"best so far {best_so_far if best_so_far is not None else float('nan'):.4f}, sigma {es.sigma:.3f}")
         if state.stopped_early:
-            self.folder.append_event("early_stop", generation=generation.number, patience=self.settings.patience)
-            self.log(f"stopped early: no improvement for {self.settings.patience} generations")
+            self.folder.append_event("early_stop", generation=generation.number, patience=self.settings.patience,
+                                     reason=state.stop_reason)
+            self.log(f"stopped early: {state.stop_reason}")

@@ -16,7 +16,8 @@ dare_ties for darwin-v6 (seed 002's engine), linear for the others.
 - `per-layer` (one ratio per decoder layer, the seeds' 42-dim Genesis genome): every tensor of layer i at
   ratio g[i]; frozen layers pinned to 0 (the father's tensors as they are).
 - `per-layer-ffn` (the Genesis variant): g[i] applies to the FFN/MoE tensors only; attention and norms stay
-  the father's.
+  the father's. The natural genome of a cross-architecture FFN-only pair (`darwin_core.merge.pairing`): its
+  dimensions are the father's layers, and a layer whose FFN does not line up with the mother's stays his.
 - `per-block-role` (blocks × {attn, ffn}, 12 dims by default): the middle ground.
 
 Why odds and not sums: every dimension at 0.5 is neutral, a dimension alone gives exactly its value

@@ -28,6 +28,10 @@ Thresholds (module constants, reported in every result):
   repeat themselves anyway, like tiny demo models, do not make their child look sick).
 * Any NaN/Inf in the child's weights or outputs: broken.
 
+* Skill lost (`darwin_core.health.retention`): on a task's held-out items the child is worse than the better
+  parent at McNemar p < 0.05; the finding names the task ("skill lost: <task>"). Needs tasks (or a run's held-out
+  per-item results); without them the check is layer-level only and says so.
+
 Verdict: "broken" if any finding is broken, else "warning" if any finding is a warning, else "healthy".
 """
 
@@ -36,13 +40,17 @@ from __future__ import annotations
 import gc
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from darwin_core.mri import scan as mri
 from darwin_core.errors import DarwinError
 from darwin_core.fitness.generate import generate_greedy
+from darwin_core.fitness.evaluate import EvalResult
 from darwin_core.fitness.probes import resolve_probes
+from darwin_core.fitness.tasks import Task
+from darwin_core.health.retention import retention, skill_findings
 from darwin_core.mri.probes import Probes
 
 FORMAT = "darwin-health/1"
@@ -88,14 +96,20 @@ def layer_importance(importance: Mapping[str, Sequence[float]]) -> list[float]:
 
 
 def measure(model_dir: str | Path, probes: Probes, *, device: str = "cpu", batch_size: int = mri.PROBE_BATCH,
-            generation_tokens: int = GENERATION_TOKENS) -> dict:
+            generation_tokens: int = GENERATION_TOKENS, tasks: Sequence[Task] = ()) -> dict:
     """What the check compares for one model: importance per layer (and per category), perplexity,
-    NaN/Inf in outputs, greedy continuations of the probe texts and their repetition rate."""
+    NaN/Inf in outputs, greedy continuations of the probe texts and their repetition rate, and (with `tasks`)
+    the per-item results on their held-out split, while the model is loaded anyway."""
+    from darwin_core.fitness.evaluate import evaluate
+
     model, tokenizer = mri.load_model(model_dir, device)
+    heldout = None
     try:
         probe = mri.run_probes(model, tokenizer, probes, batch_size=batch_size)
-        prompts = [text for texts in probes.values() for text in texts]
+        prompts = [text for texts in probe["used"].values() for text in texts]
         outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens=generation_tokens, batch_size=batch_size)
+        if tasks:
+            heldout = evaluate(model, tokenizer, list(tasks), split="heldout", batch_size=batch_size).to_dict()
     finally:
         del model
         gc.collect()
@@ -110,6 +124,7 @@ def measure(model_dir: str | Path, probes: Probes, *, device: str = "cpu", batch
         "nonfinite_outputs": probe["nonfinite_outputs"],
         "generations": outputs,
         "repetition": repetition_rate(tokens),
+        **({"heldout": heldout} if heldout is not None else {}),
     }
 
 
@@ -117,8 +132,10 @@ def _layers_text(layers: Sequence[int]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(str(i) for i in layers)
 
 
-def assess(child: Mapping, father: Mapping, mother: Mapping, *, nonfinite_weights: Mapping[str, int] | None = None) -> dict:
-    """Findings and verdict from three measurements (pure: numbers in, report out)."""
+def assess(child: Mapping, father: Mapping, mother: Mapping, *, nonfinite_weights: Mapping[str, int] | None = None,
+           skills: Mapping[str, Any] | None = None) -> dict:
+    """Findings and verdict from three measurements and, when given, the skill retention
+    (`retention.retention`) on the held-out split (pure: numbers in, report out)."""
     c, f, m = child["importance"], father["importance"], mother["importance"]
     if not (len(c) == len(f) == len(m)):
         raise DarwinError(f"The child has {len(c)} layers and the parents {len(f)} and {len(m)}, so they cannot be compared.")
@@ -179,15 +196,26 @@ def assess(child: Mapping, father: Mapping, mother: Mapping, *, nonfinite_weight
             f"The child's greedy continuations repeat themselves ({rep_c:.0%} repeated {DEGENERATION_NGRAM}-grams vs at most {rep_parents:.0%} for the parents).",
         )
 
+    findings += skill_findings(skills or {})
+    return _verdict(findings, skills)
+
+
+def _verdict(findings: list[dict], skills: Mapping[str, Any] | None) -> dict:
+    """The verdict and its summary: never "healthy" with a finding (a lost skill is a warning)."""
     severities = {finding["severity"] for finding in findings}
     verdict = "broken" if "broken" in severities else "warning" if severities else "healthy"
     flagged = sorted({i for finding in findings for i in finding["layers"]})
+    kept = (f" every skill kept ({len(skills['tasks'])} tasks, held-out, vs the better parent)," if skills
+            else " (skills not checked: no tasks),")
     summary = (
-        "Healthy: no interference, no function loss, no NaN/Inf, perplexity and generations in line with the parents."
+        f"Healthy: no interference, no function loss,{kept} no NaN/Inf, perplexity and generations in line with the parents."
         if verdict == "healthy"
         else f"{verdict.capitalize()}: " + " ".join(finding["message"] for finding in findings)
     )
-    return {"verdict": verdict, "layers_flagged": flagged, "findings": findings, "summary": summary}
+    report = {"verdict": verdict, "layers_flagged": flagged, "findings": findings, "summary": summary}
+    if skills is not None:
+        report["skills"] = dict(skills)
+    return report
 
 
 def check_health(
@@ -199,18 +227,34 @@ def check_health(
     device: str = "cpu",
     batch_size: int = mri.PROBE_BATCH,
     generation_tokens: int = GENERATION_TOKENS,
+    tasks: Sequence[Task] = (),
+    heldout_results: Mapping[str, Any] | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Compare the child with both parents layer by layer; a JSON-ready report with the verdict."""
+    """Compare the child with both parents layer by layer and, task by task, on the held-out split; a
+    JSON-ready report with the verdict.
+
+    Skills: from `heldout_results` (a run's heldout-results.json: the items its report measured, no model run
+    again) when they hold the child and both parents, else by scoring the three models on `tasks`' held-out
+    items; with neither, the check is layer-level only."""
+    from darwin_core.health.retention import retention_from_results
+
     probe_set = resolve_probes(probes)
+    skills = retention_from_results(heldout_results, seed=seed) if heldout_results else None
+    scored_tasks = tasks if skills is None else ()
     for label, folder in (("child", child_dir), ("father", father_dir), ("mother", mother_dir)):
         if not Path(folder).is_dir():
             raise DarwinError(f"The {label} folder {folder} does not exist.")
     nonfinite = mri.nonfinite_tensors(child_dir, device=device)
     measured = {
-        label: measure(folder, probe_set, device=device, batch_size=batch_size, generation_tokens=generation_tokens)
+        label: measure(folder, probe_set, device=device, batch_size=batch_size, generation_tokens=generation_tokens,
+                       tasks=scored_tasks)
         for label, folder in (("child", child_dir), ("father", father_dir), ("mother", mother_dir))
     }
-    report = assess(measured["child"], measured["father"], measured["mother"], nonfinite_weights=nonfinite)
+    if scored_tasks:
+        child, father, mother = (EvalResult.from_dict(measured[k].pop("heldout")) for k in ("child", "father", "mother"))
+        skills = retention(child, father, mother, seed=seed)
+    report = assess(measured["child"], measured["father"], measured["mother"], nonfinite_weights=nonfinite, skills=skills)
     return {
         "format": FORMAT,
         **report,

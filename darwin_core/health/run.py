@@ -2,7 +2,8 @@
 
 The page, the CLI (`python -m darwin_core health RUN`) and the job queue all call `check_run`, so a health check
 means the same thing wherever it was started: the child against the parents the run's config names, probed
-with the texts the run's tasks bring (the default five when they bring none).
+with the texts the run's MRI used (its `probes:` file, else its tasks' search split, else the default five), and
+task by task on the held-out items the run's report measured (heldout-results.json, no model scored twice).
 """
 
 from __future__ import annotations
@@ -15,22 +16,30 @@ from typing import Any
 import yaml
 
 from darwin_core.errors import DarwinError
+from darwin_core.evolution.report import HELDOUT_RESULTS
 from darwin_core.io.runfolder import CHILD, RunFolder
 from darwin_core.mri.scan import save_json
 
 HEALTH = "health.json"  # in the run folder, beside report.json: the card's health section
 
 
-def run_probes(config: Mapping[str, Any], runs_dir: Path) -> Any:
-    """The run's own probe texts when its tasks bring them (the demo tasks do), else None (the default five)."""
+def run_tasks(config: Mapping[str, Any], runs_dir: Path) -> list[Any]:
+    """The run's tasks, split as the run split them; [] when they cannot be loaded (the check is then layer-level)."""
     from darwin_core.evolution.pipeline import EvolutionConfig, load_tasks
-    from darwin_core.fitness.probes import probes_from_tasks
 
     try:
-        tasks, _ = load_tasks(EvolutionConfig.from_dict(dict(config)), runs_dir=runs_dir)
-        return probes_from_tasks(tasks)
+        return load_tasks(EvolutionConfig.from_dict(dict(config)), runs_dir=runs_dir)[0]
     except DarwinError:
-        return None
+        return []
+
+
+def run_probes(config: Mapping[str, Any], runs_dir: Path, tasks: list[Any] | None = None) -> Any:
+    """The probes the run's MRI uses: the config's `probes:` file, else texts from its tasks' search split, else
+    None (the default five)."""
+    from darwin_core.mri.probes import GENERIC_PROBES, choose_probes
+
+    probes, source = choose_probes(run_tasks(config, runs_dir) if tasks is None else tasks, config.get("probes"))
+    return None if source == GENERIC_PROBES else probes
 
 
 def _parent_dir(ref: str, local_mode: bool, runs_dir: Path) -> Path:
@@ -50,9 +59,13 @@ def check_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
     config = yaml.safe_load(folder.config_text()) or {}
     local = bool(config.get("local_mode", True))
     runs_dir = folder.path.parent
+    tasks = run_tasks(config, runs_dir)
+    heldout_file = folder.file(HELDOUT_RESULTS)
+    heldout = json.loads(heldout_file.read_text(encoding="utf-8")) if heldout_file.is_file() else None
     report = check_health(
         child, _parent_dir(str(config["father"]), local, runs_dir), _parent_dir(str(config["mother"]), local, runs_dir),
-        probes=run_probes(config, runs_dir), device=device,
+        probes=run_probes(config, runs_dir, tasks), device=device, tasks=tasks, heldout_results=heldout,
+        seed=int(config.get("seed", 0)),
     )
     save_json(report, folder.file(HEALTH))
     return report

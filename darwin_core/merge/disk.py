@@ -10,6 +10,10 @@ files and generation_config.json, plus `darwin-recipe.yaml`, the recipe that rep
 (`Recipe.public`), which names the parents by Hub id@revision and never by a path on this machine, because the
 child folder is what gets published. Merging that file elsewhere finds the parents on the Hub (or its cache).
 
+The father's tensors meet the mother's through the pair's `Pairing` (`darwin_core.merge.pairing`): by name, by
+canonical name (a multimodal wrapper and its text-only sibling) or FFN by FFN (two families of one hidden size);
+either way the child has the father's names, shapes, config and tokenizer, so it loads with his model class.
+
 CLI: `python -m darwin_core merge RECIPE.yaml --out DIR [--device cuda] [--overwrite]`.
 """
 
@@ -24,7 +28,8 @@ from typing import Any
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.merge.methods.apply import merge_tensors
+from darwin_core.merge.methods.apply import merge_tensors, paired_plan
+from darwin_core.merge.pairing import Pairing, pairing_for
 from darwin_core.recipe import RECIPE_FILE, ParentRef, Recipe
 
 # Files a model folder carries besides its weights; copied from the father when present.
@@ -122,6 +127,7 @@ def parent_model(ref: ParentRef, who: str) -> Any:
             raise DarwinError(f"The {who} {path} is a file, not a model folder.")
         if not path.is_dir():
             raise DarwinError(f"The {who} folder {path} does not exist.")
+        ref.check_content()  # the recipe names the weights it was made from, not the folder
         return resolve_model(str(path), local_mode=True)
     if ref.id.startswith(("demo:", "run:")):
         from darwin_core.io.runfolder import runs_dir_default
@@ -179,6 +185,7 @@ class _ReadAhead:
     """
 
     def __init__(self, reader: Any, order: list[str], pool: ThreadPoolExecutor) -> None:
+        """`order`: the names this reader will be asked for, in that order (the mother's names, when paired)."""
         self._reader = reader
         self._order = order
         self._position = {name: i for i, name in enumerate(order)}
@@ -214,18 +221,20 @@ class _ReadAhead:
         return future
 
 
-def child_layout(recipe: Recipe, father: Any) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+def child_layout(recipe: Recipe, father: Any,
+                 pairing: Pairing | None = None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(name, shape, dtype) of every tensor `merge_tensors` yields for this recipe, in the father's order.
 
-    Mirrors `merge_tensors`' dtype rule: a tensor copied from the father keeps his dtype when its plan says
-    so (other towers) or the recipe sets none, else takes the recipe's; integer buffers stay the father's;
-    everything else is the recipe's dtype or the father's. The streaming writer checks every tensor against this
-    plan, so a divergence raises instead of writing a wrong file.
+    Mirrors `merge_tensors`' dtype rule (through the same `paired_plan`): a tensor copied from the father keeps
+    his dtype when its plan says so (other towers) or the recipe sets none, else takes the recipe's; integer
+    buffers stay the father's; everything else is the recipe's dtype or the father's. The streaming writer checks
+    every tensor against this plan, so a divergence raises instead of writing a wrong file.
     """
     out_dtype = recipe.torch_dtype
+    names = None if pairing is None else pairing.names
     layout = []
     for name in father.names:
-        plan = recipe.plan_for(name)
+        plan, _ = paired_plan(recipe, name, names)
         dtype = father.dtype(name)
         if plan.source == "father":
             dtype = dtype if plan.keep_dtype or out_dtype is None else out_dtype
@@ -235,7 +244,8 @@ def child_layout(recipe: Recipe, father: Any) -> list[tuple[str, tuple[int, ...]
     return layout
 
 
-def _stream(recipe: Recipe, father: Any, mother: Any, base: Any, device: str, writer: Any) -> None:
+def _stream(recipe: Recipe, father: Any, mother: Any, base: Any, device: str, writer: Any,
+            pairing: Pairing | None = None) -> None:
     """Merge every tensor into the writer as a three-stage pipeline: read ahead | merge | write.
 
     Each parent is read one tensor ahead by its own thread and each merged tensor is written by a writer thread
@@ -244,12 +254,15 @@ def _stream(recipe: Recipe, father: Any, mother: Any, base: Any, device: str, wr
     and the previous result being written. Tensors reach the writer in the father's order.
     """
     order = list(father.names)
+    names = None if pairing is None else pairing.names
+    orders = [order, order if names is None else [n for n in (names.get(f) for f in order) if n is not None], order]
     pools = [ThreadPoolExecutor(1, thread_name_prefix=f"darwin-{who}") for who in ("father", "mother", "base", "write")]
     try:
-        sources = [None if r is None else _ReadAhead(r, order, pool) for r, pool in zip((father, mother, base), pools)]
+        sources = [None if r is None else _ReadAhead(r, o, pool) for r, o, pool in zip((father, mother, base), orders, pools)]
         pending: Future | None = None
         try:
-            for name, tensor in merge_tensors(recipe, sources[0], sources[1], order, device=device, base=sources[2]):
+            for name, tensor in merge_tensors(recipe, sources[0], sources[1], order, device=device, base=sources[2],
+                                              pairing=names):
                 if pending is not None:
                     pending.result()
                 pending = pools[3].submit(writer.add, name, tensor)
@@ -275,33 +288,31 @@ def merge_to_disk(
     """Write the child of `recipe` to `out_dir` (complete, or not at all) and return its path.
 
     The parents are resolved from their headers first and refused, before anything is downloaded or written,
-    unless the merge path can breed them (`darwin_core.parents.compatibility`).
+    unless a pairing breeds them (`darwin_core.merge.pairing`, from `darwin_core.parents.compatibility`).
     """
     from darwin_core.io.tensors import ShardedWriter, TensorReader
-
-    from darwin_core.parents.compatibility import check_breedable
 
     check_device(device)  # the arguments first: nothing is resolved, downloaded or written for a typo
     if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
         raise DarwinError(f"The largest shard must be at least one byte, not {max_shard_bytes!r}.")
     check_out_folder(out_dir, overwrite=overwrite)
     father_model, mother_model = parent_model(recipe.father, "father"), parent_model(recipe.mother, "mother")
-    check_breedable(father_model, mother_model)  # before any download: never fetch 2 × 60 GB to fail
+    pairing = pairing_for(father_model, mother_model, recipe.layer_map)  # before any download: never fetch 2 × 60 GB to fail
     father_dir, mother_dir = fetched_folder(father_model), fetched_folder(mother_model)
     father = TensorReader(father_dir)
     mother = TensorReader(mother_dir)
     base = TensorReader(local_folder(recipe.base, "base model")) if recipe.base != "father" else None
     try:
-        missing = [name for name in father.names if name not in mother]
+        missing = [name for name in father.names if pairing.names is None and name not in mother]
         if missing:
             raise DarwinError(
                 f"The mother has no tensor {missing[0]} (and {len(missing) - 1} more missing); "
                 "the parents do not have the same architecture."
             )
         config = _config_text(father_dir, recipe.dtype)
-        layout = child_layout(recipe, father)
+        layout = child_layout(recipe, father, pairing)
         with ShardedWriter(out_dir, max_shard_bytes=max_shard_bytes, overwrite=overwrite, layout=layout) as writer:
-            _stream(recipe, father, mother, base, device, writer)
+            _stream(recipe, father, mother, base, device, writer, pairing)
             if config is not None:
                 writer.write_text("config.json", config)
             for file in SIDE_FILES:

@@ -9,8 +9,9 @@ cosine distance).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -20,6 +21,26 @@ DEFAULT_PROBES_PATH = Path(__file__).resolve().parent / "data" / "probes.yaml"
 DEFAULT_CATEGORIES: tuple[str, ...] = ("REASONING", "CODE", "MATH", "KNOWLEDGE", "LANGUAGE")
 
 Probes = dict[str, list[str]]
+
+PROBES_PER_TASK = 8  # worked examples per task: enough for a stable mean importance, cheap next to a fitness pass
+TASK_PROBES = "tasks (search split)"
+GENERIC_PROBES = "generic five categories (no tasks)"
+
+
+class ProbeItem(Protocol):
+    """What the MRI reads of a fitness item (darwin_core.fitness.tasks.Item, which this layer may not import)."""
+
+    prompt: str
+    answer: str
+    choices: tuple[str, ...] | None
+
+
+class ProbeTask(Protocol):
+    """What the MRI reads of a fitness task: its name, its search split, and the probe texts it may bring."""
+
+    name: str
+    search: Sequence[ProbeItem]
+    probe_prompts: Sequence[str]
 
 
 def validate_probes(probes: Mapping[str, Iterable[str]]) -> Probes:
@@ -70,3 +91,46 @@ def equal_weights(categories: Iterable[str]) -> dict[str, float]:
     if not names:
         raise DarwinError("There are no probe categories to weight.")
     return {name: 1.0 / len(names) for name in names}
+
+
+def worked_example(item: ProbeItem) -> str:
+    """The item with its gold answer appended: the layers that compute an answer are only busy while it is
+    being produced (a choice item's answer is the index of the correct choice)."""
+    if item.choices:
+        try:
+            return item.prompt + item.choices[int(item.answer)]
+        except (ValueError, IndexError):
+            return item.prompt
+    return item.prompt + item.answer
+
+
+def probes_from_search_split(tasks: Iterable[ProbeTask], per_task: int = PROBES_PER_TASK) -> Probes:
+    """One category per task: the texts it brings, else worked examples of its first search items.
+
+    Only the search split is read, so the scan (and the prescription built on it) never sees an item the
+    held-out report will judge the child on. Tasks without any usable text are left out; an empty result is {}.
+    """
+    probes: Probes = {}
+    for task in tasks:
+        texts = [t for t in task.probe_prompts if t.strip()] or [worked_example(i) for i in task.search[:per_task]]
+        texts = [t for t in texts if t.strip()]
+        if texts:
+            probes[task.name] = texts
+    return probes
+
+
+def choose_probes(tasks: Iterable[ProbeTask], probes_file: str | Path | None = None) -> tuple[Probes, str]:
+    """(probe texts, where they came from) for an evolution's MRI: the config's `probes:` file when it names
+    one, else the tasks' search split, else (no tasks, or none with a text) the generic five categories."""
+    if probes_file:
+        return load_probes(probes_file), f"file {Path(probes_file).name}"
+    from_tasks = probes_from_search_split(tasks)
+    if from_tasks:
+        return from_tasks, TASK_PROBES
+    return default_probes(), GENERIC_PROBES
+
+
+def describe_probes(probes: Mapping[str, Sequence[str]], source: str) -> str:
+    """One line for the log and the pages: where the probe texts came from and how many each category has."""
+    counts = ", ".join(f"{category} ({len(texts)})" for category, texts in probes.items())
+    return f"MRI probes: {source}: {counts}"

@@ -41,6 +41,16 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
     return model, tokenizer
 
 
+def usable_probes(tokenizer, probes: Probes) -> Probes:
+    """The probes without the texts this tokenizer turns into no token at all (they have nothing to measure
+    and would leave a batch zero tokens wide); categories left empty are dropped. None left: one sentence."""
+    usable = {category: [t for t in texts if tokenizer(t)["input_ids"]] for category, texts in probes.items()}
+    usable = {category: texts for category, texts in usable.items() if texts}
+    if not usable:
+        raise DarwinError("None of the probe texts gives a single token with this model's tokenizer; give probe texts with some content.")
+    return usable
+
+
 def _encode(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask: with causal attention, real tokens never see the padding, so a text's
     hidden states are the same alone or in any batch (no position-id bookkeeping needed)."""
@@ -68,6 +78,7 @@ def run_probes(model, tokenizer, probes: Probes, *, batch_size: int = PROBE_BATC
     """
     if batch_size < 1:
         raise DarwinError("The probe batch size must be at least 1.")
+    probes = usable_probes(tokenizer, probes)
     layers = modelparts.decoder_layers(model)
     body = modelparts.backbone(model)
     device = next(model.parameters()).device
@@ -125,6 +136,7 @@ def run_probes(model, tokenizer, probes: Probes, *, batch_size: int = PROBE_BATC
         "perplexity_all": _perplexity(total_s, total_n),
         "nonfinite_outputs": nonfinite,
         "tokens": int(total_n),
+        "used": probes,  # the texts actually run (usable_probes)
     }
     if recorder is not None:
         result["routing"] = recorder.stats

@@ -37,7 +37,7 @@ from darwin_core.io.tensors import TensorReader
 from darwin_core.mri import static
 from darwin_core.mri.moe import EXPERT_SAMPLE, moe_section
 from darwin_core.mri.prescription import combined_scores, prescription
-from darwin_core.mri.probes import Probes, resolve_probes
+from darwin_core.mri.probes import GENERIC_PROBES, Probes, resolve_probes
 from darwin_core.mri.probing import PROBE_BATCH, load_model, probe_model, run_probes
 from darwin_core.mri.static import (
     HIST_BINS,
@@ -102,6 +102,7 @@ def _settings(probes: Probes, device: str) -> dict:
 
 
 def _assemble(model_dir: Path, reader: TensorReader, config: dict, profiles: dict, similarity: dict, probe: dict, probes: Probes, device: str) -> dict:
+    probes = probe.get("used", probes)  # without the texts that gave no token
     info = _model_info(model_dir, reader, config)
     n_layers = info["num_layers"]
     scan = {
@@ -152,10 +153,12 @@ def scan_pair(
     device: str = "cpu",
     batch_size: int = PROBE_BATCH,
     weights: Mapping[str, float] | None = None,
+    probe_source: str | None = None,
 ) -> dict:
     """Both parents' scans, their divergence (per tensor, per layer × role), the layer advantage map
     (mother − father importance per layer and category) and the seed-002 prescription (per-tensor
-    mri_ratio, share of the mother). Each tensor is read once per parent."""
+    mri_ratio, share of the mother). Each tensor is read once per parent. `probe_source` (where the probe
+    texts came from, e.g. mri.probes.TASK_PROBES) is recorded for the log, the MRI tab and the card."""
     folders = (Path(father_dir), Path(mother_dir))
     probe_set = resolve_probes(probes)
     readers = [open_reader(f, device) for f in folders]
@@ -177,10 +180,11 @@ def scan_pair(
     }
     advantage = {
         c: [m - f for f, m in zip(father["probes"]["importance"][c], mother["probes"]["importance"][c])]
-        for c in probe_set
+        for c in father["probes"]["categories"] if c in mother["probes"]["importance"]
     }
     return {
         "format": PAIR_FORMAT,
+        "probe_source": probe_source or (GENERIC_PROBES if probes is None else "given"),
         "father": father,
         "mother": mother,
         "divergence": divergence,

@@ -122,8 +122,8 @@ def pair_names(father_names: Iterable[str], mother_names: Iterable[str]) -> dict
     """For each of the father's tensors, the mother's tensor with the same canonical name (None if she lacks it).
 
     The name mapping a multimodal checkpoint (``model.language_model.layers.…``) and its text-only sibling
-    (``model.layers.…``) need to be bred. The merge path does not use it yet (it pairs tensors by exact name), so
-    `compatibility.compatibility` refuses such a pair, saying the names differ by the wrapper prefix.
+    (``model.layers.…``) need to be bred; `darwin_core.merge.pairing` hands it to the merge path, which writes
+    the child in the father's naming.
     """
     by_canonical = {split_name(name).canonical: name for name in mother_names}
     return {name: by_canonical.get(split_name(name).canonical) for name in father_names}
@@ -223,3 +223,102 @@ def _token_table(shapes: Mapping[str, Sequence[int]]) -> tuple[str, tuple[int, i
                     and any(p.search(parts.canonical) for p in patterns)):
                 return name, (int(shape[0]), int(shape[1]))
     return None
+
+
+# -- cross-architecture FFN pairing (`darwin_core.merge.pairing` builds the merge's name map from it) ----------
+# Roles bred when only the feed-forward weights of two families line up; everything else stays the father's.
+FFN_PAIR_ROLES = frozenset({"ffn", "experts", "shared_expert", "router"})
+
+
+class LayerPair(NamedTuple):
+    """One father layer of an FFN-only pair: the mother layer it reads, whether its FFN is bred, and why.
+
+    ``tensors`` are the (father name, mother name) pairs blended; empty when the layer stays the father's.
+    """
+
+    father_layer: int
+    mother_layer: int
+    bred: bool
+    tensors: tuple[tuple[str, str], ...]
+    why: str
+
+
+def stack_depth(names: Iterable[str]) -> int:
+    """Decoder layers the names index (highest layer of the block stack + 1; towers and aux heads not counted)."""
+    return 1 + max((split_name(n).layer for n in names if _in_stack(n)), default=-1)
+
+
+def depth_layer_map(father_layers: int, mother_layers: int) -> dict[int, int]:
+    """Father layer i → the mother layer at the same relative depth: ⌊i·(M−1)/(F−1) + ½⌋ (F = 1 → layer 0).
+
+    The first layers meet, the last layers meet, and the ones between are spread evenly; integer arithmetic,
+    so the map never depends on float rounding.
+    """
+    if father_layers < 1 or mother_layers < 1:
+        raise DarwinError("Both parents need at least one decoder layer to map layers by depth.")
+    if father_layers == 1:
+        return {0: 0}
+    span_f, span_m = father_layers - 1, mother_layers - 1
+    return {i: (2 * i * span_m + span_f) // (2 * span_f) for i in range(father_layers)}
+
+
+def resolved_layer_map(father_layers: int, mother_layers: int,
+                       override: Mapping[int, int] | None = None) -> dict[int, int]:
+    """The depth map with a recipe's ``layer_map`` entries put over it, each checked against both depths."""
+    mapping = depth_layer_map(father_layers, mother_layers)
+    for father_layer, mother_layer in (override or {}).items():
+        if not 0 <= father_layer < father_layers:
+            raise DarwinError(f"The recipe's layer_map names father layer {father_layer}, but the father has "
+                              f"{father_layers} layers.")
+        if not 0 <= mother_layer < mother_layers:
+            raise DarwinError(f"The recipe's layer_map sends father layer {father_layer} to mother layer "
+                              f"{mother_layer}, but the mother has {mother_layers} layers.")
+        mapping[father_layer] = mother_layer
+    return mapping
+
+
+def _ffn_by_layer(shapes: Mapping[str, Sequence[int]]) -> dict[int, dict[str, str]]:
+    """layer → {in-block name: tensor name} of the feed-forward tensors of the language block stack."""
+    out: dict[int, dict[str, str]] = {}
+    for name in shapes:
+        if _in_stack(name) and classify(name).role in FFN_PAIR_ROLES:
+            parts = split_name(name)
+            out.setdefault(parts.layer, {})[parts.local] = name
+    return out
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(d)) for d in shape) + "]"
+
+
+def ffn_layer_pairs(father_shapes: Mapping[str, Sequence[int]], mother_shapes: Mapping[str, Sequence[int]],
+                    layer_map: Mapping[int, int] | None = None) -> list[LayerPair]:
+    """For each father layer, its FFN tensors paired with the mapped mother layer's by in-block name and shape.
+
+    A layer is bred when every FFN tensor name the two layers share has the same shape in both (gate, up and
+    down together: blending a gate but not its down projection would be meaningless); its father-only FFN
+    tensors (Gemma 4's per-layer-input gate) stay his. Otherwise the whole layer stays the father's, and
+    ``why`` names the first shape that differs. ``layer_map`` overrides the depth map (`resolved_layer_map`).
+    """
+    father_ffn, mother_ffn = _ffn_by_layer(father_shapes), _ffn_by_layer(mother_shapes)
+    mapping = resolved_layer_map(stack_depth(father_shapes), stack_depth(mother_shapes), layer_map)
+    rows = []
+    for father_layer, mother_layer in sorted(mapping.items()):
+        mine, hers = father_ffn.get(father_layer, {}), mother_ffn.get(mother_layer, {})
+        common = [local for local in mine if local in hers]
+        differing = [local for local in common
+                     if tuple(father_shapes[mine[local]]) != tuple(mother_shapes[hers[local]])]
+        if not common:
+            why = f"mother layer {mother_layer} has no feed-forward tensor of the same name"
+            rows.append(LayerPair(father_layer, mother_layer, False, (), why))
+        elif differing:
+            local = differing[0]
+            why = (f"feed-forward shapes differ: {local} is {_fmt_shape(father_shapes[mine[local]])} in the father "
+                   f"but {_fmt_shape(mother_shapes[hers[local]])} in mother layer {mother_layer}")
+            rows.append(LayerPair(father_layer, mother_layer, False, (), why))
+        else:
+            extra = len(mine) - len(common)
+            why = f"{len(common)} feed-forward tensors blended with mother layer {mother_layer}" + (
+                f"; {extra} the mother lacks stay the father's" if extra else "")
+            rows.append(LayerPair(father_layer, mother_layer, True, tuple((mine[k], hers[k]) for k in common), why))
+    return rows

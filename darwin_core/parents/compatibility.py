@@ -1,18 +1,21 @@
-"""Whether two parents can be bred: a verdict given only for what Darwin's one merge path implements.
+"""Whether two parents can be bred, and how: a verdict given only for what Darwin's one merge path implements.
 
 The merge path (`darwin_core.merge.methods.apply.merge_tensors`, fed by `merge_to_disk` and by the resident child
-of an evolution) blends tensors of the same *name* and shape, every one of the father's tensors, and nothing
-else: it maps no names and has no feed-forward-only mode. So a pair is breedable only when it can go through that
-path unchanged; everything else is refused up front, with the sentence the page shows, by `check_breedable`
-(the CLI `merge` and `evolve`, a queued run) before a run folder exists and before a weight is downloaded.
-Never "breedable" and then a failure in the worker.
+of an evolution) blends each of the father's tensors with the mother's tensor a *pairing* names
+(`darwin_core.merge.pairing`, built from the verdict): the same name, the same canonical name, or — for two
+families that share only their feed-forward shapes — the FFN tensor of the mother's layer at the same relative
+depth; a tensor paired with nothing is the father's. Everything no pairing covers is refused up front, with the
+sentence the page shows, by `check_breedable` (the CLI `merge` and `evolve`, a queued run) before a run folder
+exists and before a weight is downloaded. Never "breedable" and then a failure in the worker.
 
-Two pairs look breedable by shapes alone and are refused until their merge path lands:
-- a multimodal checkpoint and its text-only sibling, whose language tensors match by canonical name
-  (`anatomy.pair_names`) but not by name: the merge path does not map names through the anatomy yet;
-- two families (or depths) that share only their feed-forward shapes (``ffn_only``): breeding the FFNs alone,
-  attention kept the father's, is the seeds' cross-architecture breeding, not implemented yet. Merging such a
-  pair tensor by tensor would blend the attention blocks the verdict promised to keep.
+Verdicts:
+- ``full``: same family, same tensors by name and shape; every tensor can be blended;
+- ``wrapper``: a multimodal checkpoint and its text-only sibling, whose language tensors match by canonical name
+  (`anatomy.pair_names`); the child is written in the father's naming, his vision/audio towers untouched;
+- ``ffn_only``: two families (or depths) with the same hidden size whose feed-forward weights line up on at
+  least one layer (the seeds' cross-architecture breeding): only those FFNs are bred, attention, norms and
+  embeddings stay the father's, and the reason names the layers kept as the father's;
+- ``incompatible``: refused, in one sentence.
 """
 
 from __future__ import annotations
@@ -43,22 +46,26 @@ class Verdict(StrEnum):
     """What the merge path can do with a pair. The values are the strings the page has always read."""
 
     BREEDABLE = "full"  # every tensor, by name, through the one merge path
-    FFN_ONLY_NOT_YET = "ffn_only"  # only the feed-forward weights line up: refused until cross-architecture breeding lands
+    WRAPPER = "wrapper"  # language tensors paired by canonical name (multimodal wrapper vs text-only sibling)
+    FFN_ONLY = "ffn_only"  # only the feed-forward weights line up: those are bred, the rest is the father's
+    FFN_ONLY_NOT_YET = "ffn_only"  # the old name of FFN_ONLY (an alias), kept for importers
     INCOMPATIBLE = "incompatible"
 
 
 @dataclass(frozen=True)
 class Compatibility:
-    """A verdict (`Verdict`, equal to its string: "full", "ffn_only", "incompatible"), the reason in one sentence,
-    and the original names of the differing tensors (at most 50)."""
+    """A verdict (`Verdict`, equal to its string: "full", "wrapper", "ffn_only", "incompatible"), the reason in
+    one sentence, the original names of the differing tensors (at most 50), and for ``ffn_only`` the father's
+    layers whose FFN stays his (their shapes do not line up with the mapped mother layer)."""
 
     verdict: Verdict
     reason: str
     differing: list[str] = field(default_factory=list)
+    kept_layers: list[int] = field(default_factory=list)
 
     @property
     def breedable(self) -> bool:
-        return self.verdict is Verdict.BREEDABLE
+        return self.verdict is not Verdict.INCOMPATIBLE
 
     @property
     def refusal(self) -> str | None:
@@ -103,13 +110,14 @@ def compatibility(a: ModelRef, b: ModelRef) -> Compatibility:
     """Can father ``a`` and mother ``b`` be bred, and how?
 
     - ``full`` (BREEDABLE): the same language-model family (``text_model_type``) and the same tensors, by name
-      and shape. Every tensor can be blended. Names that differ only by the multimodal wrapper prefix are
-      refused (``incompatible``): the merge path matches tensors by exact name and maps none yet.
-    - ``ffn_only`` (FFN_ONLY_NOT_YET): different families or layer counts, but the same hidden size and at least
-      one feed-forward tensor of the same in-block name and shape (the seeds' cross-architecture FFN breeding:
-      attention stays the father's). Two families with the same shapes (Qwen3 vs Llama, Mistral vs Llama) are
-      ``ffn_only`` too, never ``full``: equal shapes do not make their attention blocks compute the same thing
-      (Qwen3 adds q/k norms, rope settings differ). Refused, saying so, until that merge path lands.
+      and shape. Every tensor can be blended.
+    - ``wrapper`` (WRAPPER): the same, except that the names differ by the multimodal wrapper prefix: paired by
+      canonical name, the child in the father's naming, towers the father's.
+    - ``ffn_only`` (FFN_ONLY): different families or layer counts, but the same hidden size and at least one
+      father layer whose feed-forward tensors have the shapes of the mother's layer at the same relative depth
+      (`anatomy.ffn_layer_pairs`; the seeds' cross-architecture FFN breeding: attention stays the father's).
+      Two families with the same shapes (Qwen3 vs Llama, Mistral vs Llama) are ``ffn_only`` too, never ``full``:
+      equal shapes do not make their attention blocks compute the same thing (Qwen3 adds q/k norms).
     - ``incompatible`` otherwise, with the reason naming the first differing tensor (or the vocabulary sizes).
     Vision/audio towers do not decide the family: the child always keeps the father's.
     """
@@ -148,16 +156,16 @@ def compatibility(a: ModelRef, b: ModelRef) -> Compatibility:
 
 
 def _same_language_model(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict) -> Compatibility:
-    """Same family, language tensors equal by canonical name and shape: breedable only if the merge path, which
-    pairs tensors by exact name and needs every one of the father's in the mother, can take them as they are."""
+    """Same family, language tensors equal by canonical name and shape: by name when the names are the same
+    (and so are the towers), by canonical name when they differ by the wrapper prefix."""
     renamed = [(name_a, shapes_b[canonical][1]) for canonical, (_, name_a) in shapes_a.items()
                if shapes_b[canonical][1] != name_a]
     if renamed:
         name_a, name_b = renamed[0]
-        return Compatibility(Verdict.INCOMPATIBLE, f"All {len(shapes_a)} language-model tensors match in shape, but "
-                             f"their names differ by the multimodal wrapper prefix ({name_a} in {a.label}, {name_b} "
-                             f"in {b.label}), and Darwin's merge pairs tensors by exact name: a multimodal checkpoint "
-                             "and its text-only sibling cannot be bred yet.", [])
+        return Compatibility(Verdict.WRAPPER, f"Same architecture ({a.text_model_type}) and all {len(shapes_a)} "
+                             f"language-model tensors match in shape, their names differing by the multimodal "
+                             f"wrapper prefix ({name_a} in {a.label}, {name_b} in {b.label}): they are paired by "
+                             "canonical name, the child keeps the father's naming and his vision and audio towers.", [])
     only_one = [name for name in a.tensors if name not in b.tensors] + [name for name in b.tensors if name not in a.tensors]
     if only_one:
         owner, other = (a, b) if only_one[0] in a.tensors else (b, a)
@@ -200,33 +208,34 @@ def _vocab_dims(canonical: str, shapes_a: dict, shapes_b: dict) -> tuple[int, in
 
 
 def _ffn_only(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict, differing: list[str]) -> Compatibility:
-    """Same hidden size, different family or depth: only the FFNs could be bred, if some FFN tensor has the same
-    shape — which the merge path cannot do yet, so the verdict says that it is not breedable now."""
-    def ffn_shapes(shapes: dict) -> dict[str, set[tuple[int, ...]]]:
-        out: dict[str, set[tuple[int, ...]]] = {}
-        for canonical, (shape, name) in shapes.items():
-            parts = anatomy.split_name(name)
-            if parts.layer is not None and anatomy.classify(name).role in FFN_ROLES:
-                out.setdefault(parts.local, set()).add(shape)
-        return out
-
-    fa, fb = ffn_shapes(shapes_a), ffn_shapes(shapes_b)
-    shared = sorted(local for local in fa.keys() & fb.keys() if fa[local] & fb[local])
+    """Same hidden size, different family or depth: the FFNs of the layers whose shapes line up with the mother's
+    layer at the same relative depth are bred (`anatomy.ffn_layer_pairs`); nothing lining up is refused."""
+    language_a = {name: shape for _, (shape, name) in shapes_a.items()}
+    language_b = {name: shape for _, (shape, name) in shapes_b.items()}
+    rows = anatomy.ffn_layer_pairs(language_a, language_b)
+    bred = [row for row in rows if row.bred]
     names = [_original(n, shapes_a, shapes_b) for n in differing[:_MAX_DIFFERING]]
     families = (f"different architectures ({a.text_model_type} vs {b.text_model_type})"
                 if a.text_model_type != b.text_model_type
                 else f"different layer counts ({a.num_layers} vs {b.num_layers})")
-    if not shared:
-        common = sorted(fa.keys() & fb.keys())
-        if common:
-            local = common[0]
-            detail = (f"{local} is {' or '.join(_fmt(s) for s in sorted(fa[local]))} in {a.label} but "
-                      f"{' or '.join(_fmt(s) for s in sorted(fb[local]))} in {b.label}")
-        else:
-            detail = "they have no feed-forward tensor name in common"
+    if not bred:
+        detail = rows[0].why if rows else "the father has no decoder layer"
         return Compatibility(Verdict.INCOMPATIBLE, f"Same hidden size ({a.hidden_size}) but {families}, and not "
-                             f"even the feed-forward weights line up: {detail}.", names)
-    return Compatibility(Verdict.FFN_ONLY_NOT_YET, f"Same hidden size ({a.hidden_size}) but {families} "
+                             f"even the feed-forward weights line up: on father layer 0, {detail}.", names)
+    shared = sorted({anatomy.split_name(father_name).local for row in bred for father_name, _ in row.tensors})
+    kept = [row.father_layer for row in rows if not row.bred]
+    kept_clause = (f"; father layers {_layer_list(kept)} stay the father's, their feed-forward weights not lining "
+                   "up with the mother's" if kept else "")
+    return Compatibility(Verdict.FFN_ONLY, f"Same hidden size ({a.hidden_size}) but {families} "
                          f"({a.num_layers} vs {b.num_layers} layers): only the feed-forward weights "
-                         f"({', '.join(shared)}) line up, and breeding those alone (attention stays the father's) "
-                         "is not implemented yet.", names)
+                         f"({', '.join(shared)}) of {len(bred)} of {len(rows)} father layers are bred, each with the "
+                         "mother's layer at the same relative depth, and attention stays the father's, as do norms "
+                         f"and embeddings{kept_clause}.", names, kept)
+
+
+def _layer_list(layers: list[int]) -> str:
+    """"3, 5 and 7" (at most 12 named, then how many more)."""
+    shown = [str(layer) for layer in layers[:12]]
+    if len(layers) > 12:
+        return ", ".join(shown) + f" and {len(layers) - 12} more"
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]

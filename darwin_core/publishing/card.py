@@ -9,6 +9,7 @@ recipe); a section whose data is absent says so instead of being filled in.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,26 @@ class CardInputs:
     pictures: list[tuple[str, str]] = field(default_factory=list)  # (caption, relative path in the repo)
     genealogy: list[str] = field(default_factory=list)  # ancestors of the parents, oldest first
     reproduce_command: str | None = None
+    headline: str | None = None  # report.py's `headline`: beats both parents, or whom it does not beat on what
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # report.py's `evidence_rows`
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task → search / heldout item counts, weight
+    probes: dict[str, Any] | None = None  # report.json's `probes`: source and texts per category
+
+
+def evidence_inputs(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The CardInputs fields of the evidence, from report.json alone (older reports: computed from its numbers)."""
+    from darwin_core.evolution.report import evidence_rows, headline
+
+    heldout = report.get("heldout") or {}
+    tasks = dict(report.get("tasks") or {})
+    if not tasks:
+        tasks = {task: {"heldout": n} for task, n in (heldout.get("items") or {}).items()}
+    return {
+        "headline": heldout.get("headline") or (headline(heldout) if heldout else None),
+        "evidence": list(heldout.get("evidence") or (evidence_rows(heldout) if heldout else [])),
+        "tasks": tasks,
+        "probes": report.get("probes"),
+    }
 
 
 def resolve_license(father_license: str | None, mother_license: str | None) -> tuple[str | None, list[str]]:
@@ -100,12 +121,63 @@ def _heldout_table(rows: list[HeldoutRow]) -> str:
     return "\n".join(lines) + "\n\nScores are accuracies in percent on the held-out split; intervals are paired bootstrap 95% intervals of the difference.\n"
 
 
+def evidence_table(rows: list[Mapping[str, Any]]) -> str:
+    """The manual-vs-evolution table: each recipe's held-out composite and the child's difference against it."""
+    if not rows:
+        return "No held-out comparison of the child with the manual merges was recorded.\n"
+    lines = ["| recipe | held-out composite | child − recipe (95% CI) | p (McNemar) |", "|---|---:|---|---:|"]
+    for row in rows:
+        c = row.get("child_minus_row")
+        versus = (f"{_pct(c['diff'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] | {c['p_value']:.3g}" if c else "— | —")
+        label = f"**{row['label']}**" if row["name"] == "child" else row["label"]
+        lines.append(f"| {label} | {_pct(row['composite'])} | {versus} |")
+    return "\n".join(lines) + "\n\nThe best uniform ratio is the best single share of the mother on the search split, then scored on held-out items.\n"
+
+
+def tasks_text(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+    """The fitness tasks with their item counts (search split, held-out split)."""
+    if not tasks:
+        return "No fitness tasks were recorded for this child.\n"
+    lines = ["| task | search items | held-out items |", "|---|---:|---:|"]
+    lines += [f"| {task} | {row.get('search', '—')} | {row.get('heldout', '—')} |" for task, row in tasks.items()]
+    return "\n".join(lines) + "\n"
+
+
+def probes_text(probes: Mapping[str, Any] | None) -> str:
+    """Which texts the MRI probed the parents with: where they came from and how many per category."""
+    if not probes:
+        return "The run made no MRI scan of the parents.\n"
+    counts = ", ".join(f"{category} ({len(texts)} texts)" for category, texts in probes.get("categories", {}).items())
+    return f"The MRI probed the parents with: {probes.get('source', 'given texts')} — {counts}.\n"
+
+
+EVIDENCE_FIELDS = ("headline", "evidence", "tasks", "probes")
+
+
+def evidence_markdown(evidence: Mapping[str, Any], *, with_headline: bool = True) -> str:
+    """The evidence sections shared by the card and the Health tab (`evidence_inputs`' fields): the sentence
+    (the card has it in its first paragraph instead), the manual-vs-evolution table, the tasks, the probes."""
+    headline = evidence.get("headline")
+    return "".join([
+        f"{headline}\n\n" if headline and with_headline else "",
+        "### Manual merging vs evolution (held-out)\n\n", evidence_table(evidence.get("evidence") or []),
+        "\n### Tasks\n\n", tasks_text(evidence.get("tasks") or {}),
+        "\n### MRI probes\n\n", probes_text(evidence.get("probes")),
+    ])
+
+
+def report_evidence(report: Mapping[str, Any]) -> str:
+    """The Health tab's evidence: the same sections as the card, from a run's report.json alone."""
+    return evidence_markdown(evidence_inputs(report))
+
+
 def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
     name = inputs.repo_id or "This child"
+    verdict = f" {inputs.headline}" if inputs.headline else ""
     parts: list[str] = [
         f"# {name.split('/')[-1]}\n",
         f"Bred with Darwin by recombining the weights of two parents (no training): "
-        f"father **{inputs.father}**, mother **{inputs.mother}**, merge method `{inputs.method}`.\n",
+        f"father **{inputs.father}**, mother **{inputs.mother}**, merge method `{inputs.method}`.{verdict}\n",
     ]
     for warning in license_warnings:
         parts.append(f"> **License:** {warning}\n")
@@ -128,6 +200,9 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
     if inputs.reference_child:
         parts.append(f"\nNo candidate of the search beat the `{inputs.reference_child}` reference recipe on the search "
                      "split, so this child is that recipe.\n")
+    parts.append("\n## Evidence\n\n")
+    fields = {name: getattr(inputs, name) for name in EVIDENCE_FIELDS}
+    parts.append(evidence_markdown(fields, with_headline=False))  # the sentence opens the card
     parts.append("\n## Health check\n")
     if inputs.health_verdict is None:
         parts.append("No health check was run for this child.\n")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from darwin_core.io.atomic import atomic_write_bytes
-from darwin_core.publishing.card import CardInputs, HeldoutRow, build_card
+from darwin_core.publishing.card import CardInputs, HeldoutRow, build_card, evidence_inputs
 from darwin_core.errors import DarwinError
 from darwin_core.health.run import HEALTH
 from darwin_core.parents.names import DEMO_PREFIX, RUN_PREFIX, cached_repo, parent_label
@@ -445,6 +445,7 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
         pictures=card_pictures(folder),
         genealogy=genealogy(recipe.father, zoo_dir) + genealogy(recipe.mother, zoo_dir),
         reproduce_command=reproduce_command(public_config(config, recipe, zoo_dir)),
+        **evidence_inputs(report),
     )
 
 

@@ -13,6 +13,10 @@ no layer of a 4-layer model, density_a/density_b under a method that ignores den
 MRI prescription, merge_method_weight for a method that never blends; the per-layer spaces' frozen layers.
 The rules follow `darwin_core/genome/spaces.py` (`GENOME_TABLE_MD`) and the methods' declared `parameters`.
 
+For a cross-architecture FFN pair the view also carries the layer map (`layer_map_of`): which mother layer each
+father layer's FFN was bred with, and the layers kept as the father's with the reason, read from the parents'
+headers through the same pairing the merge used (`darwin_core.merge.pairing`).
+
 The view is a reading aid, not a second recipe: pruning changes the recipe hash, which seeds the DARE masks, so
 the hash the card cites and the recipe that re-merges the child stay `darwin-recipe.yaml`'s, unchanged.
 """
@@ -185,7 +189,29 @@ def recipe_view(recipe: Recipe, use: RecipeUse) -> dict[str, Any]:
     if use.frozen_present:
         view["frozen_layers"] = sorted(use.frozen_present)
     view.update(_merge_options(recipe, use))
+    rows = layer_map_of(recipe)
+    if rows:
+        view["layer_map"] = {row["father_layer"]: row["mother_layer"] for row in rows if row["bred"]}
+        kept = {row["father_layer"]: row["why"] for row in rows if not row["bred"]}
+        if kept:
+            view["father_ffn_layers"] = kept
     return view
+
+
+def layer_map_of(recipe: Recipe) -> list[dict[str, Any]]:
+    """The layer map of an FFN-only pair (`darwin_core.merge.pairing.layer_rows`), from the parents' folders on
+    this machine; empty for other pairs, or when the parents' folders are not here to read."""
+    from darwin_core.errors import DarwinError
+    from darwin_core.merge.pairing import layer_map_rows, resolved_folders
+
+    folders = [recipe.father.path, recipe.mother.path]
+    if not all(folder and Path(folder).is_dir() for folder in folders):
+        return []
+    try:
+        father, mother = resolved_folders(*folders)
+        return layer_map_rows(father, mother, recipe.layer_map, recipe.frozen_layers)
+    except DarwinError:
+        return []
 
 
 def view_yaml(view: Mapping[str, Any]) -> str:

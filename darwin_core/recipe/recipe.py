@@ -7,7 +7,10 @@ dtype and a seed; for some methods their options (breadcrumbs' gamma, DELLA's ep
 `negate` (a parent's task vector entering with a negative weight, mergekit's negative `weight`), each refused
 by methods that do not take it, and hashed only when set. `recipe_hash` is sha256 of a canonical serialisation of the fields that change bytes (not of
 cosmetic ones: local paths, the genome it came from, notes), and it seeds the DARE masks: the same recipe on
-the same parents gives bit-identical tensors on every run.
+the same parents gives bit-identical tensors on every run. Parents enter it by what they are (`ParentRef.identity`:
+a Hub commit, or the sha256 of a local folder's weights), never by a folder's name or place. `layer_map`
+({father_layer: mother_layer}) overrides the relative-depth layer map of a cross-architecture FFN pair
+(`darwin_core.merge.pairing`); hashed only when set.
 
 Lookup of a tensor's parameters (`ratio_for`, `densities_for`, `plan_for`) goes through
 `darwin_core.parents.anatomy.classify(name) -> TensorRole(layer, role, tower)`, so tables speak in layers and roles:
@@ -98,6 +101,7 @@ class Recipe:
     epsilon: float | None = None  # DELLA: spread of the keep probabilities; None = mergekit's 0.15
     select_topk: float | None = None  # SCE: share of entries kept by variance; None = mergekit's 1
     negate: str | None = None  # "mother" / "father": that parent's task vector enters with weight −w
+    layer_map: Mapping[int, int] | None = None  # FFN-only pairs: father layer → mother layer, over the depth map
     genome: GenomeRecord | None = None  # cosmetic
     notes: str | None = None  # cosmetic
 
@@ -148,6 +152,7 @@ class Recipe:
         set_("scale", scale)
         set_("method_weight", _unit(self.method_weight, "The method weight"))
         self._check_method_options(method)
+        set_("layer_map", _layer_map(self.layer_map))
         if self.genome is not None and not isinstance(self.genome, GenomeRecord):
             g = self.genome
             if not isinstance(g, Mapping) or "space" not in g:
@@ -179,15 +184,19 @@ class Recipe:
             raise DarwinError("With base = father the father has no task vector to negate; negate the mother.")
 
     def _method_options(self) -> dict[str, Any]:
-        """The method options that are set (hashed and written only then, so older recipes keep their hash)."""
+        """The method options that are set (hashed and written only then, so older recipes keep their hash),
+        and the layer map when one is set."""
         names = (*METHOD_OPTIONS, "negate")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        options = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.layer_map:
+            options["layer_map"] = {int(k): int(v) for k, v in sorted(self.layer_map.items())}
+        return options
 
     # -- identity -------------------------------------------------------------------------------------------
     def canonical(self) -> dict[str, Any]:
         """The fields that determine the child's bytes, in a canonical JSON-able form (hashed)."""
         def parent(ref: ParentRef) -> dict[str, Any]:
-            return {"id": ref.id, "revision": ref.revision}
+            return ref.identity()
 
         def table(t: ParamTable) -> dict[str, Any]:
             doc = t.to_dict()
@@ -210,7 +219,8 @@ class Recipe:
             "rescale": self.rescale,
             "scale": self.scale,
             "method_weight": self.method_weight,
-            **self._method_options(),
+            **{k: ({str(a): b for a, b in v.items()} if k == "layer_map" else v)
+               for k, v in self._method_options().items()},
         }
 
     @cached_property
@@ -363,6 +373,24 @@ class Recipe:
         return DTYPES[self.dtype] if self.dtype else None
 
 
+def _layer_map(value: Any) -> dict[int, int] | None:
+    """A recipe's layer_map as {father layer: mother layer} of non-negative integers; None when empty."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise DarwinError("The recipe's layer_map must map father layers to mother layers, like {3: 2}.")
+    out: dict[int, int] = {}
+    for key, target in value.items():
+        try:
+            father_layer, mother_layer = int(key), int(target)
+        except (TypeError, ValueError):
+            raise DarwinError(f"The recipe's layer_map must map layer numbers, got {key!r}: {target!r}.") from None
+        if isinstance(target, bool) or father_layer < 0 or mother_layer < 0 or str(father_layer) != str(key).strip():
+            raise DarwinError(f"The recipe's layer_map must map layer numbers, got {key!r}: {target!r}.")
+        out[father_layer] = mother_layer
+    return dict(sorted(out.items())) or None
+
+
 def recipe_hash(recipe: Recipe) -> str:
     """Module-level spelling of `Recipe.recipe_hash` (what run folders and cards cite)."""
     return recipe.recipe_hash
@@ -377,7 +405,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 # fails when a field has no entry here). In YAML a recipe also carries `format: darwin-recipe/1`.
 RECIPE_FIELD_DOCS: dict[str, str] = {
     "father": "The first parent: `{id: org/name, revision: <commit>}` (a Hub id, `demo:<name>` or `run:<id>`), "
-              "optionally with `path:` for a folder on this machine (never hashed, never published).",
+              "optionally with `path:` for a folder on this machine (never hashed, never published); a local "
+              "folder carries `sha256:` (of its weight files), which names it in the hash instead of its id.",
     "mother": "The second parent, written like the father.",
     "method": "The merge method (see the methods table in the README); default linear.",
     "base": "`father`, or the common ancestor of task-vector methods written like a parent.",
@@ -397,6 +426,8 @@ RECIPE_FIELD_DOCS: dict[str, str] = {
     "epsilon": "DELLA: the spread of the keep probabilities (below 0.5); null = mergekit's 0.15.",
     "select_topk": "SCE: the share of entries kept by variance; null = mergekit's 1.",
     "negate": "`mother` or `father`: that parent's task vector enters with weight −w; null = none.",
+    "layer_map": "Cross-architecture FFN pairs: `{father_layer: mother_layer}` over the relative-depth map "
+                 "⌊i·(M−1)/(F−1) + ½⌋; hashed only when set.",
     "genome": "Cosmetic (not hashed): the genome space and vector the ratios came from, `{space, values}`.",
     "notes": "Cosmetic (not hashed): free text.",
 }

@@ -222,14 +222,16 @@ def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, An
         return FAILED, f"The job finished but its result {result.name} cannot be read."
 
 
-def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: Callable[[str], None]) -> str:
+def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: Callable[[str], None],
+                   wrap_problem: Callable[[Any], Any] | None = None) -> str:
     """Do what the run folder's config asks (an evolution, a scan, a health check, a chat); returns the final state."""
     config = yaml.safe_load(folder.config_text()) or {}
     if job_kind(config) is not JobKind.EVOLVE:
         return execute_job(folder, config)
     from darwin_core.evolution.pipeline import EvolutionConfig, run_evolution
 
-    return run_evolution(EvolutionConfig.from_yaml(folder.config_text()), folder.path, should_stop=should_stop, log=log)
+    return run_evolution(EvolutionConfig.from_yaml(folder.config_text()), folder.path, should_stop=should_stop, log=log,
+                         wrap_problem=wrap_problem)
 
 
 def execute_job(folder: RunFolder, config: Mapping[str, Any]) -> str:

@@ -288,7 +288,8 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
         return RunFolder.create(root, text, run_id=run_id, state=STARTING)
 
 
-def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None) -> str:
+def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None,
+            wrap_problem: Callable[[Any], Any] | None = None) -> str:
     """Execute (or resume) one run in this process; returns its final state. Never raises for a run failure:
     the failure is written to status.json (one sentence) and error.log (the traceback of a bug)."""
     from darwin_core.runs.jobs import execute_folder
@@ -312,7 +313,8 @@ def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None) ->
             folder.update_status(state=RUNNING, pid=os.getpid(), started_at=now_iso(), error=None, finished_at=None)
             folder.append_event("started", pid=os.getpid())
             try:
-                outcome = execute_folder(folder, should_stop=lambda: terminated["flag"] or folder.cancel_requested(), log=log)
+                outcome = execute_folder(folder, should_stop=lambda: terminated["flag"] or folder.cancel_requested(), log=log,
+                                         wrap_problem=wrap_problem)
             except DarwinError as error:
                 return _fail(folder, str(error))
             except Exception as error:  # noqa: BLE001 — a bug: one sentence in status, the traceback in error.log

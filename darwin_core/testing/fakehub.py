@@ -5,6 +5,10 @@ server and drive the real `huggingface_hub` upload code against it: repo creatio
 call, the legacy LFS batch + PUT (run with `HF_HUB_DISABLE_XET=1`; xet needs the Hub's CAS
 servers) and the commit. The server stores what it received so a test can check file names,
 sizes and bytes, and scan everything it saw for a token.
+
+It also takes Jobs (`run_job`: POST /api/jobs/<namespace>, `inspect_job`: GET /api/jobs/<namespace>/<id>): a job
+request is recorded as sent (image, command, flavour, timeout, volumes, environment, secrets) and nothing runs;
+a test plays the Job itself and moves its stage with `FakeHub.set_job_stage`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class HubRecord:
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id → {"namespace", "spec", "stage"}
 
 
 class _HubHandler(BaseHTTPRequestHandler):
@@ -65,6 +70,13 @@ class _HubHandler(BaseHTTPRequestHandler):
         if self.path.startswith("/api/whoami"):
             self._reply(200, {"type": "user", "name": "tester", "auth": {"accessToken": {"role": "write"}}})
             return
+        if self.path.startswith("/api/jobs/"):
+            job_id = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            with self.lock:
+                job = self.record.jobs.get(job_id)
+            if job is not None:
+                self._reply(200, _job_info(job_id, job))
+                return
         self._reply(404, {"error": "not found"}, {"X-Error-Code": "RepoNotFound"})
 
     def do_PUT(self) -> None:  # noqa: N802
@@ -93,6 +105,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._preupload(body)
         elif path.endswith(".git/info/lfs/objects/batch"):
             self._lfs_batch(body)
+        elif path.startswith("/api/jobs/") and path.count("/") == 3:
+            self._run_job(path.rsplit("/", 1)[-1], body)
         elif path.startswith("/api/models/") and "/commit/" in path:
             repo_id = path[len("/api/models/") :].split("/commit/")[0]
             self._commit(repo_id, body)
@@ -155,6 +169,28 @@ class _HubHandler(BaseHTTPRequestHandler):
         self._reply(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/1", "commitOid": "1" * 40})
 
 
+    def _run_job(self, namespace: str, body: bytes) -> None:
+        """Record a job request as the client sent it and answer as the Jobs API does (stage SCHEDULING)."""
+        with self.lock:
+            job_id = f"job{len(self.record.jobs) + 1:021d}"
+            self.record.jobs[job_id] = {"namespace": namespace, "spec": json.loads(body or b"{}"), "stage": "SCHEDULING"}
+            job = self.record.jobs[job_id]
+        self._reply(200, _job_info(job_id, job))
+
+
+def _job_info(job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+    """A Jobs API answer for a recorded job; secrets come back as names only, as the Hub shows them."""
+    spec = job["spec"]
+    return {
+        "id": job_id, "createdAt": "2026-01-01T00:00:00.000Z", "spaceId": spec.get("spaceId"),
+        "dockerImage": spec.get("dockerImage"), "command": spec.get("command"), "arguments": spec.get("arguments"),
+        "environment": spec.get("environment"), "secrets": {name: None for name in spec.get("secrets", {})},
+        "flavor": spec.get("flavor"), "labels": spec.get("labels"), "volumes": spec.get("volumes"),
+        "status": {"stage": job["stage"], "message": None},
+        "owner": {"id": "0" * 24, "name": job["namespace"], "type": "user"},
+    }
+
+
 def _handler_for(record: HubRecord, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
     """A handler class bound to one server's record and lock (http.server makes one handler per request)."""
     return type("Handler", (_HubHandler,), {"record": record, "lock": lock})
@@ -181,6 +217,11 @@ class FakeHub:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def set_job_stage(self, job_id: str, stage: str) -> None:
+        """Move a recorded job on (RUNNING, COMPLETED, ERROR, …), standing in for the Jobs scheduler."""
+        with self._lock:
+            self.record.jobs[job_id]["stage"] = stage
 
     def everything_seen(self) -> bytes:
         """All request lines, headers and bodies, for scanning (e.g. that a token appears only in auth headers)."""

@@ -105,13 +105,21 @@ _CONSTANT_TENSOR_NOISE = 0.1
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
-def tiny_config(arch: str):
-    """The transformers config of the tiny `arch` model (vocabulary sized for the fixture tokenizer)."""
+def tiny_config(arch: str, overrides: dict | None = None):
+    """The transformers config of the tiny `arch` model (vocabulary sized for the fixture tokenizer).
+
+    `overrides` replace config fields (e.g. ``num_hidden_layers``: the architecture's ``layer_types`` pattern is
+    then repeated to that depth, keeping its last layer full attention, unless the overrides give their own).
+    """
     from transformers import AutoConfig
 
     _check_arch(arch)
-    kwargs = {**_COMMON, **_ARCH_CONFIG[arch]}
+    kwargs = {**_COMMON, **_ARCH_CONFIG[arch], **(overrides or {})}
     kwargs = {k: v for k, v in kwargs.items() if not (k == "head_dim" and v is None)}
+    pattern = _ARCH_CONFIG[arch].get("layer_types")
+    layers = kwargs["num_hidden_layers"]
+    if pattern and "layer_types" not in (overrides or {}) and layers != len(pattern):
+        kwargs["layer_types"] = [pattern[i % (len(pattern) - 1)] for i in range(layers - 1)] + [pattern[-1]]
     return AutoConfig.for_model(arch, **kwargs)
 
 
@@ -124,6 +132,7 @@ def write_tiny_model(
     dtype: torch.dtype = torch.float32,
     base_dir: str | os.PathLike | None = None,
     delta_scale: float = 0.02,
+    overrides: dict | None = None,
 ) -> Path:
     """Write a tiny `arch` model to `out_dir` and return it; identical bytes for identical arguments.
 
@@ -131,7 +140,8 @@ def write_tiny_model(
     noise). With `base_dir` (a model written by this function) the result is a "fine-tune" of it: every
     tensor becomes base + delta_scale * rms(base tensor) * N(0, 1), so the relative change is about
     `delta_scale`; the noise is drawn from `seed`. Values are computed in float32 and stored as `dtype`.
-    `shards` > 1 writes that many `model-0000i-of-0000n.safetensors` files plus the index.
+    `shards` > 1 writes that many `model-0000i-of-0000n.safetensors` files plus the index. `overrides` change
+    the config (`tiny_config`; ignored with `base_dir`, whose config is the base's).
     The folder appears only when complete (written beside it, then renamed).
     """
     _check_arch(arch)
@@ -143,7 +153,8 @@ def write_tiny_model(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DarwinError(f"The fixture folder {out} already exists and is not empty.")
 
-    model = _build_model(arch, seed) if base_dir is None else _fine_tune(arch, Path(base_dir), seed, delta_scale)
+    model = (_build_model(tiny_config(arch, overrides), seed) if base_dir is None
+             else _fine_tune(arch, Path(base_dir), seed, delta_scale))
     with _staging_dir(out) as tmp:
         model.to(dtype).save_pretrained(tmp)  # transformers writes the Hub layout (reverse conversions applied)
         if shards > 1:
@@ -167,6 +178,32 @@ def write_pair(
     else:
         mother = write_tiny_model(arch, root / "mother", seed=1, shards=shards)
     return father, mother
+
+
+def write_tiny_multimodal(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
+    """A tiny Gemma 3 multimodal checkpoint (``Gemma3ForConditionalGeneration``: a SigLIP vision tower, its
+    projector and the ``gemma3_text`` language model of `tiny_config`), in the Hub's layout.
+
+    Its language tensors are named ``language_model.model.…`` where the text-only sibling
+    (`write_tiny_model("gemma3_text", …)`) has ``model.…``: the wrapper pair Darwin breeds by canonical name.
+    """
+    from transformers import AutoConfig
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DarwinError(f"The fixture folder {out} already exists and is not empty.")
+    text = tiny_config("gemma3_text").to_dict()
+    for key in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype"):
+        text.pop(key, None)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4}
+    config = AutoConfig.for_model("gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                  image_token_index=5, boi_token_index=6, eoi_token_index=7)
+    model = _build_model(config, seed)
+    with _staging_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        build_char_tokenizer(FIXTURE_ALPHABET).save_pretrained(tmp)
+    return out
 
 
 def place_in_hf_cache(
@@ -236,10 +273,9 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _build_model(arch: str, seed: int):
+def _build_model(config, seed: int):
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config(arch)
     with _seeded(seed):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)

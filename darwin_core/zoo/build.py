@@ -33,14 +33,14 @@ from darwin_core.io.hashes import sha256_file
 from darwin_core.fitness.demo_tasks import DEMO_SKILLS
 
 from darwin_core.io.runfolder import REPO_ROOT
-from darwin_core.parents.demo import DEFAULT_ZOO_DIR, MANIFEST, MEMBERS, load_zoo_manifest, zoo_paths
+from darwin_core.parents.demo import DEFAULT_ZOO_DIR, MANIFEST, MEMBERS, load_zoo_manifest, read_manifest, zoo_paths
 
 # The public names, including those re-exported from parents.demo: the UI, scripts and tests read the zoo's
 # manifest and paths through this module.
 __all__ = [
     "DEFAULT_SPEC", "DEFAULT_ZOO_DIR", "MANIFEST", "MEMBERS", "REPO_ROOT", "ZooSpec", "build_models", "build_zoo",
     "check_rebuild", "composite", "deterministic", "evaluate", "linear_50_50", "load_zoo_manifest", "make_model",
-    "make_tokenizer", "train", "verify_hashes", "zoo_paths",
+    "make_tokenizer", "read_manifest", "train", "verify_hashes", "zoo_paths",
 ]
 
 
@@ -131,11 +131,21 @@ def _batches(tokenizer, skills: tuple[str, ...], batch_size: int, seed: int) -> 
         yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def train(model, tokenizer, skills: tuple[str, ...], *, steps: int, lr: float, warmup: int, batch_size: int, seed: int, log: Callable[[str], None] | None = None):
-    """AdamW with linear warm-up and cosine decay to 10%; returns the model (trained in place)."""
+def train(model, tokenizer, skills: tuple[str, ...], *, steps: int, lr: float, warmup: int, batch_size: int, seed: int,
+          log: Callable[[str], None] | None = None, only: tuple[str, ...] | None = None):
+    """AdamW with linear warm-up and cosine decay to 10%; returns the model (trained in place).
+
+    `only` trains just the parameters whose name contains one of its parts (`model.layers.0.`, `.mlp.`); the
+    rest, embeddings and final norm included, stay as they are: the rivals' specialists move disjoint parts.
+    """
     torch.manual_seed(seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    trained = [p for n, p in model.named_parameters() if only is None or any(part in n for part in only)]
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -148,12 +158,14 @@ def train(model, tokenizer, skills: tuple[str, ...], *, steps: int, lr: float, w
     for step in range(steps):
         loss = model(**next(batches)).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if log and (step % 100 == 0 or step == steps - 1):
             log(f"  step {step:4d}/{steps} loss {loss.item():.4f}")
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     model.eval()
     return model
 
@@ -336,7 +348,7 @@ def verify_hashes(zoo_dir: Path | str, expected: dict[str, str]) -> list[str]:
 
 def check_rebuild(zoo_dir: Path | str = DEFAULT_ZOO_DIR, spec: ZooSpec = DEFAULT_SPEC, *, log: Callable[[str], None] | None = print) -> tuple[list[str], dict]:
     """Rebuild into a temporary folder; returns (files whose sha256 differs from zoo_dir's zoo.json, fresh manifest)."""
-    expected = load_zoo_manifest(zoo_dir)
+    expected = read_manifest(zoo_dir)
     if log and expected.get("spec") != json.loads(json.dumps(asdict(spec))):
         log("note: the shipped zoo.json was built from a different ZooSpec than the code's; expect a mismatch")
     with tempfile.TemporaryDirectory(prefix="darwin-zoo-check-") as tmp:

@@ -31,7 +31,7 @@ POLL_SECONDS = 2.0
 DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
-                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri", "patience"]
+                 "generations", "seed", "proxy_items", "topk_full", "frozen_layers", "mri", "patience", "start", "selection"]
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -138,7 +138,8 @@ def _whole(value: Any, name: str) -> int:
 
 def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
                upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
-               frozen, use_mri=False, patience=0, *, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
+               frozen, use_mri=False, patience=0, start="neutral", selection="topk", *, runs_dir: Path, local_mode: bool,
+               zoo_dir: str | Path | None,
                token: str | None, user: str | None) -> str:
     """Read the form into a breeding request and queue it (`api.breed` checks everything before writing)."""
     quotas = None if local_mode else api.Quotas.from_env()
@@ -157,6 +158,7 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
             "topk_full": _whole(topk_full, "Top-k for the full search set"),
             "mri": "auto" if use_mri else None,
             "patience": _whole(patience if patience not in (None, "") else 0, "Patience"),
+            **_budget_settings(start, selection),
         },
         frozen_layers=frozen,
     )
@@ -166,7 +168,53 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
 
 
 
+def _budget_settings(start: str | None, selection: str | None) -> dict[str, str]:
+    """The search-budget settings the form changed from their defaults (a default stays out of the config, so
+    the run's config.yaml reads as it always did)."""
+    out = {}
+    if start and start != "neutral":
+        out["start"] = start
+    if selection and selection != "topk":
+        out["selection"] = selection
+    return out
+
+
 # ------------------------------------------------------------------------------------------- reading a run
+
+
+@functools.lru_cache(maxsize=64)
+def _launch_estimate(run_dir: Path) -> str:
+    """The run's cost estimate as it stood at launch (computed once per run: it reads the tasks)."""
+    try:
+        return api.estimate_run_cost(run_dir).sentence()
+    except (DarwinError, OSError, ValueError):
+        return ""
+
+
+def budget_markdown(run_dir: Path) -> str:
+    """The cost estimate at launch and where the time goes, from the timings every evaluation records (merge and
+    scoring seconds, tokens): candidates per minute and the search ETA at the measured speed."""
+    lines = [_launch_estimate(run_dir)]
+    try:
+        folder = api.RunFolder(run_dir)
+        events = folder.events()
+        generations = int(folder.read_status().get("generations") or 0)
+    except (DarwinError, OSError, ValueError):
+        events, generations = [], 0
+    speed = api.throughput(events)
+    if speed is not None:
+        tokens = f", {speed.tokens_per_second / 1000:.1f}k tokens/s scored" if speed.tokens_per_second else ""
+        lines.append(f"Measured: **{speed.seconds_per_evaluation:.2f} s** per evaluation "
+                     f"({100 * speed.merge_share:.0f}% merging{tokens}), **{speed.per_minute:.1f}** candidate evaluations per minute")
+        eta = api.timed_eta_seconds(events, generations) if generations else None
+        if eta:
+            lines.append(f"Search ETA at that speed: **{_minutes(eta)}**")
+    text = "  \n".join(line for line in lines if line)
+    return "\n\n" + text if text else ""
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 
@@ -234,9 +282,15 @@ def _search_inputs() -> dict[str, gr.components.Component]:
             topk_full = gr.Number(2, label="Top-k on the full search set (phase 2)", precision=0, minimum=0, elem_id="evolve-topk")
             patience = gr.Number(0, label="Stop early after this many generations without a better child (0 = never)",
                                  precision=0, minimum=0, elem_id="evolve-patience")
+        with gr.Row():
+            start = gr.Radio(["neutral", "mri"], value="neutral", label="CMA-ES starts from (mri: the MRI prescription; "
+                             "needs the MRI scan)", elem_id="evolve-start")
+            selection = gr.Radio(["topk", "halving"], value="topk", label="Who reaches the full search set (topk: the "
+                                 "top-k by proxy; halving: successive halving, proxy → more items → full split)",
+                                 elem_id="evolve-selection")
     return {"genome": genome, "method": method, "frozen": frozen, "use_mri": use_mri, "population": population,
             "sigma0": sigma0, "generations": generations, "seed": seed, "proxy_items": proxy_items,
-            "topk_full": topk_full, "patience": patience}
+            "topk_full": topk_full, "patience": patience, "start": start, "selection": selection}
 
 
 def _manager(action: str, *, runs_dir: Path, local_mode: bool):
@@ -295,7 +349,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
 
     settings = [demo_tasks, extra_tasks, uploads, upload_weight, *(search[name] for name in (
         "genome", "method", "population", "sigma0", "generations", "seed", "proxy_items", "topk_full", "frozen", "use_mri",
-        "patience"))]
+        "patience", "start", "selection"))]
 
     def launch_core(state, *args):
         *values, token, user = args
@@ -329,7 +383,7 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
         view, message = guarded(lambda: render_run(run_id, runs_dir=runs_dir, who=who, local_mode=local_mode), "reading a run")
         if view is None:
             return (f"Run `{run_id}`", message, None, None, "", gr.Timer(active=False), now, gr.skip())
-        return (view["header"], view["error"], view["curve"], view["genome"], view["stats"],
+        return (view["header"], view["error"], view["curve"], view["genome"], view["stats"] + budget_markdown(runs_dir / run_id),
                 gr.Timer(active=not view["final"]), now, gr.skip())
 
     outputs = [header, run_error, curve, genome_plot, stats, timer, rendered, error]

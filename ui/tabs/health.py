@@ -4,8 +4,9 @@ The health check (`darwin_core.health.checkup.check_health`: interference, funct
 degeneration, layer by layer with the MRI's probe importance) loads three models, so it is a job of the worker
 (`api.check`), queued behind any evolution or scan in flight, and writes `health.json` into the run folder, where
 the card and every other browser find it. It starts by itself the first time the run's owner looks at a finished run here, or with
-the button; a `gr.Timer` polls until it is there. The held-out table (intervals and McNemar p) is the run's own
-report.json, measured by the run.
+the button; a `gr.Timer` polls until it is there. The held-out table (intervals and McNemar p) and the evidence
+(the sentence, the manual-vs-evolution table, the tasks with their item counts, the probes) are the run's own
+report.json, measured by the run, rendered by the same function as the card's (`api.report_evidence`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def view(run_id: str | None, *, runs_dir: Path, who: session.Visitor, local_mode
         "header": f"**Run `{run_id}`** — {run['state']}",
         "report": report_markdown(run),
         "heldout": heldout_table(run.get("report")),
+        "evidence": api.report_evidence(run["report"]) if run.get("report") else "",
         "heldout_plot": run_plots.heldout_figure(run["report"]["heldout"]) if (run.get("report") or {}).get("heldout") else None,
         "verdict": "", "chart": None, "status": "", "polling": False,
     }
@@ -82,7 +84,8 @@ def build_health_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_di
     gr.Markdown(
         "Is the child healthy compared with its parents? Layer by layer: interference (the child leans on a layer "
         "far more than either parent), function loss (a layer both parents rely on went quiet), NaN/Inf, perplexity "
-        "on the probe texts, and repetition in greedy generations. Below: the held-out results the run measured."
+        "on the probe texts, repetition in greedy generations, and per task whether the child kept the better "
+        "parent's skill on held-out items. Below: the evidence the run measured (its report.json)."
     )
     header = gr.Markdown(elem_id="health-header")
     check = gr.Button("Run health check", elem_id="health-check")
@@ -90,12 +93,13 @@ def build_health_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_di
     verdict = gr.Markdown(elem_id="health-verdict")
     chart = gr.Plot(label="Layer importance: child vs parents", elem_id="health-chart")
     report = gr.Markdown(elem_id="health-report")
+    evidence = gr.Markdown(elem_id="health-evidence")
     heldout = gr.Dataframe(headers=HELDOUT_HEADERS, interactive=False, label="Held-out results (never seen by the search)",
                            elem_id="health-heldout", wrap=True)
     heldout_plot = gr.Plot(label="Held-out accuracy", elem_id="health-heldout-plot")
     timer = gr.Timer(POLL_SECONDS, active=False)
 
-    outputs = [header, status, verdict, chart, report, heldout, heldout_plot, timer]
+    outputs = [header, status, verdict, chart, report, evidence, heldout, heldout_plot, timer]
 
     def show(start: bool):
         def core(state, token, user):
@@ -103,9 +107,9 @@ def build_health_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_di
             found, message = guarded(lambda: view(session.current_run(state), runs_dir=runs_dir, who=who,
                                                   local_mode=local_mode, start=start), "showing the health check")
             if found is None:
-                return ("", message, "", None, "", gr.skip(), gr.skip(), gr.Timer(active=False))
-            return (found["header"], found["status"], found["verdict"], found["chart"], found["report"], found["heldout"],
-                    found["heldout_plot"], gr.Timer(active=found["polling"]))
+                return ("", message, "", None, "", "", gr.skip(), gr.skip(), gr.Timer(active=False))
+            return (found["header"], found["status"], found["verdict"], found["chart"], found["report"], found["evidence"],
+                    found["heldout"], found["heldout_plot"], gr.Timer(active=found["polling"]))
 
         return session.with_token(core, ["state"])
 

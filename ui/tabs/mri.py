@@ -56,11 +56,20 @@ def _summary(scan: Mapping, labels: Sequence[str]) -> str:
             + (f", perplexity on the probes {ppl:.3g}" if isinstance(ppl, (int, float)) else "")
             + f"; most important layer per probe: {top}"
         )
+    lines.append(_probes_line(scan, scans[0][1]))
     if "prescription" in scan:
         ratios = list(scan["prescription"].values())
         if ratios:
             lines.append(f"- **Prescription**: {len(ratios)} tensors, mean share of the mother {sum(ratios) / len(ratios):.3f}")
     return "\n".join(lines)
+
+
+def _probes_line(scan: Mapping, single: Mapping) -> str:
+    """Which probe texts the scan ran (a pair scan also says where they came from, e.g. a run's search split)."""
+    texts = single["probes"].get("texts") or {}
+    source = scan.get("probe_source")
+    counts = ", ".join(f"{category} ({len(items)} texts)" for category, items in texts.items())
+    return "- **Probes**: " + (f"{source}: " if source else "") + (counts or ", ".join(single["probes"].get("categories", [])))
 
 
 def render_scan(scan: Mapping, labels: Sequence[str]) -> tuple:

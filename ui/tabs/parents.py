@@ -167,7 +167,8 @@ def facts_table(father: ParentFacts, mother: ParentFacts) -> pd.DataFrame:
 
 VERDICTS = {
     "full": "Breedable: every tensor can be blended.",
-    "ffn_only": "Not breedable yet: only the feed-forward weights line up.",
+    "wrapper": "Breedable by canonical name: the language tensors pair across the multimodal wrapper.",
+    "ffn_only": "Breedable, feed-forward only: the FFNs are bred, everything else stays the father's.",
     "incompatible": "Not breedable.",
 }
 
@@ -218,6 +219,26 @@ def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pi
     return (*result, "")
 
 
+def parents_layer_map(father_pick: str | None, father_typed: str | None, mother_pick: str | None,
+                      mother_typed: str | None, *, local_mode: bool, token: str | None,
+                      zoo_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> Any:
+    """The layer map picture beside an FFN-only verdict (father layer → mother layer, kept layers marked); hidden
+    for every other pair and on errors (`inspect_parents` reports those)."""
+    from ui.plots import layer_map_figure
+
+    def work() -> Any:
+        father_ref = chosen_ref(father_pick, father_typed, "father")
+        mother_ref = chosen_ref(mother_pick, mother_typed, "mother")
+        father, _ = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+        mother, _ = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+        return api.layer_map_rows(father, mother)
+
+    rows, _ = guarded(work, "mapping the parents' layers")
+    if not rows:
+        return gr.update(value=None, visible=False)
+    return gr.update(value=layer_map_figure(rows), visible=True)
+
+
 # ------------------------------------------------------------------------------------------- the tab
 
 
@@ -255,6 +276,7 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
     error = gr.Markdown(elem_id="parents-error", elem_classes=["darwin-error"])
     facts = gr.Dataframe(headers=FACTS_HEADERS, label="Parents", interactive=False, elem_id="parents-facts", wrap=True)
     verdict = gr.Markdown(elem_id="parents-verdict")
+    layer_map = gr.Plot(label="Layer map (FFN-only breeding)", visible=False, elem_id="parents-layer-map")
     compat = gr.Dataframe(headers=COMPAT_HEADERS, label="Compatibility", interactive=False,
                           elem_id="parents-compat", wrap=True)
 
@@ -264,6 +286,10 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
     def parents_info(father_pick, father_typed, mother_pick, mother_typed, token, user):
         return inspect_parents(father_pick, father_typed, mother_pick, mother_typed,
                                local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
+
+    def layer_map_info(father_pick, father_typed, mother_pick, mother_typed, token, user):
+        return parents_layer_map(father_pick, father_typed, mother_pick, mother_typed,
+                                 local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
 
     def refresh_choices():  # children of runs that finished since the page was built
         choices = parent_choices(zoo_dir, runs_dir)
@@ -291,5 +317,6 @@ def build_parents_tab(demo: gr.Blocks, *, local_mode: bool, zoo_dir: str | Path 
         api_name="parents_info",
         api_description="Facts, held-out accuracies and breeding compatibility of a father and a mother.",
         trigger_mode="always_last",
-    )
+    ).then(with_token(layer_map_info, n_inputs=len(inputs)), inputs=inputs, outputs=[layer_map],
+           api_name="parents_layer_map")
     return inputs

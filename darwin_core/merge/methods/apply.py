@@ -11,11 +11,16 @@ Sources are anything with `.get(name, device) -> Tensor` (TensorReader, Resident
 for a plain dict); optional `.shape(name)` and `in` let us check shapes and presence without loading.
 The math runs on `device`; nothing is copied that the dtype cast does not require. A yielded tensor may *be* a
 parent's tensor (a transplanted or untouched one): callers copy it into their own storage and never modify it.
+
+A `pairing` (`darwin_core.merge.pairing.Pairing.names`: father name → the mother's tensor name, or None) lets the
+mother name her tensors differently (a multimodal wrapper) or have only some of them (cross-architecture FFN
+breeding): a father tensor paired with None is his, as a frozen layer's is. Without one, tensors pair by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
@@ -81,6 +86,21 @@ def _check_shape(name: str, father: torch.Tensor | tuple, other: Any, other_name
             )
 
 
+def paired_plan(recipe: Any, name: str, pairing: Mapping[str, str | None] | None) -> tuple[Any, str | None]:
+    """(the recipe's plan for the father's tensor `name`, the mother's tensor it is bred with).
+
+    Without a pairing the mother's tensor has the same name; a father tensor the pairing gives no partner (or
+    does not list) is the father's, whatever its ratio says.
+    """
+    plan = recipe.plan_for(name)
+    if pairing is None:
+        return plan, name
+    partner = pairing.get(name)
+    if partner is None and plan.source != "father":
+        plan = replace(plan, source="father", params=replace(plan.params, ratio=0.0))
+    return plan, partner
+
+
 def merge_tensors(
     recipe: Any,
     father: Any,
@@ -89,6 +109,7 @@ def merge_tensors(
     *,
     device: str | torch.device = "cpu",
     base: Any = None,
+    pairing: Mapping[str, str | None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, child tensor) for every name (default: the father's tensors, in his storage order).
 
@@ -96,7 +117,8 @@ def merge_tensors(
     ratios below the low transplant threshold → the father's; above the high one → the mother's; otherwise
     the method's kernel in float32 on `device`, blended with linear interpolation when `method_weight` < 1,
     cast to the recipe dtype (or the father's dtype). `base` is the common ancestor's source, required when
-    the recipe's base is not "father" and the method works on task vectors.
+    the recipe's base is not "father" and the method works on task vectors; it is read by the father's names.
+    `pairing` names the mother's tensor of each father tensor (`paired_plan`); None = the same names.
     """
     device = torch.device(device)
     method = get_method(recipe.method)
@@ -108,25 +130,25 @@ def merge_tensors(
     out_dtype = recipe.torch_dtype
     blend = recipe.method_weight < 1.0 and method.blends_with_linear
     for name in _names_of(father) if names is None else names:
-        plan = recipe.plan_for(name)
+        plan, mother_name = paired_plan(recipe, name, pairing)
         shape_of = getattr(father, "shape", None)
         if callable(shape_of) and plan.source != "father":
             expected = tuple(shape_of(name))
-            _check_shape(name, expected, mother, name, "mother")
+            _check_shape(name, expected, mother, mother_name, "mother")
             if uses_ancestor and plan.source is None:
                 _check_shape(name, expected, base, name, "base model")
         dtype_of = getattr(father, "dtype", None)
         if plan.source == "mother" and callable(shape_of) and callable(dtype_of):
             father_dtype = dtype_of(name)  # a transplanted tensor: no need to read the father's values
             if father_dtype.is_floating_point:
-                m = _fetch(mother, name, device, "mother")
+                m = _fetch(mother, mother_name, device, "mother")
                 yield name, m.to(out_dtype or father_dtype)
                 continue
         f = _fetch(father, name, device, "father")
         if plan.source == "father":
             yield name, f if plan.keep_dtype or out_dtype is None else f.to(out_dtype)
             continue
-        m = _fetch(mother, name, device, "mother")
+        m = _fetch(mother, mother_name, device, "mother")
         if m.shape != f.shape:
             raise DarwinError(
                 f"Tensor {name} has shape {tuple(f.shape)} in the father but {tuple(m.shape)} in the mother; "

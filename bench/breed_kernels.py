@@ -1,0 +1,166 @@
+"""The two inner costs of a breeding on one GPU, each against its ceiling, on the parents bench/breed.py wrote.
+
+    python bench/breed_kernels.py --shape 4b --workdir /tmp/darwin-breed
+
+- merge: a candidate written into a resident child (parents resident on the GPU), by the reference path
+  (`merge_tensors`) and the fused one (`fused_merge_tensors`), for linear and DARE-TIES darwin-v6 recipes; every
+  tensor of the two is compared byte for byte; also with the parents in pinned host memory (streamed per tensor),
+  whose rate projects the host-streamed mode to bigger parents;
+- scoring: the task's search items scored by the father with several token budgets per forward and with the
+  contexts shared across choices or not; positions/s and TFLOP/s by 2·parameters·positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.breed_parts import measured_ceilings, write_pair, write_task  # noqa: E402
+
+
+def _recipes(father: Path, mother: Path, layers: int, method: str, count: int):
+    from darwin_core.fitness.tasks import seeded_rng
+    from darwin_core.genome.spaces import DarwinV6Space
+    from darwin_core.recipe import ParentRef
+
+    space, rng = DarwinV6Space(), seeded_rng("bench-breed-kernels", method)
+    low, high = space.bounds
+    refs = ParentRef.of(father), ParentRef.of(mother)
+    return [space.to_recipe([lo + (hi - lo) * rng.random() for lo, hi in zip(low, high)], father=refs[0], mother=refs[1],
+                            layer_count=layers, method=method, seed=0) for _ in range(count)]
+
+
+def _timed_merge(merge, recipe, father, mother, names, targets, device) -> float:
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for name, tensor in merge(recipe, father, mother, names, device=device):
+        targets[name].copy_(tensor)
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilings: dict, pin: bool, count: int) -> list[dict]:
+    """Reference and fused candidate merges into a resident child's worth of tensors, compared byte for byte."""
+    from darwin_core.evolution.child import ResidentTensors
+    from darwin_core.merge.methods.apply import merge_tensors
+    from darwin_core.merge.methods.fused import fused_merge_tensors
+
+    storage = torch.device("cpu") if pin else device
+    father, mother = ResidentTensors(father_dir, storage, pin=pin), ResidentTensors(mother_dir, storage, pin=pin)
+    names = father.names
+    targets = {n: torch.empty(father.shape(n), dtype=father.dtype(n), device=device) for n in names}
+    check = {n: torch.empty_like(t) for n, t in targets.items()}
+    layers = json.loads((father_dir / "config.json").read_text())["num_hidden_layers"]
+    least = 3 * father.total_bytes
+    rows = []
+    for method in ("linear", "dare_ties"):
+        recipes = _recipes(father_dir, mother_dir, layers, method, count + 1)
+        for label, merge in (("reference", merge_tensors), ("fused", fused_merge_tensors)):
+            times = [_timed_merge(merge, r, father, mother, names, targets, device) for r in recipes]
+            median = statistics.median(times[1:])  # the first warms up kernels and Triton's compile cache
+            rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * median,
+                         "gb_per_s": least / median / 1e9, "fraction_of_copy": least / median / ceilings["copy_bytes_per_s"],
+                         "fraction_of_4_8tb": least / median / 4.8e12})
+        same = 0
+        for recipe in recipes[:2]:
+            _timed_merge(merge_tensors, recipe, father, mother, names, check, device)
+            _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device)
+            same += all(torch.equal(targets[n].view(torch.uint8) if targets[n].dtype.is_floating_point else targets[n],
+                                    check[n].view(torch.uint8) if check[n].dtype.is_floating_point else check[n]) for n in names)
+        rows[-1]["bytes_identical_recipes"] = f"{same}/2"
+        rows[-2]["bytes_identical_recipes"] = f"{same}/2"
+    del father, mother, targets, check
+    torch.cuda.empty_cache()
+    return rows
+
+
+def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceilings: dict, items: int) -> list[dict]:
+    """The father scored on the task's first `items` search items, by token budget and context sharing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin_core.fitness import loglikelihood
+    from darwin_core.fitness.scoring import score_choices
+    from darwin_core.fitness.sources import task_from_items
+    from darwin_core.fitness.tasks import Item
+
+    model = AutoModelForCausalLM.from_pretrained(father_dir, dtype=torch.bfloat16).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(father_dir)
+    params = sum(p.numel() for p in model.parameters())
+    records = [json.loads(line) for line in task_file.read_text().splitlines()]
+    chosen = [Item(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]), choices=tuple(r["choices"])) for r in records]
+    task = task_from_items("mc", chosen, seed=0)
+    search = list(task.search[:items])
+    fed = {"positions": 0}
+    hook = model.register_forward_pre_hook(lambda m, a, k: fed.__setitem__("positions", fed["positions"] + k["input_ids"].numel()), with_kwargs=True)
+    rows, reference = [], None
+    for budget, share in ((0, None), (8192, None), (32768, None), (65536, None), (8192, 2), (32768, 2), (65536, 2)):
+        loglikelihood.TOKENS_PER_FORWARD["cuda"] = budget
+        results = None
+        times = []
+        for _ in range(3):
+            fed["positions"] = 0
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            results = score_choices(model, tokenizer, search, batch_size=64, share_context_from=share)
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times[1:])
+        picks = [r.chosen for r in results]
+        reference = reference or picks
+        flops = 2 * params * fed["positions"] / seconds
+        rows.append({"tokens_per_forward": budget or "64 rows", "shared_contexts": share is not None, "items": len(search),
+                     "seconds": seconds, "positions": fed["positions"], "positions_per_s": fed["positions"] / seconds,
+                     "tflops": flops / 1e12, "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
+                     "same_picks_as_first": picks == reference})
+    loglikelihood.TOKENS_PER_FORWARD["cuda"] = 32768
+    hook.remove()
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="4b")
+    parser.add_argument("--workdir", default="/tmp/darwin-breed")
+    parser.add_argument("--candidates", type=int, default=4, help="timed merges per method and path")
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--no-host", dest="host", action="store_false", help="skip the pinned-host merge rows")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ceilings = measured_ceilings(device)
+    father, mother, params, size = write_pair(args.shape, work, device)
+    task = write_task(work / f"mc-{2 * args.items}-200.jsonl", 2 * args.items, 200)
+    report = {"shape": args.shape, "parameters": params, "model_bytes": size, "ceilings": ceilings,
+              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates)}
+    if args.host:
+        report["merge"] += merge_bench(father, mother, device, ceilings, True, max(2, args.candidates // 2))
+    report["scoring"] = score_bench(father, task, device, ceilings, args.items)
+    print(f"ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} TFLOP/s")
+    print("| method | path | parents | ms | GB/s | of copy | of 4.8 TB/s | same bytes |")
+    for r in report["merge"]:
+        print(f"| {r['method']} | {r['path']} | {r['parents']} | {r['ms']:.1f} | {r['gb_per_s']:.0f} | "
+              f"{100 * r['fraction_of_copy']:.0f}% | {100 * r['fraction_of_4_8tb']:.0f}% | {r.get('bytes_identical_recipes')} |")
+    print("| tokens/forward | shared | items | s | positions | positions/s | TFLOP/s | of peak | same picks |")
+    for r in report["scoring"]:
+        print(f"| {r['tokens_per_forward']} | {r['shared_contexts']} | {r['items']} | {r['seconds']:.3f} | {r['positions']} | "
+              f"{r['positions_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['fraction_of_measured_peak']:.0f}% | {r['same_picks_as_first']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

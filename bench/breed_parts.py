@@ -1,0 +1,157 @@
+"""The parts of bench/breed.py that are not the run itself: shapes, parents and task on disk, ceilings, phases."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+BF16_DATASHEET_FLOPS = 990e12  # H100/H200 SXM dense bf16 (H200.md)
+HBM_DATASHEET_BYTES = 4.8e12  # H200 HBM3e (H200.md)
+
+# Dense shapes beyond darwin_core/testing/shapes.py (hidden, layers, intermediate, heads, kv heads, head_dim,
+# vocab, tied): Qwen3-8B's. MoE shapes (the seeds' 35B-A3B family is a Qwen3-MoE of this kind): Qwen3-30B-A3B's
+# dims, with fewer layers so that two parents and a child fit the GPU machine's disk (64 GB); the per-layer cost
+# is what projects to the full depth.
+EXTRA_DENSE = {"8b": (4096, 36, 12288, 32, 8, 128, 151936, False)}
+MOE = {  # hidden, layers, expert intermediate, experts, experts per token, heads, kv heads, head_dim, vocab
+    "moe-a3b-8l": (2048, 8, 768, 128, 8, 32, 4, 128, 151936),
+    "moe-a3b": (2048, 48, 768, 128, 8, 32, 4, 128, 151936),
+}
+
+
+def random_model(shape: str, device: torch.device, dtype: torch.dtype):
+    """(model, tokenizer) with transformers' seeded random init, built on `device`."""
+    from darwin_core.parents.chartok import build_char_tokenizer
+    from darwin_core.testing.shapes import ALPHABET, SHAPES, random_qwen3
+
+    if shape in SHAPES:
+        return random_qwen3(shape, device, dtype)
+    torch.manual_seed(0)
+    common = dict(max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if shape in EXTRA_DENSE:
+        from transformers import AutoModelForCausalLM, Qwen3Config
+
+        hidden, layers, inter, heads, kv, head_dim, vocab, tied = EXTRA_DENSE[shape]
+        config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
+                             num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
+                             tie_word_embeddings=tied, **common)
+    elif shape in MOE:
+        from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+
+        hidden, layers, inter, experts, active, heads, kv, head_dim, vocab = MOE[shape]
+        config = Qwen3MoeConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                moe_intermediate_size=inter, intermediate_size=inter * active, num_experts=experts,
+                                num_experts_per_tok=active, num_attention_heads=heads, num_key_value_heads=kv,
+                                head_dim=head_dim, tie_word_embeddings=False, **common)
+    else:
+        raise SystemExit(f"unknown shape {shape!r}")
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, build_char_tokenizer(ALPHABET)
+
+
+def write_pair(shape: str, root: Path, device: torch.device) -> tuple[Path, Path, int, int]:
+    """(father, mother, parameters, bytes): mother = father + 1% noise; written once per shape and reused."""
+    folder = root / f"parents-{shape}"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    father, mother, done = folder / "father", folder / "mother", folder / "done.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        return father, mother, info["parameters"], info["bytes"]
+    t0 = time.perf_counter()
+    model, tokenizer = random_model(shape, device, dtype)
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(father)
+    tokenizer.save_pretrained(father)
+    generator = torch.Generator(device=device).manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=torch.float32)
+            p.add_((noise * 0.01 * p.float().pow(2).mean().sqrt()).to(p.dtype))
+    model.save_pretrained(mother)
+    tokenizer.save_pretrained(mother)
+    del model
+    done.write_text(json.dumps({"parameters": params, "bytes": size}))
+    print(f"parents of shape {shape} written in {time.perf_counter() - t0:.1f} s ({params / 1e9:.2f} B parameters)", flush=True)
+    return father, mother, params, size
+
+
+def write_task(path: Path, n_items: int, prompt_chars: int) -> Path:
+    """An ARC-like multiple-choice task file (user schema): random lowercase contexts, 4 choices of 12 characters."""
+    from darwin_core.fitness.tasks import seeded_rng
+
+    rng = seeded_rng("bench-breed", 0)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    with open(path, "w") as handle:
+        for k in range(n_items):
+            prompt = "".join(rng.choice(letters) for _ in range(prompt_chars))
+            choices = ["".join(rng.choice(letters) for _ in range(12)) for _ in range(4)]
+            handle.write(json.dumps({"id": f"q{k}", "prompt": prompt, "choices": choices, "answer": k % 4}) + "\n")
+    return path
+
+
+def measured_ceilings(device: torch.device) -> dict:
+    """The two ceilings measured here: a 1 GiB device copy (bytes read + written per second) and an 8192³ bf16
+    product (FLOP per second), each the median of 10 after warm-up; the datasheet figures on a CPU."""
+    if device.type != "cuda":
+        return {"copy_bytes_per_s": HBM_DATASHEET_BYTES, "bf16_flops": BF16_DATASHEET_FLOPS, "measured": False}
+    copy_s = _copy_seconds(device)
+    matmul_s = _matmul_seconds(device)
+    torch.cuda.empty_cache()
+    return {"copy_bytes_per_s": 2 * 2**30 / copy_s, "bf16_flops": 2 * 8192**3 / matmul_s, "measured": True,
+            "device": torch.cuda.get_device_name(device)}
+
+
+def _copy_seconds(device: torch.device) -> float:
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return _median_time(lambda: dst.copy_(src))
+
+
+def _matmul_seconds(device: torch.device) -> float:
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
+    return _median_time(lambda: a @ b)
+
+
+def _median_time(step) -> float:
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def phases_of(events: list[dict], log: list[tuple[float, str]], start: float) -> dict[str, float]:
+    """Seconds per phase from events.jsonl's `t` and the timed log lines (the MRI starts with its log line)."""
+    def first(name: str) -> float | None:
+        return next((e["t"] for e in events if e.get("event") == name), None)
+
+    def last(name: str) -> float | None:
+        return next((e["t"] for e in reversed(events) if e.get("event") == name), None)
+
+    loading, baselines = first("loading"), first("baselines_started")
+    mri = next((t for t, line in log if "MRI" in line), None)
+    first_candidate = next((i for i, e in enumerate(events) if e.get("event") == "evaluated" and str(e.get("name", "")).startswith("g")), None)
+    baselines_end = None
+    if first_candidate is not None:
+        baselines_end = next((e["t"] for e in reversed(events[:first_candidate]) if e.get("event") == "evaluated"), baselines)
+    marks = [("setup", start), ("load", loading), ("MRI", mri), ("baselines", baselines), ("search", baselines_end),
+             ("choose best", last("generation")), ("merge to disk", first("best_recipe")),
+             ("held-out report", first("child_written")), ("end", last("report_written"))]
+    marks = [(name, t) for name, t in marks if t is not None]
+    ends = [t for _, t in marks[1:]] + [max(e["t"] for e in events)]
+    phases = {name: round(end - t, 2) for (name, t), end in zip(marks, ends)}
+    phases["total"] = round(ends[-1] - start, 2)
+    return phases

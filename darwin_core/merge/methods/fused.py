@@ -1,0 +1,127 @@
+"""The candidate merge in one pass per tensor on a GPU: `fused_merge_tensors`, a drop-in for `merge_tensors`.
+
+`merge_tensors` runs each kernel as a chain of float32 torch operations and then casts the result to the
+child's dtype: for a linear bf16 merge about 40 bytes of memory traffic per element and a dozen launches per
+tensor, where reading both parents and writing the child needs 6. Here the tensors the evolution merges most
+(linear; DARE-TIES and TIES-free DARE with the father as base, the darwin-v6 default) go through one Triton
+kernel each (`_fused_triton`) that reads both parents in their dtype, computes in float32 in the reference's
+order and writes the child's dtype. Everything else (other methods, a common ancestor, blends with
+`method_weight`, CPU tensors, float64, machines without Triton) is the reference `merge_tensors`, tensor by
+tensor, so the yielded (name, tensor) pairs are always the reference's, byte for byte (`tests/test_gpu.py`).
+
+DARE's L1 rescale needs two sums over the whole task vector; they are computed with the reference's own torch
+reductions (so the factor has the same bits) but without its host synchronisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from darwin_core.merge.methods.apply import _fetch, _names_of, merge_tensors, paired_plan
+from darwin_core.merge.methods.delta import _M32, _MASK_BITS, RESCALE_EPS, keep_mask
+from darwin_core.merge.methods.registry import Method, get_method
+
+FUSED_METHODS = (Method.LINEAR, Method.DARE_TIES)
+
+
+def _triton_kernels():
+    try:
+        from darwin_core.merge.methods import _fused_triton
+    except ImportError:
+        return None
+    return _fused_triton
+
+
+def fusable(recipe: Any, device: torch.device) -> bool:
+    """Whether `fused_merge_tensors` can take any of the recipe's tensors (else it is `merge_tensors` itself)."""
+    method = get_method(recipe.method)
+    return (device.type == "cuda" and recipe.method in FUSED_METHODS
+            and not (method.delta and recipe.base != "father") and _triton_kernels() is not None)
+
+
+def fused_merge_tensors(
+    recipe: Any,
+    father: Any,
+    mother: Any,
+    names: Iterable[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    base: Any = None,
+    pairing: Mapping[str, str | None] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield what `merge_tensors` yields for the same arguments, through the fused kernels where they apply."""
+    device = torch.device(device)
+    names = _names_of(father) if names is None else list(names)
+    if not fusable(recipe, device):
+        yield from merge_tensors(recipe, father, mother, names, device=device, base=base, pairing=pairing)
+        return
+    kernels = _triton_kernels()
+    out_dtype = recipe.torch_dtype
+    for name in names:
+        plan, mother_name = paired_plan(recipe, name, pairing)
+        merged = None
+        if plan.source is None and mother_name is not None:
+            f = _fetch(father, name, device, "father")
+            m = _fetch(mother, mother_name, device, "mother")
+            blend = recipe.method_weight if recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear else None
+            merged = _fused_one(kernels, recipe.method, f, m, plan.params, out_dtype or f.dtype, blend)
+        if merged is None:
+            merged = next(iter(merge_tensors(recipe, father, mother, [name], device=device, base=base, pairing=pairing)))[1]
+        yield name, merged
+
+
+def _fused_one(kernels, method: str, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
+               blend: float | None = None) -> torch.Tensor | None:
+    """The child's tensor by the fused kernel, or None where the reference must do it (odd dtypes or shapes)."""
+    ok = (f.is_cuda and m.device == f.device and f.shape == m.shape and f.dtype in (torch.bfloat16, torch.float16, torch.float32)
+          and m.dtype in (torch.bfloat16, torch.float16, torch.float32) and target.is_floating_point
+          and target != torch.float64 and f.is_contiguous() and m.is_contiguous())
+    if not ok:
+        return None
+    if method == Method.LINEAR:
+        return _linear(kernels, f, m, params.ratio, target)
+    return _dare_ties(kernels, f, m, params, target, blend)
+
+
+def _linear_weights(ratio: float) -> tuple[int, float, float, float]:
+    """(mode, w0, w1, total) of `linear.linear` at `ratio`: mode 0/1 = the father's/mother's values exactly,
+    2 = the weighted sum, whose weights and divisor are float32 as the reference's tensors are."""
+    w0, w1 = np.float32(1.0 - ratio), np.float32(ratio)
+    return (0 if ratio == 0.0 else 1 if ratio == 1.0 else 2), float(w0), float(w1), float(np.float32(w0 + w1))
+
+
+def _linear(kernels, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype) -> torch.Tensor:
+    mode, w0, w1, total = _linear_weights(ratio)
+    if mode < 2:
+        return (f if mode == 0 else m).to(torch.float32).to(target)
+    out = torch.empty(f.shape, dtype=target, device=f.device)
+    return kernels.linear_cuda(f, m, w0, w1, total, out)
+
+
+def _dare_ties(kernels, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
+               blend: float | None = None) -> torch.Tensor:
+    """DARE-TIES with the father as base: only the mother has a task vector (`delta.task_vector_merge`);
+    `blend` (the recipe's method weight < 1) lerps from the linear merge, as `merge_tensors` does."""
+    method = get_method(Method.DARE_TIES)
+    normalize = method.default_normalize if params.normalize is None else params.normalize
+    rescale = method.default_rescale if params.rescale is None else params.rescale
+    weight = params.weight_signs[1] * params.ratio
+    density, seed = params.density_mother, params.mask_seeds[1]
+    drop, factor = None, None
+    if density < 1:
+        drop = (seed & _M32, (seed >> 32) & _M32, int(density * (1 << _MASK_BITS)), _MASK_BITS)
+        if rescale:  # the reference's sums, bit for bit; its `if` on them becomes a where (no host sync)
+            delta = m.to(torch.float32) - f.to(torch.float32)
+            before = delta.abs().sum()
+            after = (delta * keep_mask(delta.shape, density, seed, delta.device)).abs().sum()
+            del delta
+            skip = (before < RESCALE_EPS) | (after < RESCALE_EPS)
+            factor = torch.where(skip, torch.ones_like(before), before / after).reshape(1)
+    out = torch.empty(f.shape, dtype=target, device=f.device)
+    return kernels.dare_ties_cuda(f, m, out, factor=factor, drop=drop, weight=float(np.float32(weight)),
+                                  normalize=normalize, scale=float(params.scale),
+                                  blend=None if blend is None else (float(blend), *_linear_weights(params.ratio)))

@@ -1,0 +1,227 @@
+"""A breeding run launched from the Space as a Hugging Face Job, with the visitor's own token and hardware bill.
+
+The Space's GPU holds one small pair; a bigger pair (or a visitor who wants more GPUs) runs as a Job:
+
+    the Space            writes the run folder (config, owner, status "starting", the job's id) into its runs
+                         folder, which is a Storage Bucket it mounts, and asks `run_job` for the flavour
+                         chosen from the pair's size and the estimate, with the visitor's OAuth token
+    the Job              runs the Space's own image with the same bucket mounted at the same path:
+                         `torchrun --nproc-per-node <GPUs> -m darwin_core evolve <run>/config.yaml`, so the run
+                         folder fills exactly as a local run's would; then, when asked, it pushes the child
+                         with the same token (`darwin_core push`)
+    the Space            polls that folder like any other run (the Runs tab, the live curves)
+
+The token travels only as a Job secret (`HF_TOKEN`): never in the command line, the environment, the run folder
+or a log line. The Job's timeout comes from the estimate with a margin (the Hub's default, 30 minutes, would
+end most real runs half-way).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from darwin_core.errors import DarwinError
+from darwin_core.io.runfolder import STARTING, RunFolder
+
+BUCKET_ENV = "DARWIN_RUNS_BUCKET"  # "owner/bucket" (optionally "owner/bucket/prefix"): the bucket the runs folder is
+IMAGE_ENV = "DARWIN_JOB_IMAGE"  # the image a Job runs; default: this Space's own (hf.co/spaces/<SPACE_ID>)
+MEMORY_MARGIN = 1.25  # activations, the evaluator's batches and allocator slack above parents + resident child
+TIMEOUT_MARGIN = 1.5
+TIMEOUT_FLOOR_SECONDS = 30 * 60
+TIMEOUT_CEILING_SECONDS = 48 * 3600
+TARGET_HOURS = 2.0  # more GPUs only when one would need longer than this (billed per GPU-minute either way)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """A Jobs hardware flavour: its name in `run_job`, how many GPUs and how much memory each has."""
+
+    name: str
+    gpus: int
+    gpu_memory_gb: float
+    family: str
+
+
+# Smallest first within a family; families cheapest first. Names are huggingface_hub's JobHardware values.
+FLAVORS: tuple[Flavor, ...] = (
+    Flavor("l4x1", 1, 24, "l4"), Flavor("l4x4", 4, 24, "l4"),
+    Flavor("l40sx1", 1, 48, "l40s"), Flavor("l40sx4", 4, 48, "l40s"), Flavor("l40sx8", 8, 48, "l40s"),
+    Flavor("a100-large", 1, 80, "a100"), Flavor("a100x4", 4, 80, "a100"), Flavor("a100x8", 8, 80, "a100"),
+    Flavor("h200", 1, 141, "h200"), Flavor("h200x2", 2, 141, "h200"), Flavor("h200x4", 4, 141, "h200"),
+    Flavor("h200x8", 8, 141, "h200"),
+)
+FLAVOR_NAMES = tuple(f.name for f in FLAVORS)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the launch asks for, and why (the page shows it beside the flavour dropdown)."""
+
+    flavor: str
+    gpus: int
+    timeout_seconds: int
+    estimated_seconds: float
+    memory_per_gpu_gb: float
+    reason: str
+
+
+def memory_per_rank_gb(pair_bytes: int) -> float:
+    """What one rank holds: both parents and the resident child (each about half the pair), with a margin."""
+    return pair_bytes * 1.5 / 1e9 * MEMORY_MARGIN
+
+
+def candidates_in_run(config: Any) -> int:
+    """How many measurements a run makes: the baselines, then every generation's population and its top-k."""
+    return 4 + int(config.generations) * (int(config.population) + int(config.topk_full))
+
+
+def estimate_seconds_per_candidate(config: Any, pair_bytes: int, *, tokens_per_item: int = 64,
+                                   flops_per_second: float = 1e14, load_bytes_per_second: float = 1e10) -> float:
+    """A rough cost of one candidate on one GPU before anything was measured: writing the child (half the pair's
+    bytes) plus a forward pass of 2·parameters FLOPs per token over the Phase 1 items (bf16: two bytes a
+    parameter). Only the flavour and the timeout follow from it; a measured rate from an earlier run is better."""
+    child_parameters = pair_bytes / 2 / 2
+    items = int(config.proxy_items) * max(1, len(config.tasks))
+    return pair_bytes / 2 / load_bytes_per_second + 2 * child_parameters * items * tokens_per_item / flops_per_second
+
+
+def plan_job(config: Any, pair_bytes: int, seconds_per_candidate: float, *, flavor: str | None = None) -> JobPlan:
+    """The flavour for a pair of `pair_bytes` (both parents' weights) whose candidate takes `seconds_per_candidate`
+    on one GPU: the cheapest family whose GPU holds a rank, with enough GPUs that the run ends within TARGET_HOURS
+    (up to the family's largest), and a timeout of the estimate with a margin. `flavor` overrides the choice
+    (the visitor picked one) but is still checked to hold the pair."""
+    need = memory_per_rank_gb(pair_bytes)
+    single_gpu_seconds = candidates_in_run(config) * float(seconds_per_candidate)
+    if flavor is not None:
+        chosen = next((f for f in FLAVORS if f.name == flavor), None)
+        if chosen is None:
+            raise DarwinError(f"Unknown Jobs flavour {flavor!r}; choose one of {', '.join(FLAVOR_NAMES)}.")
+        if chosen.gpu_memory_gb < need:
+            raise DarwinError(f"The pair needs about {need:.0f} GB per GPU; {flavor} has {chosen.gpu_memory_gb:.0f} GB.")
+        reason = "the flavour you chose"
+    else:
+        fitting = [f for f in FLAVORS if f.gpu_memory_gb >= need]
+        if not fitting:
+            raise DarwinError(f"The pair needs about {need:.0f} GB per GPU, more than any Jobs flavour has.")
+        family = [f for f in fitting if f.family == fitting[0].family]
+        wanted = math.ceil(single_gpu_seconds / (TARGET_HOURS * 3600))
+        chosen = next((f for f in family if f.gpus >= wanted), family[-1])
+        reason = (f"{need:.0f} GB per GPU fits {chosen.family.upper()}; about {single_gpu_seconds / 60:.0f} GPU-minutes "
+                  f"on {chosen.gpus} GPU{'s' if chosen.gpus > 1 else ''}")
+    # A batch is spread over the ranks, but it cannot be split finer than one candidate per rank.
+    per_batch = max(1, math.ceil(int(config.population) / chosen.gpus)) / max(1, int(config.population))
+    estimated = single_gpu_seconds * max(per_batch, 1 / chosen.gpus)
+    timeout = int(min(TIMEOUT_CEILING_SECONDS, max(TIMEOUT_FLOOR_SECONDS, estimated * TIMEOUT_MARGIN + 15 * 60)))
+    return JobPlan(flavor=chosen.name, gpus=chosen.gpus, timeout_seconds=timeout, estimated_seconds=round(estimated, 1),
+                   memory_per_gpu_gb=round(need, 1), reason=reason)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The Storage Bucket the Space's runs folder is: its id, the folder inside it, and where it is mounted."""
+
+    source: str
+    path: str | None
+    mount_path: str
+
+    @classmethod
+    def from_env(cls, runs_dir: Path, environ: Mapping[str, str] | None = None) -> "Bucket":
+        value = (os.environ if environ is None else environ).get(BUCKET_ENV, "").strip().strip("/")
+        parts = value.split("/")
+        if len(parts) < 2 or not all(parts):
+            raise DarwinError(f"Running as a Job needs the runs folder in a Storage Bucket: set {BUCKET_ENV} to "
+                              "owner/bucket (the bucket mounted as the runs folder).")
+        return cls(source="/".join(parts[:2]), path="/".join(parts[2:]) or None, mount_path=str(Path(runs_dir).resolve()))
+
+
+def job_image(environ: Mapping[str, str] | None = None) -> str:
+    """The image the Job runs: DARWIN_JOB_IMAGE, else this Space's own image (the same code as the page)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(IMAGE_ENV):
+        return environ[IMAGE_ENV]
+    if environ.get("SPACE_ID"):
+        return f"hf.co/spaces/{environ['SPACE_ID']}"
+    raise DarwinError(f"Running as a Job needs an image: this is not a Space; set {IMAGE_ENV}.")
+
+
+def job_command(run_dir: Path, plan: JobPlan, push_repo: str | None = None) -> list[str]:
+    """The Job's command line: the same evolve as a local run, on the run folder the Space wrote (no token here)."""
+    runs_dir, run_id = run_dir.parent, run_dir.name
+    evolve = ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(plan.gpus),
+              "-m", "darwin_core", "evolve", str(run_dir / "config.yaml"), "--runs-dir", str(runs_dir), "--run-id", run_id]
+    if push_repo is None:
+        return evolve
+    push = ["python", "-m", "darwin_core", "push", str(run_dir / "child"), "--repo", push_repo, "--private"]
+    # One shell line so the push runs only after a finished evolve; every word is quoted, none is a secret.
+    import shlex
+
+    return ["bash", "-c", f"{shlex.join(evolve)} && {shlex.join(push)}"]
+
+
+def launch_job(config: Any, runs_dir: str | Path, *, token: str | None, who: Any, plan: JobPlan,
+               push_repo: str | None = None, run_id: str | None = None, endpoint: str | None = None,
+               environ: Mapping[str, str] | None = None) -> str:
+    """Write the run folder into the bucketed runs folder and start the Job that fills it; returns the run id.
+
+    `config` is an EvolutionConfig already checked as for a local breeding (parents, tasks staged into the runs
+    folder, quotas). The visitor's token pays for and runs the Job; without one nothing is written.
+    """
+    from huggingface_hub import HfApi, Volume
+
+    from darwin_core.runs import queue
+    from darwin_core.runs.owners import app_secret, record_owner
+
+    if not token:
+        raise DarwinError("Sign in with Hugging Face (with the jobs permission) to run a breeding as a Job on your account.")
+    runs_dir = Path(runs_dir)
+    bucket, image = Bucket.from_env(runs_dir, environ), job_image(environ)
+    folder = queue.prepare_foreground(config, runs_dir, run_id=run_id)
+    record_owner(folder.path, who, app_secret(runs_dir))
+    volume = Volume(type="bucket", source=bucket.source, mount_path=bucket.mount_path, path=bucket.path)
+    try:
+        job = HfApi(endpoint=endpoint).run_job(
+            image=image, command=job_command(Path(bucket.mount_path) / folder.run_id, plan, push_repo),
+            env={"DARWIN_RUNS_DIR": bucket.mount_path, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+            secrets={"HF_TOKEN": token}, flavor=plan.flavor, timeout=plan.timeout_seconds, volumes=[volume],
+            name=f"darwin-{folder.run_id}", labels={"darwin-run": folder.run_id}, token=token,
+        )
+    except Exception as error:  # noqa: BLE001 — the Hub refused (no jobs scope, no credit): the run is failed, with why
+        message = _hub_sentence(error)
+        folder.update_status(state="failed", error=message)
+        folder.append_event("failed", error=message)
+        raise DarwinError(message) from None
+    record_job(folder, {"id": job.id, "url": job.url, "owner": getattr(job.owner, "name", None), **asdict(plan)})
+    return folder.run_id
+
+
+def record_job(folder: RunFolder, job: Mapping[str, Any]) -> None:
+    """The Job beside the run (status.json's `hf_job` and an event): how the page tells a Job's run from a local
+    one, and where it finds the Job's page. Status stays "starting" until the Job's process takes the run."""
+    folder.update_status(state=STARTING, hf_job=dict(job), phase="job submitted")
+    folder.append_event("hf_job_submitted", job_id=job["id"], flavor=job["flavor"], gpus=job["gpus"],
+                        timeout_seconds=job["timeout_seconds"], url=job.get("url"))
+
+
+def job_stage(run_dir: str | Path, *, token: str | None, endpoint: str | None = None) -> str | None:
+    """The Hub's stage of a run's Job (SCHEDULING, RUNNING, COMPLETED, ERROR, …), None for a run that is no Job."""
+    from huggingface_hub import HfApi
+
+    job = RunFolder(run_dir).read_status().get("hf_job")
+    if not job:
+        return None
+    info = HfApi(endpoint=endpoint).inspect_job(job_id=job["id"], namespace=job.get("owner"), token=token)
+    return info.status.stage if info.status else None
+
+
+def _hub_sentence(error: Exception) -> str:
+    """One sentence for a refused launch; the Hub's own message, never the request (it holds the secret)."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return "The Hub refused to start the Job: sign in again and allow the jobs permission (it may also need credit)."
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"The Hub did not start the Job ({first[:200]})."

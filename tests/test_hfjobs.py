@@ -1,0 +1,190 @@
+"""A breeding launched as a Hugging Face Job: the request the Hub receives, the run folder the Space polls, and
+the Job's command run for real by a local process standing in for the Job.
+
+The Hub is the local server of darwin_core.testing.fakehub, which records job requests as huggingface_hub's own
+`run_job` sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from darwin_core.errors import DarwinError
+from darwin_core.evolution.pipeline import EvolutionConfig
+from darwin_core.io.runfolder import RunFolder
+from darwin_core.runs import hfjobs, owners, queue
+from darwin_core.testing.fakehub import FakeHub
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "hf_visitorOwnJobsToken0123456789"
+GB = 10**9
+TINY = dict(father="demo:father", mother="demo:mother", genome="per-block-role", population=4, generations=2,
+            proxy_items=4, topk_full=1, seed=3, device="auto",
+            tasks=[{"demo": "reverse", "weight": 0.6, "limit": 10}, {"demo": "sort", "weight": 0.4, "limit": 10}])
+
+
+def _config(**overrides) -> EvolutionConfig:
+    return EvolutionConfig.from_dict({**TINY, **overrides})
+
+
+# --------------------------------------------------------------------------------------------- the flavour
+
+
+def test_a_small_pair_gets_one_small_gpu_and_a_timeout_above_the_estimate():
+    plan = hfjobs.plan_job(_config(), pair_bytes=2 * GB, seconds_per_candidate=5.0)
+    assert (plan.flavor, plan.gpus) == ("l4x1", 1)
+    assert plan.timeout_seconds >= max(hfjobs.TIMEOUT_FLOOR_SECONDS, plan.estimated_seconds * hfjobs.TIMEOUT_MARGIN)
+
+
+def test_the_flavour_grows_with_the_pair_and_the_gpu_count_with_the_estimate():
+    four_b = hfjobs.plan_job(_config(), pair_bytes=16 * GB, seconds_per_candidate=5.0)
+    assert four_b.flavor == "l40sx1"  # two 4B parents in bf16: 16 GB, about 30 GB with the child and margin
+    long_run = _config(population=16, generations=40)
+    big = hfjobs.plan_job(long_run, pair_bytes=60 * GB, seconds_per_candidate=60.0)
+    assert big.flavor.startswith("h200") and big.gpus > 1, big
+    assert big.estimated_seconds < hfjobs.candidates_in_run(long_run) * 60.0
+    assert big.timeout_seconds > 30 * 60, "never the Hub's default 30 minutes for a long run"
+
+
+def test_a_pair_no_flavour_holds_and_a_chosen_flavour_too_small_are_refused_in_a_sentence():
+    with pytest.raises(DarwinError, match="more than any Jobs flavour"):
+        hfjobs.plan_job(_config(), pair_bytes=400 * GB, seconds_per_candidate=1.0)
+    with pytest.raises(DarwinError, match="l4x1 has 24 GB"):
+        hfjobs.plan_job(_config(), pair_bytes=40 * GB, seconds_per_candidate=1.0, flavor="l4x1")
+    with pytest.raises(DarwinError, match="Unknown Jobs flavour"):
+        hfjobs.plan_job(_config(), pair_bytes=GB, seconds_per_candidate=1.0, flavor="quantum")
+
+
+# --------------------------------------------------------------------------------------------- the launch
+
+
+@pytest.fixture
+def space_env(tmp_path, monkeypatch) -> Path:
+    runs = tmp_path / "bucket-mount" / "runs"
+    monkeypatch.setenv("SPACE_ID", "darwin-org/darwin")
+    monkeypatch.setenv(hfjobs.BUCKET_ENV, "darwin-org/darwin-runs")
+    monkeypatch.delenv(hfjobs.IMAGE_ENV, raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub here is the local server
+    return runs
+
+
+def _launch(hub: FakeHub, runs: Path, **overrides) -> tuple[str, hfjobs.JobPlan]:
+    config = _config(**overrides)
+    plan = hfjobs.plan_job(config, pair_bytes=2 * GB, seconds_per_candidate=3.0)
+    who = owners.Visitor(session="browser-session-1", user="visitor")
+    run_id = hfjobs.launch_job(config, runs, token=TOKEN, who=who, plan=plan, push_repo="visitor/darwin-child", endpoint=hub.url)
+    return run_id, plan
+
+
+def test_the_job_request_names_the_spaces_image_the_flavour_the_timeout_and_the_bucket_and_carries_the_token_only_as_a_secret(space_env):
+    with FakeHub() as hub:
+        run_id, plan = _launch(hub, space_env)
+    (job,) = hub.record.jobs.values()
+    spec = job["spec"]
+    assert job["namespace"] == "tester"  # the visitor's own account (whoami of their token)
+    assert spec["spaceId"] == "darwin-org/darwin" and "dockerImage" not in spec
+    assert spec["flavor"] == plan.flavor and spec["timeoutSeconds"] == plan.timeout_seconds
+    mount = str(space_env.resolve())
+    assert spec["volumes"] == [{"type": "bucket", "source": "darwin-org/darwin-runs", "mountPath": mount}]
+    line = " ".join(spec["command"])
+    assert f"torch.distributed.run --standalone --nproc-per-node {plan.gpus} -m darwin_core evolve {mount}/{run_id}/config.yaml" in line
+    assert f"--run-id {run_id}" in line and "push" in line and "visitor/darwin-child" in line
+    assert spec["secrets"] == {"HF_TOKEN": TOKEN}
+    assert spec["environment"] == {"DARWIN_RUNS_DIR": mount, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    without_secrets = json.dumps({k: v for k, v in spec.items() if k != "secrets"})
+    assert TOKEN not in without_secrets, "the token is in the command line or the environment"
+    for request in hub.record.requests:  # once in the job's secrets, else only in the Authorization header
+        expected = 1 if b'"secrets"' in request["body"] else 0
+        assert request["body"].count(TOKEN.encode()) == expected
+        assert TOKEN not in json.dumps({k: v for k, v in request["headers"].items() if k.lower() != "authorization"})
+
+
+def test_the_launched_run_is_a_run_folder_of_the_visitor_marked_as_a_job_with_no_token_in_it(space_env):
+    with FakeHub() as hub:
+        run_id, plan = _launch(hub, space_env)
+        folder = RunFolder(space_env / run_id)
+        status = folder.read_status()
+        assert status["state"] == "starting" and status["hf_job"]["flavor"] == plan.flavor
+        (job_id,) = hub.record.jobs
+        assert status["hf_job"]["id"] == job_id
+        assert hfjobs.job_stage(folder.path, token=TOKEN, endpoint=hub.url) == "SCHEDULING"
+        hub.set_job_stage(job_id, "RUNNING")
+        assert hfjobs.job_stage(folder.path, token=TOKEN, endpoint=hub.url) == "RUNNING"
+    who = owners.Visitor(session="browser-session-1", user="visitor")
+    assert owners.is_owner(folder.path, who, owners.app_secret(space_env), local_mode=False)
+    assert any(e["event"] == "hf_job_submitted" and e["job_id"] == job_id for e in folder.events())
+    assert all(TOKEN.encode() not in p.read_bytes() for p in space_env.rglob("*") if p.is_file())
+
+
+def test_without_a_token_nothing_is_written_and_no_job_is_asked_for(space_env):
+    config = _config()
+    plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
+    with FakeHub() as hub:
+        with pytest.raises(DarwinError, match="Sign in"):
+            hfjobs.launch_job(config, space_env, token=None, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
+    assert hub.record.jobs == {} and not space_env.exists()
+
+
+def test_a_runs_folder_outside_a_bucket_is_refused_before_anything_is_written(space_env, monkeypatch):
+    monkeypatch.delenv(hfjobs.BUCKET_ENV)
+    config = _config()
+    plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
+    with FakeHub() as hub, pytest.raises(DarwinError, match=hfjobs.BUCKET_ENV):
+        hfjobs.launch_job(config, space_env, token=TOKEN, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
+    assert hub.record.jobs == {} and not space_env.exists()
+
+
+# --------------------------------------------------------------------------------------------- the job itself
+
+
+def test_the_recorded_command_run_by_a_local_stand_in_for_the_job_finishes_the_run_the_space_lists(space_env):
+    with FakeHub() as hub:
+        run_id, _ = _launch(hub, space_env)
+    (job,) = hub.record.jobs.values()
+    command = job["spec"]["command"]
+    evolve = command[2].split(" && ")[0].split() if command[0] == "bash" else command
+    evolve = [sys.executable, *evolve[1:]]
+    evolve[evolve.index("--nproc-per-node") + 1] = "1"  # this machine stands in for the flavour's GPUs
+    env = {**os.environ, **job["spec"]["environment"], "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(evolve, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = queue.read_run(run_id, space_env)
+    assert run["state"] == "finished" and run["child_dir"]
+    assert [r["run_id"] for r in queue.list_runs(space_env)] == [run_id]
+
+
+# --------------------------------------------------------------------------------------------- the page's block
+
+
+def test_the_evolve_tabs_job_button_launches_on_the_visitors_account_and_points_the_page_at_the_run(space_env, monkeypatch):
+    import gradio as gr
+    from huggingface_hub import constants
+
+    from ui import job_launch
+
+    with gr.Blocks():
+        state = gr.BrowserState({})
+        block = job_launch.build_job_launch(state, [], [], make_config=lambda state, token, user: _config(),
+                                            runs_dir=space_env, local_mode=False)
+    assert block.flavor.value == job_launch.AUTO and "h200x8" in [c[0] for c in block.flavor.choices]
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        new_state, message = job_launch.launch_job_core({"session": "browser-session-2"}, "l40sx1", "", TOKEN, "visitor",
+                                                         make_config=lambda state, token, user: _config(),
+                                                         runs_dir=space_env, local_mode=False, zoo_dir=None)
+        refused_state, refusal = job_launch.launch_job_core({"session": "s"}, job_launch.AUTO, "", None, None,
+                                                            make_config=lambda state, token, user: _config(),
+                                                            runs_dir=space_env, local_mode=False, zoo_dir=None)
+    (job,) = hub.record.jobs.values()
+    assert job["spec"]["flavor"] == "l40sx1" and "push" not in " ".join(job["spec"]["command"])
+    assert new_state["run_id"] in message and "l40sx1" in message
+    assert RunFolder(space_env / new_state["run_id"]).read_status()["hf_job"]["flavor"] == "l40sx1"
+    assert "Sign in" in refusal and TOKEN not in message + refusal
