@@ -2,7 +2,7 @@
 
     python bench/breed.py --shape 4b --candidates 500 --items 400      # one GPU: 200 search + 200 held-out items
     python bench/breed.py --shape tiny --device cpu --candidates 8     # the script itself, in seconds
-    python bench/breed.py --shape 4b --vram-cap-gb 40 --candidates 24  # parents that "do not fit": host-streamed
+    python bench/breed.py --shape 4b --vram-cap-gb 28 --candidates 240 --no-heldout  # parents "too big": host-streamed
 
 Two random-weight parents of the named shape (a father and a mother = father + 1% noise) are written in the
 parents' dtype to --workdir, with a multiple-choice task file (ARC-like: ~200-character contexts, 4 choices of
@@ -19,8 +19,10 @@ both parents, write the child) against the device-copy bandwidth measured here a
 --vram-cap-gb X caps this process's CUDA memory (`torch.cuda.set_per_process_memory_fraction`) and makes
 `torch.cuda.mem_get_info` report the capped free memory, so the child's automatic choice sees a GPU of X GB and
 streams the parents from pinned host memory when they do not fit beside the child.
---fused-merge previews `darwin_core.merge.methods.fused.fused_merge_tensors` in the run (the one-line change in
-`ResidentChild.load_recipe` it needs is not made by this script's owner); same bytes as the reference path.
+Candidates merge through the fused kernels on a GPU (`ResidentChild.load_recipe`); --reference-merge makes them
+the reference `merge_tensors` (same bytes, the comparison run). Scoring is reported twice: by the positions the
+model actually ran (a forward pre-hook on the child: shared contexts run once per item) and by lm-eval's
+positions (every choice's context + continuation, the events' `tokens_scored`), which count shared work again.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.breed_parts import (  # noqa: E402
-    BF16_DATASHEET_FLOPS, HBM_DATASHEET_BYTES, measured_ceilings, phases_of, write_pair, write_task,
+    BF16_DATASHEET_FLOPS, HBM_DATASHEET_BYTES, FedPositions, measured_ceilings, phases_of, projection, write_pair,
+    write_task,
 )
 
 def config_yaml(args: argparse.Namespace, father: Path, mother: Path, task: Path) -> str:
@@ -83,7 +86,7 @@ def cap_vram(gigabytes: float, device: torch.device) -> None:
     """This process may use `gigabytes` of the GPU, and `mem_get_info` says so (free = cap − reserved)."""
     total = torch.cuda.get_device_properties(device).total_memory
     cap = int(gigabytes * 1e9)
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device.index or 0)
     real = torch.cuda.mem_get_info
 
     def capped(dev=None):
@@ -93,12 +96,11 @@ def cap_vram(gigabytes: float, device: torch.device) -> None:
     torch.cuda.mem_get_info = capped
 
 
-def use_fused_merge() -> None:
-    """Route ResidentChild.load_recipe (which imports `merge_tensors` from apply at call time) to the fused path."""
-    from darwin_core.merge.methods import apply
-    from darwin_core.merge.methods.fused import fused_merge_tensors
+def use_reference_merge() -> None:
+    """Every candidate merge by the reference `merge_tensors` (the unfused path), for the comparison run."""
+    from darwin_core.evolution import child
 
-    apply.merge_tensors = fused_merge_tensors
+    child.FUSED_MERGE = False
 
 
 def run_breeding(args: argparse.Namespace, father: Path, mother: Path, task: Path, run_id: str) -> dict:
@@ -117,7 +119,8 @@ def run_breeding(args: argparse.Namespace, father: Path, mother: Path, task: Pat
     return {"folder": runs / run_id, "code": code, "start": start, "wall_s": time.time() - start, "log": log.lines}
 
 
-def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int, ceilings: dict) -> dict:
+def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int, ceilings: dict,
+              meter: FedPositions) -> dict:
     """Phases, per-candidate costs and the roofline fractions of one finished run."""
     folder: Path = run["folder"]
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line.strip()]
@@ -131,7 +134,7 @@ def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int
         "wall_s": run["wall_s"], "phases_s": phases, "evaluations": len(evaluated),
         "candidates": len({e["name"] for e in candidates}), "candidate_evaluations": len(candidates),
         "proxy_evaluations": len(proxy), "ceilings": ceilings, "vram_cap_gb": args.vram_cap_gb,
-        "fused_merge": args.fused_merge,
+        "fused_merge": not args.reference_merge,
     }
     best = [e for e in events if e.get("event") == "best_recipe"]
     out["best_recipe_hash"] = best[-1]["recipe_hash"] if best else None
@@ -153,6 +156,7 @@ def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int
             out["scoring"] = {"tokens": tokens, "positions_per_s": tokens / scoring, "tflops": flops / 1e12,
                               "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
                               "fraction_of_datasheet": flops / BF16_DATASHEET_FLOPS}
+    out["computed"] = meter.summary(params, ceilings)
     return out
 
 
@@ -170,9 +174,23 @@ def print_summary(s: dict) -> None:
         print(f"per candidate evaluation: merge {p['merge'] * 1e3:.1f} ms + scoring {p['scoring'] * 1e3:.1f} ms = {p['total'] * 1e3:.1f} ms")
         print(f"merge: {s['merge_gb_per_s']:.0f} GB/s = {100 * s['merge_fraction_of_copy']:.0f}% of the measured copy "
               f"bandwidth ({s['ceilings']['copy_bytes_per_s'] / 1e9:.0f} GB/s), {100 * s['merge_fraction_of_datasheet']:.0f}% of 4.8 TB/s")
+    computed = s.get("computed") or {}
+    if computed.get("candidates"):
+        c = computed["candidates"]
+        print(f"scoring, positions the model ran: {c['fed_per_s']:,.0f}/s = {c['tflops']:.0f} TFLOP/s = "
+              f"{100 * c['fraction_of_measured_peak']:.0f}% of the measured bf16 rate, {100 * c['fraction_of_datasheet']:.0f}% of 990 "
+              f"({c['fed_per_evaluation']:,.0f} positions per candidate evaluation; tensors rewritten per candidate: "
+              f"{c['rewritten_mean']:.0f} of {computed['tensors']})")
+    if s.get("projection"):
+        link = s["ceilings"]["host_link_bytes_per_s"]
+        print(f"projection, host-streamed parents (pinned host -> GPU measured here: {link / 1e9:.1f} GB/s):")
+        print("| parents | child GB | parents GB | parents fit 128 GiB host | merge s | scoring s | s per candidate |")
+        for r in s["projection"]:
+            print(f"| {r['model']} | {r['model_gb']:.0f} | {r['parents_gb']:.0f} | {r['parents_fit_host']} | {r['merge_s']:.1f} | "
+                  f"{r.get('scoring_s', float('nan')):.2f} | {r.get('total_s', float('nan')):.1f} |")
     if "scoring" in s:
         c = s["scoring"]
-        print(f"scoring: {c['positions_per_s']:,.0f} positions/s = {c['tflops']:.0f} TFLOP/s = "
+        print(f"scoring, lm-eval positions (contexts counted per choice): {c['positions_per_s']:,.0f} positions/s = {c['tflops']:.0f} TFLOP/s = "
               f"{100 * c['fraction_of_measured_peak']:.0f}% of the measured bf16 rate "
               f"({s['ceilings']['bf16_flops'] / 1e12:.0f} TFLOP/s), {100 * c['fraction_of_datasheet']:.0f}% of 990")
 
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mri", dest="mri", action="store_false")
     parser.add_argument("--no-heldout", dest="heldout", action="store_false")
     parser.add_argument("--vram-cap-gb", type=float, default=None)
-    parser.add_argument("--fused-merge", action="store_true")
+    parser.add_argument("--reference-merge", action="store_true", help="candidates by the unfused merge_tensors")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--json", default=None, help="also write the summary here")
     args = parser.parse_args(argv)
@@ -202,16 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     ceilings = measured_ceilings(device)
+    if device.type == "cuda":
+        from darwin_core.evolution.placement import measure_host_link
+
+        ceilings["host_link_bytes_per_s"] = measure_host_link(device, 1 << 30)
     father, mother, params, model_bytes = write_pair(args.shape, work, device)
     task = write_task(work / f"mc-{args.items}-{args.prompt_chars}.jsonl", args.items, args.prompt_chars)
     if args.vram_cap_gb:
         cap_vram(args.vram_cap_gb, device)
-    if args.fused_merge:
-        use_fused_merge()
+    if args.reference_merge:
+        use_reference_merge()
+    meter = FedPositions().install()
     run_id = args.run_id or f"breed-{args.shape}-{args.candidates}" + ("-capped" if args.vram_cap_gb else "")
     run = run_breeding(args, father, mother, task, run_id)
-    summary = summarize(args, run, params, model_bytes, ceilings)
+    summary = summarize(args, run, params, model_bytes, ceilings, meter)
     shutil.rmtree(run["folder"] / "child", ignore_errors=True)  # the disk is small; the timing is recorded
+    if "host_link_bytes_per_s" in ceilings:
+        summary["projection"] = projection(summary, ceilings["host_link_bytes_per_s"])
     print_summary(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")

@@ -39,11 +39,15 @@ def _recipes(father: Path, mother: Path, layers: int, method: str, count: int):
                             layer_count=layers, method=method, seed=0) for _ in range(count)]
 
 
-def _timed_merge(merge, recipe, father, mother, names, targets, device) -> float:
+def _timed_merge(merge, recipe, father, mother, names, targets, device, in_place: bool = False) -> float:
+    """One candidate merged into `targets` (the child's tensors); `in_place`: the fused kernels write into them
+    (`outputs=`, what ResidentChild.load_recipe does), so only tensors yielded elsewhere are copied."""
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for name, tensor in merge(recipe, father, mother, names, device=device):
-        targets[name].copy_(tensor)
+    extra = {"outputs": targets} if in_place else {}
+    for name, tensor in merge(recipe, father, mother, names, device=device, **extra):
+        if tensor.data_ptr() != targets[name].data_ptr():
+            targets[name].copy_(tensor)
     torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
@@ -64,8 +68,9 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
     rows = []
     for method in ("linear", "dare_ties"):
         recipes = _recipes(father_dir, mother_dir, layers, method, count + 1)
-        for label, merge in (("reference", merge_tensors), ("fused", fused_merge_tensors)):
-            times = [_timed_merge(merge, r, father, mother, names, targets, device) for r in recipes]
+        for label, merge, in_place in (("reference", merge_tensors, False), ("fused", fused_merge_tensors, False),
+                                       ("fused, in place", fused_merge_tensors, True)):
+            times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
             median = statistics.median(times[1:])  # the first warms up kernels and Triton's compile cache
             rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * median,
                          "gb_per_s": least / median / 1e9, "fraction_of_copy": least / median / ceilings["copy_bytes_per_s"],
@@ -73,17 +78,31 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
         same = 0
         for recipe in recipes[:2]:
             _timed_merge(merge_tensors, recipe, father, mother, names, check, device)
-            _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device)
+            _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device, True)
             same += all(torch.equal(targets[n].view(torch.uint8) if targets[n].dtype.is_floating_point else targets[n],
                                     check[n].view(torch.uint8) if check[n].dtype.is_floating_point else check[n]) for n in names)
-        rows[-1]["bytes_identical_recipes"] = f"{same}/2"
-        rows[-2]["bytes_identical_recipes"] = f"{same}/2"
+        for row in rows[-3:]:
+            row["bytes_identical_recipes"] = f"{same}/2"
     del father, mother, targets, check
     torch.cuda.empty_cache()
     return rows
 
 
-def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceilings: dict, items: int) -> list[dict]:
+def _profile(model, tokenizer, items, label: str) -> None:
+    """The CUDA kernels and CPU time of one scoring of `items` (torch.profiler), the top rows by CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from darwin_core.fitness.scoring import score_choices
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        score_choices(model, tokenizer, items, batch_size=64)
+        torch.cuda.synchronize()
+    print(f"-- profile: {label} ({len(items)} items)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceilings: dict, items: int,
+                proxy_items: int = 32, profile: bool = False) -> list[dict]:
     """The father scored on the task's first `items` search items, by token budget and context sharing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,7 +121,7 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
     fed = {"positions": 0}
     hook = model.register_forward_pre_hook(lambda m, a, k: fed.__setitem__("positions", fed["positions"] + k["input_ids"].numel()), with_kwargs=True)
     rows, reference = [], None
-    for budget, share in ((0, None), (8192, None), (32768, None), (65536, None), (8192, 2), (32768, 2), (65536, 2)):
+    for budget, share in ((0, None), (32768, None), (16384, 2), (32768, 2), (65536, 2), (131072, 2)):
         loglikelihood.TOKENS_PER_FORWARD["cuda"] = budget
         results = None
         times = []
@@ -122,6 +141,25 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
                      "tflops": flops / 1e12, "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
                      "same_picks_as_first": picks == reference})
     loglikelihood.TOKENS_PER_FORWARD["cuda"] = 32768
+    proxy = search[:proxy_items]
+    for _ in range(2):
+        score_choices(model, tokenizer, proxy, batch_size=64)
+    times = []
+    for _ in range(5):
+        fed["positions"] = 0
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        score_choices(model, tokenizer, proxy, batch_size=64)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    flops = 2 * params * fed["positions"] / seconds
+    rows.append({"tokens_per_forward": "32768 (proxy)", "shared_contexts": True, "items": len(proxy), "seconds": seconds,
+                 "positions": fed["positions"], "positions_per_s": fed["positions"] / seconds, "tflops": flops / 1e12,
+                 "fraction_of_measured_peak": flops / ceilings["bf16_flops"], "same_picks_as_first": None})
+    if profile:
+        _profile(model, tokenizer, proxy, "proxy")
+        _profile(model, tokenizer, search, "search")
     hook.remove()
     del model
     torch.cuda.empty_cache()
@@ -135,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=4, help="timed merges per method and path")
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--no-host", dest="host", action="store_false", help="skip the pinned-host merge rows")
+    parser.add_argument("--proxy-items", type=int, default=32)
+    parser.add_argument("--no-scoring", dest="scoring", action="store_false", help="merge rows only")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the proxy and search scoring")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda")
@@ -147,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
               "merge": merge_bench(father, mother, device, ceilings, False, args.candidates)}
     if args.host:
         report["merge"] += merge_bench(father, mother, device, ceilings, True, max(2, args.candidates // 2))
-    report["scoring"] = score_bench(father, task, device, ceilings, args.items)
-    print(f"ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} TFLOP/s")
+    from darwin_core.evolution.placement import measure_host_link
+
+    report["host_link_bytes_per_s"] = measure_host_link(device, 1 << 30)
+    report["scoring"] = score_bench(father, task, device, ceilings, args.items, args.proxy_items, args.profile) if args.scoring else []
+    print(f"ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} TFLOP/s; "
+          f"pinned host -> GPU {report['host_link_bytes_per_s'] / 1e9:.1f} GB/s")
     print("| method | path | parents | ms | GB/s | of copy | of 4.8 TB/s | same bytes |")
     for r in report["merge"]:
         print(f"| {r['method']} | {r['path']} | {r['parents']} | {r['ms']:.1f} | {r['gb_per_s']:.0f} | "

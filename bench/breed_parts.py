@@ -133,6 +133,91 @@ def _median_time(step) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class FedPositions:
+    """Token positions actually run through the child's model in each measured evaluation (a forward pre-hook on
+    the resident child, installed by wrapping `ModelProblem.measure` in this process), beside the evaluation's
+    own timing, and how many tensors its merge rewrote."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.count = 0
+        self.tensors = 0
+        self.placement: str | None = None
+
+    def install(self) -> "FedPositions":
+        from darwin_core.evolution import problem as problem_module
+
+        original, meter = problem_module.ModelProblem.measure, self
+
+        def measure(problem, candidate, tasks, split="search"):
+            model = problem.child._child_model
+            if not getattr(model, "_bench_fed_hook", False):
+                model.register_forward_pre_hook(meter._hook, with_kwargs=True)
+                model._bench_fed_hook = True
+                meter.tensors = len(problem.child.names)
+                meter.placement = problem.child.placement.sentence()
+                print(f"placement: {meter.placement}", flush=True)
+            before = meter.count
+            result = original(problem, candidate, tasks, split)
+            timing = problem.last_timing
+            meter.rows.append({"baseline": isinstance(candidate, str), "merge_s": timing.merge_seconds,
+                               "scoring_s": timing.scoring_seconds, "tokens": timing.tokens_scored,
+                               "fed": meter.count - before, "rewritten": getattr(problem.child, "last_rewritten", None)})
+            return result
+
+        problem_module.ModelProblem.measure = measure
+        return self
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.count += int(ids.numel())
+
+    def summary(self, params: int, ceilings: dict) -> dict:
+        out: dict = {"tensors": self.tensors, "placement": self.placement}
+        for label, rows in (("candidates", [r for r in self.rows if not r["baseline"]]),
+                            ("baselines", [r for r in self.rows if r["baseline"]])):
+            scoring = sum(r["scoring_s"] for r in rows)
+            fed = sum(r["fed"] for r in rows)
+            if not rows or not scoring:
+                continue
+            flops = 2 * params * fed / scoring
+            rewritten = [r["rewritten"] for r in rows if r["rewritten"] is not None]
+            out[label] = {"evaluations": len(rows), "fed": fed, "fed_per_evaluation": fed / len(rows),
+                          "fed_per_s": fed / scoring, "tflops": flops / 1e12,
+                          "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
+                          "fraction_of_datasheet": flops / BF16_DATASHEET_FLOPS,
+                          "merge_ms_median": 1e3 * sorted(r["merge_s"] for r in rows)[len(rows) // 2],
+                          "scoring_ms_median": 1e3 * sorted(r["scoring_s"] for r in rows)[len(rows) // 2],
+                          "rewritten_mean": sum(rewritten) / len(rewritten) if rewritten else float("nan")}
+        return out
+
+
+# The seeds' big parents, for the host-streamed projection: (label, parameters, active parameters per token).
+PROJECTED = (("27B dense", 27e9, 27e9), ("35B-A3B MoE", 35e9, 3e9))
+
+
+def projection(summary: dict, link_bytes_per_s: float, host_memory_bytes: float = 128 * 2**30,
+               gpu_memory_bytes: float = 139 * 2**30) -> list[dict]:
+    """Seconds per candidate evaluation for the seeds' big parents, host-streamed, from this run's measurements:
+    merge = both parents' bytes (bf16) over the measured pinned host link (every tensor changes: the upper
+    bound); scoring = the same positions per evaluation at this run's measured FLOP rate (2·active parameters
+    per position: a MoE's experts run at lower efficiency than this dense rate, so its row is a lower bound)."""
+    computed = (summary.get("computed") or {}).get("candidates")
+    rows = []
+    for label, params, active in PROJECTED:
+        model_bytes = 2 * params
+        row = {"model": label, "model_gb": model_bytes / 1e9, "parents_gb": 2 * model_bytes / 1e9,
+               "parents_fit_host": 2 * model_bytes + 8e9 <= host_memory_bytes,
+               "child_fits_gpu": model_bytes * 1.15 <= gpu_memory_bytes,
+               "merge_s": 2 * model_bytes / link_bytes_per_s}
+        if computed:
+            row["scoring_s"] = 2 * active * computed["fed_per_evaluation"] / (computed["tflops"] * 1e12)
+            row["total_s"] = row["merge_s"] + row["scoring_s"]
+        rows.append(row)
+    return rows
+
+
 def phases_of(events: list[dict], log: list[tuple[float, str]], start: float) -> dict[str, float]:
     """Seconds per phase from events.jsonl's `t` and the timed log lines (the MRI starts with its log line)."""
     def first(name: str) -> float | None:

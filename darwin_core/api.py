@@ -35,7 +35,9 @@ REEXPORTS: dict[str, str] = {
                     "darwin_core.parents"),
     **dict.fromkeys(("ModelRef", "compatibility", "search_models", "seal_ambient_token"), "darwin_core.parents.hub"),
     **dict.fromkeys(("classify",), "darwin_core.parents.anatomy"),
+    **dict.fromkeys(("tokenizer_report",), "darwin_core.parents.tokenizers"),
     **dict.fromkeys(("DEFAULT_ZOO_DIR", "load_zoo_manifest", "zoo_paths"), "darwin_core.parents.demo"),
+    **dict.fromkeys(("family_breed_settings",), "darwin_core.zoo.rivals"),
     **dict.fromkeys(("SPACE_NAMES", "get_space"), "darwin_core.genome.spaces"),
     **dict.fromkeys(("method_names",), "darwin_core.merge.methods.registry"),
     **dict.fromkeys(("layer_map_rows",), "darwin_core.merge.pairing"),
@@ -53,7 +55,7 @@ REEXPORTS: dict[str, str] = {
     **dict.fromkeys(("OWNER_FILE", "REFUSED", "SECRET_ENV", "SECRET_FILE", "Visitor", "app_secret", "is_owner",
                      "may_breed_from", "read_owners", "record_owner", "require_owner", "visitor_usage"),
                     "darwin_core.runs.owners"),
-    **dict.fromkeys(("BreedRequest", "breed", "stage_tasks"), "darwin_core.runs.breeding"),
+    **dict.fromkeys(("BreedRequest", "CheckedBreed", "breed", "check_breed", "stage_tasks"), "darwin_core.runs.breeding"),
     **dict.fromkeys(("FLAVOR_NAMES", "JobPlan", "job_stage", "plan_job"), "darwin_core.runs.hfjobs"),
 }
 

@@ -8,14 +8,17 @@ The seeds' "manual vs evolution" table, every number measured by this script on 
 1. breeding runs with the default budget (the same `EvolutionConfig` the UI and the CLI start, plus
    `mri: auto` so the MRI prescription is a reference line), CPU, run through `jobs.execute` into run folders:
    the default search (darwin-v6 genome, DARE-TIES) and variants (other genome spaces or merge methods). On the
-   rivals the first search is the per-layer genome (darwin-v6 can express the recipe that keeps both skills
-   but its default search does not find it; both are measured), and, when the config has the fields, an A/B
-   of `start: mri` against the neutral start and of `selection: halving` against the fixed top-k, at the same
-   budget (absent fields: the row is skipped with a printed note);
+   rivals the first search is the family's shipped config (assets/rivals/breed.yaml: the per-layer genome;
+   darwin-v6 can express the recipe that keeps both skills but its default search does not find it; both are
+   measured), and an A/B of `start: mri` against the neutral start and of `selection: halving` against the
+   fixed top-k, at the same population and generations (with the item scorings each plans);
 2. their held-out reports: father, mother, a 50/50 linear blend, the MRI prescription alone and each child;
 3. the family's base, scored on the same held-out items (a reference: what the parents started from);
-4. a grid of uniform linear ratios (share of the mother 0.0, 0.1 … 1.0), each scored on the whole *search*
-   split; the best of them (chosen without looking at held-out data) is then scored on the held-out split.
+4. the grid of uniform linear ratios (share of the mother 0.0, 0.1 … 1.0) that each run measures itself
+   (darwin_core.evolution.report.uniform_grid, on the whole *search* split); the first run's best of them
+   (chosen without looking at held-out data) is its held-out "best uniform ratio" row.
+
+The section between `<!-- genesis:begin -->` and `<!-- genesis:end -->` (scripts/genesis_table.py) is kept.
 
 Every row is compared with each parent, the 50/50 blend and the best uniform ratio on the same held-out items:
 paired bootstrap 95% interval of the composite difference and an exact McNemar p-value. Exit status 1 when an
@@ -42,16 +45,18 @@ import torch  # noqa: E402
 
 from darwin_core.errors import DarwinError  # noqa: E402
 from darwin_core.runs import queue as jobs  # noqa: E402
+from darwin_core.evolution.cost import estimate_cost  # noqa: E402
 from darwin_core.evolution.pipeline import HELDOUT_RESULTS, SIGNIFICANCE, EvolutionConfig, ModelProblem  # noqa: E402
-from darwin_core.fitness.evaluate import EvalResult, normalize_weights  # noqa: E402
+from darwin_core.evolution.report import BEST_UNIFORM, UNIFORM_GRID, uniform_recipe  # noqa: E402
+from darwin_core.fitness.evaluate import EvalResult  # noqa: E402
 from darwin_core.fitness.stats import compare_results  # noqa: E402
-from darwin_core.recipe import Recipe, ratio_table  # noqa: E402
 from darwin_core.io.runfolder import REPORT  # noqa: E402
+from darwin_core.zoo.rivals import BREED_CONFIG  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "assets" / "zoo"
 RIVALS = REPO / "assets" / "rivals"
-GRID = [round(0.1 * i, 1) for i in range(11)]
+GENESIS = ("<!-- genesis:begin -->", "<!-- genesis:end -->")  # a section another script writes: kept as it is
 REFERENCES = ("father", "mother", "uniform-50", "grid")  # what every row is compared with
 
 
@@ -72,13 +77,14 @@ class Family:
     mother: Path
     base: Path
     tasks: tuple[str, ...] | None  # None: the config's default tasks
+    shipped: Path | None  # the family's shipped evolution config (what a user breeds it with), None: the defaults
     searches: tuple[Search, ...]
     acceptance: tuple[str, ...]  # the reference rows the first search's child must beat at p < SIGNIFICANCE
     about: str
 
 
 FAMILIES = (
-    Family("zoo", "The zoo (parents that barely interfere)", ZOO / "father", ZOO / "mother", ZOO / "base", None, (
+    Family("zoo", "The zoo (parents that barely interfere)", ZOO / "father", ZOO / "mother", ZOO / "base", None, None, (
         Search("darwin-v6, dare_ties (default)"),
         Search("darwin-v6, linear", {"method": "linear"}),
         Search("per-layer, linear", {"genome": "per-layer", "method": "linear"}),
@@ -86,56 +92,59 @@ FAMILIES = (
         "The demo zoo's father and mother (`assets/zoo`): the base fine-tuned briefly on two skills each, "
         "forgetting some of the others. Fitness: the four demo skills, equal weights."),
     Family("rivals", "The rivals (parents that interfere)", RIVALS / "father", RIVALS / "mother", ZOO / "base",
-           ("double", "shift"), (
-        Search("per-layer, linear (this family's default here, see above)", {"genome": "per-layer", "method": "linear"}),
-        Search("darwin-v6, dare_ties (the app's default)"),
-        Search("per-layer, linear, start: mri (A/B vs the neutral start)",
-               {"genome": "per-layer", "method": "linear", "start": "mri"}, ("start",)),
-        Search("per-layer, linear, selection: halving (A/B vs the fixed top-k)",
-               {"genome": "per-layer", "method": "linear", "selection": "halving"}, ("selection",)),
+           ("double", "shift"), RIVALS / BREED_CONFIG, (
+        Search("per-layer, linear: the family's shipped config (default)"),
+        Search("darwin-v6, dare_ties (the app's generic default)", {"genome": "darwin-v6", "method": None}),
+        Search("per-layer, linear, start: mri (A/B vs the neutral start)", {"start": "mri"}, ("start",)),
+        Search("per-layer, linear, selection: halving (A/B vs the fixed top-k)", {"selection": "halving"},
+               ("selection",)),
     ), ("uniform-50", "grid"),
         "The rivals (`assets/rivals`): the zoo's base fine-tuned on a skill it does not have, each on its own "
         "half of the layers — the father on `double` with only layers 0-1 trainable, the mother on `shift` with "
         "only layers 2-3 (both replaying the base's four skills). Fitness: the two new skills, equal weights. "
-        "The recipe that keeps both takes the father's layers 0-1 and the mother's layers 2-3. darwin-v6 can "
-        "express it (with 4 layers its blocks 0, 1, 3, 4 hold one layer each; `mri_trust` 0), but at the default "
-        "budget its search starts in the dead zone of the 50/50 point and stops at a parent (measured below), so "
-        "this family's first row — the one its acceptance is judged on — is the per-layer genome (4 dimensions, "
-        "one per layer), which the app offers as `genome: per-layer`."),
+        "The recipe that keeps both takes the father's layers 0-1 and the mother's layers 2-3. **What a user gets "
+        "by default** is the family's shipped config, `assets/rivals/breed.yaml` (`python -m darwin_core evolve "
+        "assets/rivals/breed.yaml`; the app takes its settings when both parents are the rivals, "
+        "`family_breed_settings`): the per-layer genome (one ratio per decoder layer, 4 dimensions) with linear "
+        "merges, the budget otherwise the default. Its first row is the one this family's acceptance is judged "
+        "on. darwin-v6 can express the same recipe (with 4 layers its blocks 0, 1, 3, 4 hold one layer each) but "
+        "does not find it at the default budget, with or without the MRI: `global_ratio` (and `mri_trust`, the "
+        "role ratios) move all four layers together, so from the neutral point the search climbs to a parent — "
+        "a plateau at one skill — and leaving it needs two blocks to move to opposite ends at once (its row "
+        "below). Both A/B rows change one setting of the shipped config at the same population and generations."),
 )
 
 
 def family_config(family: Family, seed: int) -> EvolutionConfig:
+    """The family's shipped config when it has one (else the defaults), on the CPU, with the MRI scan made for
+    the run (the prescription is a reference row)."""
+    if family.shipped is not None:
+        shipped = EvolutionConfig.load(family.shipped)
+        return replace(shipped, father=str(family.father), mother=str(family.mother), device="cpu", mri="auto",
+                       seed=seed)
     tasks = {} if family.tasks is None else {"tasks": list(family.tasks)}
     return EvolutionConfig(father=str(family.father), mother=str(family.mother), device="cpu", mri="auto", seed=seed,
                            **tasks)
 
 
-def uniform_grid(config: EvolutionConfig, base_dir: Path, log) -> dict:
-    """Every uniform linear ratio on the search split, the best (by search fitness) and the base on held-out."""
+def base_heldout(config: EvolutionConfig, base_dir: Path, log) -> EvalResult:
+    """The family's base on the run's held-out items (a reference row: what both parents started from)."""
     from darwin_core.evolution.child import ResidentTensors
 
     problem = ModelProblem(replace(config, mri=None), log=log)
-    weights = normalize_weights(problem.weights, [t.name for t in problem.tasks])
-
-    def recipe(ratio: float) -> Recipe:
-        return Recipe(father=problem.father_ref, mother=problem.mother_ref, method="linear", ratios=ratio_table(ratio),
-                      seed=config.seed)
-
-    start = time.perf_counter()
-    search: dict[float, float] = {}
-    for ratio in GRID:
-        problem.child.load_recipe(recipe(ratio))
-        search[ratio] = problem.measure_loaded(problem.tasks, split="search").composite(weights)
-        log(f"grid: ratio {ratio:.1f} → search composite {search[ratio]:.4f}")
-    best = max(GRID, key=lambda r: (search[r], -abs(r - 0.5)))  # ties: the ratio nearer an even blend
-    problem.child.load_recipe(recipe(best))
-    heldout = problem.measure_loaded(problem.tasks, split="heldout")
-    seconds = time.perf_counter() - start
     base = ResidentTensors(base_dir)
     problem.child.write(((name, base.get(name)) for name in problem.child.names), label="base")
-    return {"best": best, "search": search, "heldout": heldout, "seconds": seconds,
-            "base": problem.measure_loaded(problem.tasks, split="heldout")}
+    return problem.measure_loaded(problem.tasks, split="heldout")
+
+
+def best_uniform_heldout(config: EvolutionConfig, report: dict, per_item: dict[str, EvalResult], log) -> EvalResult:
+    """The best uniform ratio's held-out result from the run (the pipeline's grid, report.uniform_grid); measured
+    here with the library's recipe only when the run's per-item file predates it."""
+    if BEST_UNIFORM in per_item:
+        return per_item[BEST_UNIFORM]
+    problem = ModelProblem(replace(config, mri=None), log=log)
+    problem.child.load_recipe(uniform_recipe(problem, float(report["heldout"]["uniform_grid"]["best"])))
+    return problem.measure_loaded(problem.tasks, split="heldout")
 
 
 def run_once(config: EvolutionConfig, runs_dir: Path) -> tuple[dict, dict[str, EvalResult], float]:
@@ -180,16 +189,21 @@ def measure_family(family: Family, seed: int, runs_dir: Path | None, scratch: Pa
             notes.append(f"{search.label}: the run failed ({error}), so this A/B row is absent.")
             continue
         key = f"child-{len(runs)}"
-        runs.append({"search": search, "config": run_config, "report": report, "seconds": seconds, "key": key})
+        runs.append({"search": search, "config": run_config, "report": report, "seconds": seconds, "key": key,
+                     "planned": estimate_cost(run_config)})
+        if len(runs) == 1:
+            runs[0]["grid_result"] = best_uniform_heldout(run_config, report, per_item, print)
         if len(runs) == 1:
             results.update({k: v for k, v in per_item.items() if k != "child"})
             labels.update({"father": "father", "mother": "mother"})
         results[key] = per_item["child"]
         labels[key] = child_label(search, report)
-    grid = uniform_grid(config, family.base, print)
-    results["grid"], results["base"] = grid["heldout"], grid["base"]
+    first = runs[0]
+    grid = dict(first["report"]["heldout"]["uniform_grid"])
+    results["grid"] = first["grid_result"]
+    results["base"] = base_heldout(config, family.base, print)
     labels.update({"base": "base (reference: what both parents were fine-tuned from)",
-                   "uniform-50": "50/50 blend (linear)", "grid": f"best uniform ratio ({grid['best']:.1f}, linear)"})
+                   "uniform-50": "50/50 blend (linear)", "grid": f"best uniform ratio ({float(grid['best']):.1f}, linear)"})
     if "mri" in results:
         labels["mri"] = "MRI prescription alone"
     order = ["father", "mother", "base", "uniform-50", "grid", "mri", *(run["key"] for run in runs)]
@@ -242,20 +256,36 @@ def render_family(measured: dict) -> list[str]:
     lines += ["", sentence + f" (acceptance for this family: {'met' if ok else '**not met**'}.)", ""]
     lines += [f"- {note}" for note in measured["notes"]] + ([""] if measured["notes"] else [])
     lines += [
-        f"Best uniform ratio: one ratio for every tensor, the best of {len(GRID)} on the search split (share of the "
-        f"mother → search composite: {', '.join(f'{r:.1f} → {100 * v:.1f}' for r, v in grid['search'].items())}); "
-        f"chosen: {grid['best']:.1f}. Grid scored in {grid['seconds']:.0f} s.", "",
-        "| search | best candidate | its search fitness | published | search fitness | run wall time |",
-        "| --- | --- | ---: | --- | ---: | ---: |",
+        f"Best uniform ratio: one ratio for every tensor, the best of {len(UNIFORM_GRID)} on the search split, "
+        "measured by the first run itself (`darwin_core.evolution.report.uniform_grid`; share of the mother → "
+        f"search composite: {', '.join(f'{float(r):.1f} → {100 * v:.1f}' for r, v in grid['search'].items())}); "
+        f"chosen: {float(grid['best']):.1f}.", "",
+        "| search | evaluations planned | item scorings planned | best candidate | its search fitness | published | "
+        "search fitness | run wall time |",
+        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
     ]
     for run in runs:
-        candidate, best = run["report"]["best_candidate"], run["report"]["best"]
-        lines.append(f"| {run['search'].label} | {candidate['name']} | {candidate['fitness']:.4f} | {best['name']} | "
-                     f"{best['fitness']:.4f} | {run['seconds']:.0f} s |")
+        candidate, best, planned = run["report"]["best_candidate"], run["report"]["best"], run["planned"]
+        lines.append(f"| {run['search'].label} | {planned.evaluations:,} | {planned.items:,} | {candidate['name']} | "
+                     f"{candidate['fitness']:.4f} | {best['name']} | {best['fitness']:.4f} | {run['seconds']:.0f} s |")
     return lines + [""]
 
 
-def render(families: list[dict]) -> str:
+def genesis_section(path: Path) -> str | None:
+    """The section between the genesis markers of the document as it stands (scripts/genesis_table.py writes
+    it), kept as it is; None when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    begin, end = text.find(GENESIS[0]), text.find(GENESIS[1])
+    if begin < 0 or end < begin:
+        return None
+    return text[begin:end + len(GENESIS[1])]
+
+
+def render(families: list[dict], load: tuple[float | None, float | None] = (None, None),
+           genesis: str | None = None) -> str:
     config = families[0]["config"]
     lines = [
         "# Manual merging vs evolution (demo families, held-out)", "",
@@ -278,9 +308,21 @@ def render(families: list[dict]) -> str:
     lines += [
         "Run wall time: loading, MRI scan, baselines, search, merge to disk and held-out report, one process.", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device cpu.", "",
+        f"({torch.get_num_threads()} threads), device cpu; load average {_load(load[0])} when the measurements "
+        f"started and {_load(load[1])} when they ended (other work shared the cores: above {os.cpu_count()} the "
+        "wall times are inflated by it).", "",
     ]
+    if genesis:
+        lines += [genesis, ""]
     return "\n".join(lines)
+
+
+def _load(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
+
+
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     chosen = [f for f in FAMILIES if not args.family or f.name in args.family]
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory() as scratch:
         measured = [measure_family(family, args.seed, args.runs_dir, Path(scratch)) for family in chosen]
-    text = render(measured)
+    text = render(measured, (load_at_start, load_average()), genesis_section(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(text)

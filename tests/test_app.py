@@ -45,7 +45,7 @@ def test_readme_front_matter_configures_the_space():
     assert meta["python_version"] == "3.12"
     assert meta["app_file"] == "app.py"
     assert meta["hf_oauth"] is True
-    assert meta["hf_oauth_scopes"] == ["contribute-repos"]
+    assert meta["hf_oauth_scopes"] == ["contribute-repos", "jobs"]  # pushes, and breedings run as Hugging Face Jobs
     assert meta["license"] == "apache-2.0"
     assert meta["suggested_hardware"] and meta["tags"]
     assert 0 < len(meta["short_description"]) <= 60  # the Hub rejects longer short descriptions

@@ -54,6 +54,7 @@ def numbers_of(value) -> set[str]:
         for key, item in value.items():
             out |= numbers_of(item) | set(NUMBER.findall(str(key)))
     elif isinstance(value, (list, tuple)):
+        out.add(str(len(value)))  # a count of report.json's own list (the probe texts of a category)
         for item in value:
             out |= numbers_of(item)
     elif isinstance(value, str):

@@ -172,6 +172,11 @@ def test_an_evolution_of_the_cross_arch_pair_with_the_per_layer_ffn_genome_compl
     merged = _tensors(child)
     assert torch.equal(merged["model.layers.1.mlp.up_proj.weight"], father["model.layers.1.mlp.up_proj.weight"])
     assert torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], father["model.layers.0.self_attn.q_proj.weight"])
+    report = json.loads((folder.path / "report.json").read_text())
+    assert report["pairing"]["mode"] == "ffn_only"
+    assert [(r["father_layer"], r["mother_layer"], r["bred"]) for r in report["pairing"]["layers"]] == [
+        (0, 0, True), (1, 2, False), (2, 3, True), (3, 5, True)]
+    assert report["pairing"]["kept_layers"] == [{"father_layer": 1, "why": "frozen: the recipe keeps this layer the father's"}]
 
 
 def test_the_parents_tab_shows_the_ffn_only_verdict_and_the_layer_map_picture(cross_pair):
@@ -204,3 +209,85 @@ def test_the_card_recipe_section_shows_the_layer_map(cross_pair):
     assert view["layer_map"] == {0: 0, 1: 2, 3: 5}
     assert view["father_ffn_layers"] == {2: "frozen: the recipe keeps this layer the father's"}
     assert "layer_map:" in recipe_view.view_yaml(view)
+
+
+def test_an_ffn_only_pair_searches_the_per_layer_ffn_genome_and_refuses_genomes_that_blend_attention(cross_pair,
+                                                                                                    tmp_path):
+    from darwin_core.evolution.pipeline import EvolutionConfig, fit_to_pairing
+
+    base = dict(father=str(cross_pair[0]), mother=str(cross_pair[1]), tasks=("reverse",))
+    said: list[str] = []
+    config, pairing = fit_to_pairing(EvolutionConfig(**base), runs_dir=tmp_path, log=said.append)
+    assert pairing.mode == "ffn_only" and config.genome == "per-layer-ffn"
+    assert said and "per-layer-ffn genome instead of darwin-v6" in said[0]
+    for genome in ("per-layer", "per-block-role"):
+        with pytest.raises(DarwinError, match=f"^These parents share only their feed-forward weights, so the {genome} "
+                                              "genome.*use genome: per-layer-ffn.$"):
+            fit_to_pairing(EvolutionConfig(**base, genome=genome), runs_dir=tmp_path)
+    for extra in ({"mri": "auto"}, {"mri": "auto", "start": "mri"}):
+        with pytest.raises(DarwinError, match="^The MRI compares the parents tensor by tensor, and these parents share "
+                                              "only their feed-forward weights") as refused:
+            fit_to_pairing(EvolutionConfig(**base, **extra), runs_dir=tmp_path)
+        assert str(refused.value).count(". ") == 0
+
+
+def test_a_same_architecture_pair_keeps_its_genome(fixture_pair, tmp_path):
+    from darwin_core.evolution.pipeline import EvolutionConfig, fit_to_pairing
+
+    father, mother = (str(p) for p in fixture_pair("llama"))
+    config, pairing = fit_to_pairing(EvolutionConfig(father=father, mother=mother, tasks=("reverse",),
+                                                     genome="per-block-role", mri="auto"), runs_dir=tmp_path)
+    assert pairing.mode == "names" and config.genome == "per-block-role" and config.mri == "auto"
+
+
+def test_merge_prints_the_layer_map_and_the_kept_layers(cross_pair, tmp_path, capsys):
+    from darwin_core.cli.main import main
+
+    father_dir, mother_dir = cross_pair
+    narrow = _narrower_ffn(mother_dir, tmp_path / "narrow-mother", layers={2, 3})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Recipe(father=father_dir, mother=narrow, ratios=0.4).to_yaml())
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "child")]) == 0
+    out = capsys.readouterr().out
+    assert "| father layer | mother layer | FFN |" in out and "| 0 | 0 | bred |" in out and "| 3 | 5 | bred |" in out
+    assert "| 1 | 2 | kept (the father's): feed-forward shapes differ" in out
+    assert "Kept as the father's: layer 1 (feed-forward shapes differ" in out and "; layer 2 (" in out
+    from darwin_core.evolution.pipeline import pairing_report
+
+    kept = pairing_report(pairing_for_folders(father_dir, narrow), ())["kept_layers"]  # what report.json says
+    assert [row["father_layer"] for row in kept] == [1, 2] and kept[0]["why"].startswith("feed-forward shapes differ")
+
+
+def test_the_card_reads_only_the_bred_ffns_and_shows_the_layer_map_table(cross_pair):
+    from darwin_core.publishing import recipe_view
+    from darwin_core.publishing.card import _layer_map_section
+    from darwin_core.genome.spaces import FFN_ROLES
+
+    recipe = Recipe(father=cross_pair[0], mother=cross_pair[1], ratios={"default": 0.5, "roles": {"attn": 0.9}},
+                    frozen_layers=(2,))
+    use = recipe_view.recipe_use(recipe, TensorReader(cross_pair[0]).names)
+    assert use.ratio_reads and {read.role for read in use.ratio_reads} <= set(FFN_ROLES)
+    view = recipe_view.recipe_view(recipe, use)
+    assert "roles" not in view["ratios"]  # the attention ratio moves no weight of this child: not shown
+    section = _layer_map_section(recipe_view.layer_map_of(recipe))
+    assert "| 1 | 2 | bred |" in section and "| 2 | 3 | kept (the father's): frozen" in section
+    assert "mergekit merges tensors of one name and cannot express this pairing" in section
+    assert "Kept as the father's: layer 2 (frozen" in section
+
+
+def test_the_preflight_refuses_an_mri_for_an_ffn_only_pair_before_any_run_folder(cross_pair, tmp_path):
+    from darwin_core.evolution.pipeline import EvolutionConfig
+    from darwin_core.evolution.preflight import check_before_run
+
+    config = EvolutionConfig(father=str(cross_pair[0]), mother=str(cross_pair[1]), tasks=("reverse",), mri="auto")
+    with pytest.raises(DarwinError, match="^The MRI compares the parents tensor by tensor"):
+        check_before_run(config, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mergekit_export_refuses_an_ffn_only_recipe_in_one_sentence(cross_pair):
+    from darwin_core.merge.mergekit_export import mergekit_yaml
+
+    recipe = Recipe(father=cross_pair[0], mother=cross_pair[1], method="linear", ratios=RATIO)
+    with pytest.raises(DarwinError, match="^mergekit cannot express this recipe: its parents are paired by a layer map"):
+        mergekit_yaml(recipe)

@@ -130,6 +130,9 @@ def test_torchrun_on_two_processes_writes_the_single_process_run_byte_for_byte(s
     spreads = [e for e in two.events() if e["event"] == "batch_spread"]
     assert spreads and all(len(e["candidates_per_rank"]) == 2 for e in spreads)
     assert sum(e["candidates_per_rank"][1] for e in spreads) > 0, "rank 1 measured part of the run"
+    evaluated = [e for e in two.events() if e["event"] == "evaluated"]
+    assert evaluated and all(e["scoring_seconds"] > 0 and e["tokens_scored"] > 0 and e["merge_seconds"] >= 0
+                             for e in evaluated), "every evaluation's timing came back from the rank that measured it"
     assert two.read_status()["state"] == "finished"
 
 

@@ -151,3 +151,68 @@ def test_fused_merge_tensors_yields_the_reference_child_byte_for_byte(arch, meth
         assert list(fused) == list(reference)
         for name, tensor in reference.items():
             assert _same_bytes(fused[name], tensor), name
+
+
+def _choice_task():
+    from darwin_core.fitness.sources import task_from_items
+    from darwin_core.fitness.tasks import Item, seeded_rng
+
+    rng = seeded_rng("gpu-resident-child")
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    return task_from_items("quiz", [
+        Item(id=f"c{k}", prompt="".join(rng.choice(letters) for _ in range(rng.randint(140, 200))), answer=str(k % 4),
+             choices=tuple("".join(rng.choice(letters) for _ in range(rng.randint(3, 12))) for _ in range(4)))
+        for k in range(16)
+    ], seed=0)
+
+
+def _state_bytes(child) -> dict[str, torch.Tensor]:
+    return {name: (t.detach().contiguous().view(torch.uint8) if t.is_floating_point() else t).clone()
+            for name, t in child.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["linear", "dare_ties"])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_the_fused_resident_child_holds_and_scores_what_the_unfused_one_does(arch, method, fixture_pair, monkeypatch):
+    """ResidentChild.load_recipe on CUDA (fused kernels, unchanged tensors skipped) against the reference path
+    (`merge_tensors`, every tensor rewritten from the father) and the host-streamed parents: the same child bytes
+    after every candidate of a sequence, and the same fitness per candidate."""
+    from transformers import AutoTokenizer
+
+    from darwin_core.evolution import child as child_module
+    from darwin_core.fitness.evaluate import evaluate
+
+    father, mother = fixture_pair(arch, related=True)
+    space = get_space("darwin-v6")
+    low, high = space.bounds
+    rng = np.random.default_rng(5)
+    genomes = [GENES, GENES] + [[float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)] for _ in range(3)]
+    genomes.insert(3, [*genomes[2][:-1], genomes[2][-1] * 0.5])  # one gene moved: most tensors are unchanged
+    recipes = [space.to_recipe(g, father=father, mother=mother, layer_count=4, method=method, frozen_layers=(1,),
+                               dtype="bfloat16") for g in genomes]
+    task, tokenizer = _choice_task(), AutoTokenizer.from_pretrained(father)
+    fused = child_module.ResidentChild(father, mother, device="cuda")
+    reference = child_module.ResidentChild(father, mother, device="cuda")
+    streamed = child_module.ResidentChild(father, mother, device="cuda", parents="host")
+    assert fused.parents_on == "accelerator" and streamed.parents_on == "pinned host memory"
+    rewritten = []
+    for recipe in recipes:
+        monkeypatch.setattr(child_module, "FUSED_MERGE", True)
+        fused.load_recipe(recipe)
+        streamed.load_recipe(recipe)
+        rewritten.append(fused.last_rewritten)
+        monkeypatch.setattr(child_module, "FUSED_MERGE", False)
+        reference.load_parent("father")  # forget what it holds: every tensor is merged again
+        reference.load_recipe(recipe)
+        expected = _state_bytes(reference)
+        for other in (fused, streamed):
+            got = _state_bytes(other)
+            assert list(got) == list(expected)
+            assert all(torch.equal(got[name], expected[name]) for name in expected), recipe.recipe_hash
+        scores = [evaluate(c.model, tokenizer, [task], split="search", batch_size=8) for c in (fused, reference)]
+        assert scores[0].composite() == scores[1].composite()
+        assert [i.chosen for i in scores[0].tasks["quiz"].items] == [i.chosen for i in scores[1].tasks["quiz"].items]
+        assert [i.logliks for i in scores[0].tasks["quiz"].items] == [i.logliks for i in scores[1].tasks["quiz"].items]
+    total = len(fused.names)
+    assert rewritten[0] == total and rewritten[1] == total  # the same recipe twice: the second is a no-op (label)
+    assert rewritten[3] < total and 0 < rewritten[3]

@@ -69,7 +69,9 @@ def space_env(tmp_path, monkeypatch) -> Path:
     runs = tmp_path / "bucket-mount" / "runs"
     monkeypatch.setenv("SPACE_ID", "darwin-org/darwin")
     monkeypatch.setenv(hfjobs.BUCKET_ENV, "darwin-org/darwin-runs")
+    monkeypatch.setenv(owners.SECRET_ENV, "the-spaces-own-session-secret")
     monkeypatch.delenv(hfjobs.IMAGE_ENV, raising=False)
+    monkeypatch.delenv(hfjobs.JOB_RUN_ENV, raising=False)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub here is the local server
@@ -77,7 +79,7 @@ def space_env(tmp_path, monkeypatch) -> Path:
 
 
 def _launch(hub: FakeHub, runs: Path, **overrides) -> tuple[str, hfjobs.JobPlan]:
-    config = _config(**overrides)
+    config = _config(**{"local_mode": False, **overrides})  # as check_breed makes it on a Space
     plan = hfjobs.plan_job(config, pair_bytes=2 * GB, seconds_per_candidate=3.0)
     who = owners.Visitor(session="browser-session-1", user="visitor")
     run_id = hfjobs.launch_job(config, runs, token=TOKEN, who=who, plan=plan, push_repo="visitor/darwin-child", endpoint=hub.url)
@@ -98,7 +100,7 @@ def test_the_job_request_names_the_spaces_image_the_flavour_the_timeout_and_the_
     assert f"torch.distributed.run --standalone --nproc-per-node {plan.gpus} -m darwin_core evolve {mount}/{run_id}/config.yaml" in line
     assert f"--run-id {run_id}" in line and "push" in line and "visitor/darwin-child" in line
     assert spec["secrets"] == {"HF_TOKEN": TOKEN}
-    assert spec["environment"] == {"DARWIN_RUNS_DIR": mount, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    assert spec["environment"] == {"DARWIN_RUNS_DIR": mount, hfjobs.JOB_RUN_ENV: run_id, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     without_secrets = json.dumps({k: v for k, v in spec.items() if k != "secrets"})
     assert TOKEN not in without_secrets, "the token is in the command line or the environment"
     for request in hub.record.requests:  # once in the job's secrets, else only in the Authorization header
@@ -140,6 +142,47 @@ def test_a_runs_folder_outside_a_bucket_is_refused_before_anything_is_written(sp
     with FakeHub() as hub, pytest.raises(DarwinError, match=hfjobs.BUCKET_ENV):
         hfjobs.launch_job(config, space_env, token=TOKEN, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
     assert hub.record.jobs == {} and not space_env.exists()
+
+
+def test_without_the_session_secret_set_in_the_environment_no_job_is_launched(space_env, monkeypatch):
+    monkeypatch.delenv(owners.SECRET_ENV)
+    config = _config()
+    plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
+    with FakeHub() as hub, pytest.raises(DarwinError, match=owners.SECRET_ENV):
+        hfjobs.launch_job(config, space_env, token=TOKEN, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
+    assert hub.record.jobs == {} and not space_env.exists()
+
+
+# --------------------------------------------------------------------------------------------- the run on the Space
+
+
+def test_a_jobs_run_reads_as_starting_here_not_interrupted_and_cannot_be_resumed_here_while_the_job_holds_it(space_env):
+    with FakeHub() as hub:
+        run_id, _ = _launch(hub, space_env)
+    folder = RunFolder(space_env / run_id)
+    assert not folder.is_active(), "the Job's lock would be on its own machine"
+    assert queue.read_state(folder) == "starting"
+    with pytest.raises(DarwinError, match="already starting"):
+        queue.resume(run_id, space_env, start_worker=False)
+    assert not hfjobs.settle_job(folder.path, "RUNNING")
+    assert hfjobs.settle_job(folder.path, "ERROR") and queue.read_state(folder) == "failed"
+    assert "resume" in folder.read_status()["error"]
+    queue.resume(run_id, space_env, start_worker=False)  # the config is the one the Space sealed: it may run here
+    assert queue.read_state(folder) == "queued"
+
+
+def test_a_jobs_run_whose_config_was_rewritten_in_the_bucket_never_runs_on_the_space(space_env):
+    with FakeHub() as hub:
+        run_id, _ = _launch(hub, space_env)
+    folder = RunFolder(space_env / run_id)
+    hfjobs.settle_job(folder.path, "COMPLETED")
+    config = folder.path / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("population: 4", "population: 5"), encoding="utf-8")
+    assert "population: 5" in folder.config_text()
+    with pytest.raises(DarwinError, match="no longer the one this Space launched"):
+        queue.resume(run_id, space_env, start_worker=False)
+    assert queue.execute(folder.path) == "failed" and "no longer the one" in folder.read_status()["error"]
+    assert not folder.file("evaluations.jsonl").exists(), "nothing of the rewritten config ran"
 
 
 # --------------------------------------------------------------------------------------------- the job itself
@@ -188,3 +231,65 @@ def test_the_evolve_tabs_job_button_launches_on_the_visitors_account_and_points_
     assert new_state["run_id"] in message and "l40sx1" in message
     assert RunFolder(space_env / new_state["run_id"]).read_status()["hf_job"]["flavor"] == "l40sx1"
     assert "Sign in" in refusal and TOKEN not in message + refusal
+
+
+def _page_handler(demo, api_name: str):
+    (fn,) = [f.fn for f in demo.fns.values() if f.api_name == api_name]
+    return fn
+
+
+def test_the_evolve_tab_launches_a_job_with_the_visitors_oauth_token_never_the_spaces_after_the_local_checks(space_env, monkeypatch):
+    import time
+
+    import gradio as gr
+    from huggingface_hub import constants
+
+    from tests.browser import demo_zoo_dir
+    from ui.app import build_demo
+    from ui.tabs.evolve import demo_task_rows
+
+    space_token = "hf_SPACE_OWNERS_OWN_TOKEN_sentinel"
+    for name, value in {"HF_TOKEN": space_token, "SYSTEM": "spaces", "OAUTH_CLIENT_ID": "darwin-test",  # a Space's runtime
+                        "OAUTH_CLIENT_SECRET": "not-a-secret", "OAUTH_SCOPES": "openid profile jobs",
+                        "OPENID_PROVIDER_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+        if name.startswith(("OAUTH_", "OPENID_")):  # gradio.oauth read these when it was imported
+            monkeypatch.setattr(gr.oauth, name, value)
+    for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_TOKEN_PATH"):  # build_demo seals them: restored afterwards
+        monkeypatch.setattr(constants, name, getattr(constants, name))
+        monkeypatch.setenv(name, str(getattr(constants, name)))
+    demo = build_demo(runs_dir=space_env, zoo_dir=demo_zoo_dir())
+    launch_job = _page_handler(demo, "evolve_launch_job")
+    profile = gr.OAuthProfile({"name": "Vis", "preferred_username": "visitor", "profile": "", "picture": ""})
+    oauth = gr.OAuthToken(token=TOKEN, scope="openid profile jobs", expires_at=int(time.time()) + 3600)
+    rows = demo_task_rows()
+    rows["items"] = 8
+
+    def form(population: int) -> list:
+        return ["demo:father", "", "demo:mother", "", rows, {"data": []}, [], 1.0, "per-layer", "linear", population, 0.2,
+                2, 0, 2, 1, "", False, 0, "neutral", "topk"]
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        _, refusal = launch_job({"session": "visitor-session-" + "x" * 16}, *form(10_000), "l4x1", "", profile, oauth)
+        assert "population is limited" in refusal and hub.record.jobs == {}, "a Job passes the local launch's quotas"
+        state, message = launch_job({"session": "visitor-session-" + "x" * 16}, *form(4), job_launch_auto(), "", profile, oauth)
+        assert state["run_id"] in message, message
+        _, anonymous = launch_job({"session": "anon-session-" + "y" * 16}, *form(4), job_launch_auto(), "",
+                                                None, None)
+    assert "Sign in" in anonymous
+    ((job_id, job),) = hub.record.jobs.items()
+    assert job["spec"]["secrets"] == {"HF_TOKEN": TOKEN}
+    assert all(space_token.encode() not in request["body"] and space_token not in json.dumps(request["headers"])
+               for request in hub.record.requests), "the Space's own token reached the Hub"
+    folder = RunFolder(space_env / state["run_id"])
+    assert folder.read_status()["hf_job"]["id"] == job_id
+    assert queue.read_state(folder) == "starting"
+    assert all(TOKEN.encode() not in p.read_bytes() and space_token.encode() not in p.read_bytes()
+               for p in space_env.rglob("*") if p.is_file())
+
+
+def job_launch_auto() -> str:
+    from ui.job_launch import AUTO
+
+    return AUTO

@@ -257,16 +257,25 @@ def test_a_different_hidden_size_is_incompatible_and_names_a_tensor(fixture_mode
     assert "model.embed_tokens.weight" in result.differing
 
 
-def test_a_vocabulary_mismatch_gets_its_own_sentence(fixture_model):
+def test_a_vocabulary_mismatch_is_breedable_with_a_tokenizer_source(fixture_model):
     llama = _ref(fixture_model, "llama")
     bigger = _reshaped(llama, lambda n: n in ("model.embed_tokens.weight", "lm_head.weight"),
                        lambda s: (80, *s[1:]))
     bigger.config = {**llama.config, "vocab_size": 80}
     result = compatibility(llama, bigger)
-    assert result.verdict == "incompatible"
-    assert result.reason == ("The vocabularies differ in size (64 vs 80 tokens), so the embeddings and the output "
-                             "head cannot be blended.")
+    assert result.verdict == "full" and result.vocab_sizes == (64, 80)
+    assert result.reason.endswith("whose vocabularies differ in size (64 vs 80 rows): their rows are aligned by "
+                                  "token, and the child gets the father's tokenizer unless the recipe sets "
+                                  "tokenizer_source: mother or union.")
     assert set(result.differing) == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_a_vocabulary_mismatch_with_another_hidden_size_is_still_refused(fixture_model):
+    llama = _ref(fixture_model, "llama")
+    other = _reshaped(llama, lambda n: True, lambda s: tuple(48 if d == 32 else 80 if d == 64 else d for d in s))
+    other.config = {**llama.config, "vocab_size": 80, "hidden_size": 48}
+    result = compatibility(llama, other)
+    assert result.verdict == "incompatible" and result.reason.startswith("The hidden sizes differ (32 vs 48)")
 
 
 def test_a_shape_mismatch_names_the_tensor(fixture_model):

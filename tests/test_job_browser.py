@@ -29,6 +29,7 @@ def _launched_and_run_by_a_stand_in(runs: Path, monkeypatch) -> tuple[str, dict]
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv(owners.SECRET_ENV, "the-spaces-own-session-secret")  # a Space that launches Jobs sets it
     config = EvolutionConfig.from_dict({
         "father": "demo:father", "mother": "demo:mother", "genome": "per-block-role", "population": 2,
         "generations": 2, "proxy_items": 4, "topk_full": 1, "seed": 3, "device": "cpu",

@@ -76,14 +76,78 @@ def test_the_scan_of_a_run_with_user_task_files_holds_no_heldout_item_and_no_gen
         assert set(scan[parent]["probes"]["importance"]) == {t.name for t in tasks}
 
 
-@pytest.mark.xfail(strict=True, reason="needs darwin_core/evolution/problem.py to call mri.probes.choose_probes (lead)")
 def test_a_run_with_user_task_files_probes_with_their_search_split(tmp_path):
     from darwin_core.evolution.problem import ModelProblem
 
     father, mother = write_pair("llama", tmp_path / "parents", related=True)
-    problem = ModelProblem(user_config(father, mother, write_user_tasks(tmp_path / "tasks")))
-    assert problem.scan["probe_source"] == TASK_PROBES
-    assert_search_split_only(problem.scan["father"]["probes"]["texts"], problem.tasks)
+    logged: list[str] = []
+    problem = ModelProblem(user_config(father, mother, write_user_tasks(tmp_path / "tasks")), log=logged.append)
+    assert problem.scan["probe_source"] == problem.probe_source == TASK_PROBES
+    for parent in ("father", "mother"):
+        assert_search_split_only(problem.scan[parent]["probes"]["texts"], problem.tasks)
+    assert any("MRI probes: " + TASK_PROBES in line and "echo (8)" in line for line in logged)
+
+
+def test_a_probes_file_in_the_config_drives_the_scan_and_is_read_from_the_config_folder(tmp_path):
+    from darwin_core.evolution.problem import ModelProblem
+
+    father, mother = write_pair("llama", tmp_path / "parents", related=True)
+    files = write_user_tasks(tmp_path / "tasks")
+    (tmp_path / "mine.yaml").write_text("POETRY:\n  - roses are red\n  - violets are blue\n")
+    config_file = tmp_path / "breed.yaml"
+    config_file.write_text(user_config(father, mother, files, probes="mine.yaml").to_yaml())
+    config = EvolutionConfig.load(config_file)
+    assert config.probes == str(tmp_path / "mine.yaml")
+    problem = ModelProblem(config)
+    assert problem.scan["probe_source"] == "file mine.yaml"
+    assert problem.scan["father"]["probes"]["texts"] == {"POETRY": ["roses are red", "violets are blue"]}
+
+
+def test_probes_need_the_scan_of_the_run_and_a_visitor_probes_file_must_be_an_upload(tmp_path, monkeypatch):
+    from darwin_core.fitness.policy import uploads_dir
+    from darwin_core.fitness.probes import vet_probes_file
+
+    files = write_user_tasks(tmp_path / "tasks")
+    with pytest.raises(DarwinError, match="set mri to auto"):
+        user_config(tmp_path / "f", tmp_path / "m", files, mri=None, probes="p.yaml")
+    outside = tmp_path / "p.yaml"
+    outside.write_text("A: [x]\n")
+    vet_probes_file(outside, local_mode=True, runs_dir=None)  # the user's own machine: their file
+    with pytest.raises(DarwinError, match="uploaded on the page"):
+        vet_probes_file(outside, local_mode=False, runs_dir=tmp_path / "runs")
+    monkeypatch.setenv("SPACE_ID", "someone/darwin")
+    with pytest.raises(DarwinError, match="uploaded on the page"):
+        vet_probes_file(outside, local_mode=True, runs_dir=tmp_path / "runs")
+    uploaded = uploads_dir(tmp_path / "runs") / "abc" / "p.yaml"
+    uploaded.parent.mkdir(parents=True)
+    uploaded.write_text("A: [x]\n")
+    vet_probes_file(uploaded, local_mode=False, runs_dir=tmp_path / "runs")
+    with pytest.raises(DarwinError, match="uploaded on the page"):
+        vet_probes_file(uploaded.with_suffix(".py"), local_mode=False, runs_dir=tmp_path / "runs")
+
+
+def test_a_probe_file_is_data_and_bounded(tmp_path):
+    from darwin_core.mri.probes import MAX_PROBE_FILE_BYTES, load_probes
+
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("A: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(DarwinError, match="not valid YAML"):
+        load_probes(tagged)
+    big = tmp_path / "big.yaml"
+    big.write_text("A:\n" + "  - x\n" * (MAX_PROBE_FILE_BYTES // 4))
+    with pytest.raises(DarwinError, match="larger than"):
+        load_probes(big)
+
+
+def test_probes_from_tasks_is_the_search_split_implementation():
+    from darwin_core.fitness.demo_tasks import demo_tasks
+    from darwin_core.fitness.probes import probes_from_tasks
+    from darwin_core.mri.probes import probes_from_search_split
+
+    tasks = demo_tasks()
+    assert probes_from_tasks(tasks) == probes_from_search_split(tasks)
+    with pytest.raises(DarwinError, match="cannot drive the MRI"):
+        probes_from_tasks([])
 
 
 def test_without_tasks_the_mri_probes_the_generic_five_and_a_probes_file_wins(tmp_path):

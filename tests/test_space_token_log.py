@@ -58,7 +58,7 @@ elif args["action"] == "evolve":
 
     rows = demo_task_rows()
     rows["weight"] = 0.0  # only the visitor's task counts
-    settings = [rows, {"data": [args["task"]]}, [], 1.0, "per-layer", "linear", 2, 0.2, 1, 0, 2, 1, "", False, 0]
+    settings = [rows, {"data": [args["task"]]}, [], 1.0, "per-layer", "linear", 2, 0.2, 1, 0, 2, 1, "", False, 0, "neutral", "topk"]
     new_state, error = handler("evolve_launch")(state, "demo:father", "", "demo:mother", "", *settings, profile, oauth)
     out.update(error=error, run_id=None if error else new_state["run_id"])
 elif args["action"] == "publish":  # the visitor's own finished run (demo tasks), then Push to the Hub
@@ -66,7 +66,7 @@ elif args["action"] == "publish":  # the visitor's own finished run (demo tasks)
 
     rows = demo_task_rows()
     rows["items"] = 8
-    settings = [rows, {"data": []}, [], 1.0, "per-layer", "linear", 2, 0.2, 1, 0, 2, 1, "", False, 0]
+    settings = [rows, {"data": []}, [], 1.0, "per-layer", "linear", 2, 0.2, 1, 0, 2, 1, "", False, 0, "neutral", "topk"]
     owned, error = handler("evolve_launch")(state, "demo:father", "", "demo:mother", "", *settings, profile, oauth)
     assert not error, error
     status_path = os.path.join(runs, owned["run_id"], "status.json")

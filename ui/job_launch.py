@@ -43,6 +43,18 @@ def plan_sentence(run_id: str, plan: Any) -> str:
             "It runs on your account and is billed to it; this page follows its run.")
 
 
+def measured_seconds_per_candidate(config: Any, runs_dir: Path) -> float | None:
+    """Seconds per evaluation from the cost estimate when an earlier run of these parents measured its speed (on
+    this Space's device: a Job's GPU is at least as fast, so the timeout errs long); None leaves the launcher's
+    estimate from the pair's size."""
+    try:
+        estimate = api.estimate_cost(config, runs_dir)
+    except (api.DarwinError, OSError, ValueError):
+        return None
+    minutes = estimate.minutes
+    return minutes * 60.0 / estimate.evaluations if minutes and estimate.evaluations else None
+
+
 def launch_job_core(state: Any, *values: Any, make_config: Callable[..., Any], runs_dir: Path, local_mode: bool,
                     zoo_dir: str | Path | None) -> tuple[Any, str]:
     """The click: `values` are the tab's form values, then the flavour and the push repo, then (token, user)."""
@@ -53,7 +65,8 @@ def launch_job_core(state: Any, *values: Any, make_config: Callable[..., Any], r
         config = make_config(state, *form, token=token, user=user)
         return api.launch_hf_job(config, session.visitor(state, user), runs_dir=runs_dir, token=token,
                                  local_mode=local_mode, flavor=None if not flavor or flavor == AUTO else flavor,
-                                 push_repo=(push_repo or "").strip() or None, zoo_dir=zoo_dir)
+                                 push_repo=(push_repo or "").strip() or None, zoo_dir=zoo_dir,
+                                 seconds_per_candidate=measured_seconds_per_candidate(config, runs_dir))
 
     launched, message = guarded(launch, "launching a Hugging Face Job")
     if launched is None:

@@ -102,15 +102,23 @@ def _rss_bytes(pid: Any) -> int | None:
     return None
 
 
+def _planned_per_generation(events: Sequence[Mapping], config: Mapping, measured: Sequence[Mapping], population: int) -> int:
+    """Evaluations one generation plans: the population on the proxy, then the top-k on the rest of the search
+    split, or (successive halving) each rung's climbers, as the search recorded them in `search_started`."""
+    started = [e for e in events if e.get("event") == "search_started"]
+    if started and started[-1].get("selection") == "halving" and isinstance(started[-1].get("rungs"), list):
+        return population + sum(int(rung.get("keep") or 0) for rung in started[-1]["rungs"] if isinstance(rung, Mapping))
+    proxy_is_full = all(e.get("phase") == "full" for e in measured) and bool(measured)
+    return population + (0 if proxy_is_full else int(config.get("topk_full") or 0))
+
+
 def progress_facts(run: Mapping, events: Sequence[Mapping], config: Mapping, *, now: float | None = None) -> dict[str, Any]:
     """Candidates measured / planned, candidates per minute, ETA of the search (seconds), from the event log."""
     now = time.time() if now is None else now
     measured = [e for e in events if e.get("event") == "evaluated" and parse_candidate_name(str(e.get("name", ""))) is not None]
     population = int(config.get("population") or 0)
     generations = int(run.get("generations") or config.get("generations") or 0)
-    proxy_is_full = all(e.get("phase") == "full" for e in measured) and bool(measured)
-    per_generation = population + (0 if proxy_is_full else int(config.get("topk_full") or 0))
-    planned = per_generation * generations
+    planned = _planned_per_generation(events, config, measured, population) * generations
     recent = measured[-20:]
     rate = None
     if len(recent) >= 2 and recent[-1]["t"] > recent[0]["t"]:

@@ -34,6 +34,7 @@ def register_cli(subparsers) -> None:
 
 
 def _cli_evolve(args: argparse.Namespace) -> int:
+    from darwin_core.api import estimate_cost
     from darwin_core.evolution.distributed import TorchrunEnvironment
     from darwin_core.runs import queue as jobs
 
@@ -47,9 +48,11 @@ def _cli_evolve(args: argparse.Namespace) -> int:
     if args.queue:
         run_id = jobs.submit(config, runs_dir, run_id=args.run_id)
         print(f"queued run {run_id} in {runs_dir}")
+        print(estimate_cost(config, runs_dir, exclude=run_id).sentence(), flush=True)
         return 0
     folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
     print(f"run {folder.run_id} in {folder.path}", flush=True)
+    print(estimate_cost(config, runs_dir, exclude=folder.run_id).sentence(), flush=True)  # checked, not yet started
     state = jobs.execute(folder.path, log=lambda message: print(message, flush=True))
     return _report_state(folder, state)
 

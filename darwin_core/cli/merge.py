@@ -35,7 +35,23 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = merge_to_disk(recipe, args.out, device=device, overwrite=args.overwrite, max_shard_bytes=max_shard_bytes)
     print(f"wrote {out} ({recipe.method}, recipe {recipe.recipe_hash[:16]}) in {time.perf_counter() - start:.1f} s")
+    _print_layer_map(recipe)
     return 0
+
+
+def _print_layer_map(recipe: Recipe) -> None:
+    """A cross-architecture FFN pair: which mother layer each father layer's FFN was bred with, and the layers
+    kept as the father's with the reason (the same rows the card and report.json show)."""
+    from darwin_core.publishing.recipe_view import kept_layers_sentence, layer_map_of, layer_map_table
+
+    rows = layer_map_of(recipe)
+    if not rows:
+        return
+    print("feed-forward only: attention, norms and embeddings are the father's; layer map:")
+    print(layer_map_table(rows), end="")
+    kept = kept_layers_sentence(rows)
+    if kept:
+        print(kept)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:

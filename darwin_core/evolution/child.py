@@ -5,7 +5,11 @@ model on the device (the "child"), both parents' tensors are loaded once and sta
 device, and each candidate's merged tensors — produced by the one merge path, `merge.apply.merge_tensors`,
 the same code that writes children to disk — are copied into the child's parameters under `torch.no_grad()`.
 No candidate touches the disk, and the weights the evaluator sees are exactly those `merge_to_disk` would
-write for the same recipe (same kernels, same dtype cast, same seeded DARE masks).
+write for the same recipe (same kernels, same dtype cast, same seeded DARE masks). On a CUDA device the merge
+is `merge.methods.fused.fused_merge_tensors` (one Triton pass per linear or DARE-TIES tensor, written straight
+into the child's parameter; the reference's bytes, `tests/test_gpu.py`), and a candidate rewrites only the
+tensors whose plan changed since the last one. Where the parents live (beside the child on the GPU, or in
+pinned host memory, streamed per tensor) is decided from measured free memory by `evolution.placement`.
 
 The parents need not share their tensor names: the child builds the pair's `Pairing` itself from the two folders
 (`darwin_core.merge.pairing`: same names, a multimodal wrapper against its text-only sibling, or the FFNs of two
@@ -31,7 +35,13 @@ import torch
 
 from darwin_core.io.dtypes import dtype_from_name
 from darwin_core.errors import DarwinError
-from darwin_core.merge.methods.apply import StateDictSource
+from darwin_core.evolution.placement import ParentsOn
+from darwin_core.merge.methods.apply import StateDictSource, paired_plan
+
+# Candidates on a CUDA device merge through the fused one-pass kernels (`merge.methods.fused`: the reference's
+# bytes, a third of its traffic); False makes every merge the reference `merge_tensors` (bench/breed.py's
+# --reference-merge, and the GPU tests' unfused side).
+FUSED_MERGE = True
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -149,7 +159,8 @@ class WritePlan:
         for name, tensor in items:
             target = self.direct.get(name)
             if target is not None:
-                self.targets[target].copy_(tensor)
+                if tensor.data_ptr() != self.targets[target].data_ptr():  # a fused merge may have written it in place
+                    self.targets[target].copy_(tensor)
                 written += 1
                 continue
             key = self.group_of.get(name)
@@ -208,10 +219,10 @@ class ResidentChild:
         folders = [self.father_dir, self.mother_dir] + ([Path(base)] if base is not None else [])
         if parents not in ("auto", "device", "host"):
             raise DarwinError(f"parents must be auto, device or host, not {parents!r}.")
-        storage, pin = self._parent_storage(folders) if parents == "auto" else (
-            (self.device, False) if parents == "device" or self.device.type != "cuda" else (torch.device("cpu"), True)
-        )
-        self.parents_on = "accelerator" if storage.type == "cuda" else ("pinned host memory" if pin else "host memory")
+        self.placement = self._placement(folders, parents)
+        pin = self.placement.pinned
+        storage = self.device if self.placement.parents_on == ParentsOn.ACCELERATOR else torch.device("cpu")
+        self.parents_on = str(self.placement.parents_on)
         from darwin_core.merge.pairing import pairing_for, resolved_folders
 
         self._parent_models = resolved_folders(self.father_dir, self.mother_dir)
@@ -225,23 +236,27 @@ class ResidentChild:
         self._mother_model = None
         self.plan = WritePlan(self.model, self.names)
         self.plan.check_shapes(self.father)
+        # a pair bred with a vocabulary plan writes into a copy sized for the child's vocabulary (`_use_vocabulary`)
+        self._vocabularies = {None: (self.model, self.tokenizer, self.plan)}
+        self._vocabulary = None
         self.current: str | None = "father"  # what the child's weights hold now (a recipe hash or a parent)
+        self._held: dict[str, tuple] = {}  # per checkpoint tensor: the plan its values came from (`_tensor_key`)
+        self.last_rewritten = 0  # tensors the last `load_recipe` merged and wrote (the rest were unchanged)
 
-    def _parent_storage(self, folders: list[Path]) -> tuple[torch.device, bool]:
-        """Where the parents' tensors live: on the accelerator when they fit beside the child with room to spare
-        for evaluation (a quarter of what is free after them), else in pinned host memory, streamed per tensor."""
-        if self.device.type != "cuda":
-            return self.device, False
-        from darwin_core.io.tensors import TensorReader
+    def _placement(self, folders: list[Path], parents: str):
+        """Where the parents' tensors live (`evolution.placement`): measured free memory decides under "auto"
+        (the child is loaded already, so what is free is what is left beside it); "device"/"host" force it."""
+        from darwin_core.evolution import placement
 
-        needed = sum(TensorReader(folder).total_bytes for folder in folders)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if needed <= 0.75 * free:
-            return self.device, False
-        return torch.device("cpu"), True
+        needed = sum(placement.folder_bytes(folder) for folder in folders)
+        force = {"device": ParentsOn.ACCELERATOR, "host": ParentsOn.PINNED_HOST}.get(parents)
+        return placement.choose(needed, placement.folder_bytes(self.father_dir), self.device, force=force)
 
-    def write(self, items: Iterable[tuple[str, torch.Tensor]], label: str | None = None) -> int:
-        """Overwrite the child's parameters with `items`; every checkpoint tensor must come exactly once."""
+    def write(self, items: Iterable[tuple[str, torch.Tensor]], label: str | None = None, *,
+              names: Iterable[str] | None = None) -> int:
+        """Overwrite the child's parameters with `items`; every checkpoint tensor (or each of `names`, a partial
+        rewrite whose other tensors already hold the new values) must come exactly once."""
+        expected = set(self.names) if names is None else set(names)
         seen: set[str] = set()
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
@@ -250,22 +265,49 @@ class ResidentChild:
                 yield name, tensor
 
         self.current = None  # a failure half-way leaves a mixed child: say so
+        self._held = {}
         self.model, self.tokenizer = self._child_model, self._child_tokenizer
         written = self.plan.write(counted())
-        if seen != set(self.names):
-            missing = sorted(set(self.names) - seen)[:3]
+        if seen != expected:
+            missing = sorted(expected - seen)[:3]
             raise DarwinError(f"The merge did not produce every tensor of the model (missing e.g. {', '.join(missing)}).")
         self.current = label
         return written
 
-    def pairing_for(self, layer_map=None):
-        """The pairing for a recipe's `layer_map` (the default depth map without one), built once per map."""
+    def pairing_for(self, layer_map=None, tokenizer_source=None):
+        """The pairing for a recipe's `layer_map` (the default depth map without one) and `tokenizer_source` (with
+        one, the pairing carries the vocabulary plan of parents whose vocabularies differ), built once per both."""
         key = tuple(sorted((layer_map or {}).items()))
+        if tokenizer_source is not None:
+            key = (key, str(getattr(tokenizer_source, "value", tokenizer_source)))
         if key not in self._pairings:
             from darwin_core.merge.pairing import pairing_for
 
-            self._pairings[key] = pairing_for(*self._parent_models, layer_map)
+            self._pairings[key] = pairing_for(*self._parent_models, layer_map, tokenizer_source=tokenizer_source)
         return self._pairings[key]
+
+    def _use_vocabulary(self, plan) -> None:
+        """Write into the father's model (plan None) or into a copy of it sized for the plan's vocabulary and
+        scored with the plan's tokenizer (built once per tokenizer source)."""
+        key = None if plan is None else plan.source
+        if key == self._vocabulary:
+            return
+        if key not in self._vocabularies:
+            from darwin_core.merge.vocabulary import vocabulary_model
+
+            model = vocabulary_model(self._vocabularies[None][0], plan)
+            self._vocabularies[key] = (model, plan.tokenizer, WritePlan(model, self.names))
+        self._child_model, self._child_tokenizer, self.plan = self._vocabularies[key]
+        self.model, self.tokenizer = self._child_model, self._child_tokenizer
+        self._vocabulary, self.current, self._held = key, None, {}
+
+    def _mother_vocabulary_differs(self) -> bool:
+        """Whether the mother speaks another vocabulary than the father (then she is scored as her own model)."""
+        if not hasattr(self, "_own_vocabulary"):
+            from darwin_core.merge.pairing import own_vocabulary
+
+            self._own_vocabulary = own_vocabulary(self.father_dir, self.mother_dir)
+        return self._own_vocabulary
 
     def load_parent(self, which: str) -> None:
         """Put one parent's own weights into the child (the reference lines of every curve).
@@ -276,9 +318,10 @@ class ResidentChild:
         source = {"father": self.father, "mother": self.mother}.get(which)
         if source is None:
             raise ValueError("which must be 'father' or 'mother'")
+        self._use_vocabulary(None)
         if self.current == which:
             return
-        if which == "mother" and self.pairing.mode == "ffn_only":
+        if which == "mother" and (self.pairing.mode == "ffn_only" or self._mother_vocabulary_differs()):
             self._use_own_mother()
             return
         if which == "mother" and self.pairing.names is not None:
@@ -300,13 +343,67 @@ class ResidentChild:
         self.current = "mother"
 
     def load_recipe(self, recipe) -> None:
-        """Merge the parents by `recipe` (the one merge path, through the pair's pairing) into the child."""
-        from darwin_core.merge.methods.apply import merge_tensors
+        """Merge the parents by `recipe` (the one merge path, through the pair's pairing) into the child.
 
+        Only the tensors whose plan changed since the last candidate are merged and written (a frozen layer, a
+        transplanted or untouched tensor, a ratio the genome did not move): the others already hold exactly
+        these bytes. On a CUDA device the merge is the fused one (same bytes as `merge_tensors`, one pass)."""
+        from darwin_core.merge.pairing import aligned_sources
+
+        pairing = self.pairing_for(getattr(recipe, "layer_map", None), getattr(recipe, "tokenizer_source", None))
+        self._use_vocabulary(pairing.vocabulary)
         label = "recipe:" + recipe.recipe_hash
         if self.current == label:
             return
-        pairing = self.pairing_for(getattr(recipe, "layer_map", None))
-        items = merge_tensors(recipe, self.father, self.mother, self.names, device=self.device, base=self.base,
-                              pairing=pairing.names)
-        self.write(items, label=label)
+        keys = {name: _tensor_key(recipe, name, pairing.names) for name in self.names}
+        changed = self._changed_names(keys)
+        merge = self._merge_function()
+        extra = {}
+        if merge is not apply_merge_tensors():
+            extra["outputs"] = {name: self.plan.targets[self.plan.direct[name]] for name in changed if name in self.plan.direct}
+        father, mother = aligned_sources(pairing, self.father, self.mother)  # rows by token under a vocabulary plan
+        self.current = None  # from here on the child's weights may be half written
+        items = merge(recipe, father, mother, changed, device=self.device, base=self.base,
+                      pairing=pairing.names, **extra)
+        self.write(items, label=label, names=changed)
+        self._held = keys
+        self.last_rewritten = len(changed)
+
+    def _changed_names(self, keys: dict[str, tuple]) -> list[str]:
+        """The tensors whose plan differs from what the child holds, in storage order; a tensor written through a
+        converter group (MoE experts fused on load) brings its whole group, which is written as one."""
+        changed = {name for name in self.names if self._held.get(name) != keys[name]}
+        for name in list(changed):
+            group = self.plan.group_of.get(name)
+            if group is not None:
+                changed.update(member for member, _ in self.plan.groups[group].members)
+        return [name for name in self.names if name in changed]
+
+    def _merge_function(self):
+        """`fused_merge_tensors` on a CUDA device (it hands what it cannot fuse to `merge_tensors`), else the
+        reference `merge_tensors` itself: the CPU path is unchanged."""
+        from darwin_core.merge.methods import apply
+
+        if FUSED_MERGE and self.device.type == "cuda":
+            from darwin_core.merge.methods.fused import fused_merge_tensors
+
+            return fused_merge_tensors
+        return apply.merge_tensors
+
+
+def apply_merge_tensors():
+    """The reference merge (looked up at call time, so a bench may substitute it)."""
+    from darwin_core.merge.methods import apply
+
+    return apply.merge_tensors
+
+
+def _tensor_key(recipe, name: str, pairing) -> tuple:
+    """Everything one tensor's merged bytes depend on besides the parents: equal keys, equal bytes."""
+    plan, mother_name = paired_plan(recipe, name, pairing)
+    dtype = recipe.torch_dtype
+    if plan.source == "father":
+        return ("father", plan.keep_dtype, dtype)
+    if plan.source == "mother":
+        return ("mother", mother_name, dtype)
+    return (recipe.method, str(recipe.base), recipe.method_weight, dtype, mother_name, plan.params)

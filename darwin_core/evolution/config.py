@@ -34,7 +34,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
 START_POINTS = ("neutral", "mri")
 SELECTIONS = ("topk", "halving")
-_LATER_SETTINGS = ("start", "selection", "halving_rate", "cma_stop")  # in a digest only when not the default
+_LATER_SETTINGS = ("start", "selection", "halving_rate", "cma_stop", "probes")  # in a digest only when not the default
 
 
 def doc(text: str, **kwargs: Any) -> Any:
@@ -235,6 +235,9 @@ class EvolutionConfig:
                         "(report.json).", default=True)
     mri: str | None = doc("None (no scan), `auto` (scan the parents with the tasks' probe texts before the "
                           "search) or a saved scan file (relative to the config file's folder).", default=None)
+    probes: str | None = doc("A YAML file of MRI probe texts (category: [texts]) for the prescription scan. Default: "
+                             "texts drawn from the tasks' search split (never held-out), one category per task; the "
+                             "five generic categories only when no task brings any text.", default=None)
     batch_size: int = doc("Items per forward pass in the evaluations.", default=64)
     local_mode: bool = doc("True where the user owns the machine (the CLI): local folders and files are "
                            "accepted. A public Space writes False, which refuses every path.", default=True)
@@ -264,6 +267,8 @@ class EvolutionConfig:
             raise DarwinError(f"start must be one of {', '.join(START_POINTS)}, not {_short(self.start)}.")
         if self.start == "mri" and not self.mri:
             raise DarwinError("start: mri needs the MRI prescription; set mri to auto or a saved scan of both parents.")
+        if self.probes and self.mri != "auto":
+            raise DarwinError("probes are the texts of the scan made for the run; set mri to auto to use them.")
         if self.selection not in SELECTIONS:
             raise DarwinError(f"selection must be one of {', '.join(SELECTIONS)}, not {_short(self.selection)}.")
         if not isinstance(self.halving_rate, int) or isinstance(self.halving_rate, bool) or self.halving_rate < 2:
@@ -275,7 +280,7 @@ class EvolutionConfig:
         for name in ("heldout", "local_mode", "cma_stop"):
             if not isinstance(getattr(self, name), bool):
                 raise DarwinError(f"{name} must be true or false, not {_short(getattr(self, name))}.")
-        for name in ("genome", "device", "dtype", "method", "base", "mri"):
+        for name in ("genome", "device", "dtype", "method", "base", "mri", "probes"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) or value == "" and name in ("genome", "device", "dtype"):
                 raise DarwinError(f"{name} must be text, not {_short(value)}.")
@@ -417,6 +422,9 @@ def resolve_relative_paths(data: Mapping[str, Any], folder: Path) -> dict[str, A
     mri = out.get("mri")
     if isinstance(mri, str) and mri not in ("", "auto") and not os.path.isabs(os.path.expanduser(mri)):
         out["mri"] = _joined(folder, mri)
+    probes = out.get("probes")
+    if isinstance(probes, str) and probes and not os.path.isabs(os.path.expanduser(probes)):
+        out["probes"] = _joined(folder, probes)
     tasks = out.get("tasks")
     if isinstance(tasks, (list, tuple)):
         out["tasks"] = [_task_joined(task, folder) for task in tasks]

@@ -50,7 +50,7 @@ __all__ = [
     "Cancelled", "Candidate", "CandidateId", "EvaluationRecord", "EvolutionConfig", "ModelProblem", "Problem",
     "SearchOutcome", "SearchSettings", "SearchState", "TaskSpec",
     "candidate_name", "choose_child", "combine", "heldout_report", "load_spec", "load_tasks", "parse_candidate_name",
-    "proxy_split", "resolve_parent", "run_evolution", "run_search", "task_scores",
+    "fit_to_pairing", "pairing_report", "proxy_split", "resolve_parent", "run_evolution", "run_search", "task_scores",
 ]
 
 
@@ -77,6 +77,7 @@ def run_evolution(
 
     folder.append_event("loading", father=parent_label(config.father), mother=parent_label(config.mother))
     folder.update_status(phase="loading")
+    config, pairing = fit_to_pairing(config, runs_dir=folder.path.parent, log=log)
     problem = ModelProblem(config, log=log, runs_dir=folder.path.parent)
     searched: Problem = wrap_problem(problem) if wrap_problem is not None else problem
     if problem.scan is not None:
@@ -103,7 +104,7 @@ def run_evolution(
         return "cancelled"
     child_dir = merge_to_disk(recipe, folder.file(CHILD), device=str(problem.child.device), overwrite=True)
     folder.append_event("child_written", path=CHILD)
-    _write_report(folder, problem, outcome, best, baselines_search, Path(child_dir), log)
+    _write_report(folder, problem, outcome, best, baselines_search, Path(child_dir), log, pairing)
     return "finished"
 
 
@@ -122,8 +123,63 @@ def _write_best_recipe(folder: RunFolder, problem: ModelProblem, outcome: Search
     return best, recipe
 
 
+def _parent_folder(ref: str, config: EvolutionConfig, runs_dir: Path) -> Path:
+    """The local folder of a parent (downloaded, weights and headers, when it is not cached yet)."""
+    from darwin_core.parents import hub, resolve_parent_name
+
+    resolved = resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir, check_access=False)
+    if resolved.folder is None:
+        resolved = hub.download(resolved)
+    return Path(resolved.folder)
+
+
+def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
+                   log: Callable[[str], None] | None = None) -> tuple[EvolutionConfig, Any]:
+    """(the config this pair runs under, the pair's `Pairing`), decided from the parents' headers before any
+    weight is loaded, so a setting that cannot work on this pair is one sentence and not a traceback later.
+
+    - An FFN-only pair (two families of one hidden size) searches the `per-layer-ffn` genome: the config's
+      default genome becomes it (logged), a genome that blends attention is refused (`genome_for_pairing`).
+    - The MRI compares the parents tensor by tensor under one name, which a cross-architecture or a wrapper
+      pair does not have: `mri` (auto or a scan file) and `start: mri` are refused for them in one sentence
+      rather than skipped, since the user asked for a prescription the run could not honour.
+    """
+    import dataclasses
+
+    from darwin_core.genome.spaces import genome_for_pairing
+    from darwin_core.merge.pairing import pairing_for_folders
+
+    log = log or (lambda message: None)
+    father_dir, mother_dir = (_parent_folder(ref, config, runs_dir) for ref in (config.father, config.mother))
+    pairing = pairing_for_folders(father_dir, mother_dir)
+    if pairing.mode != "names" and (config.mri or config.start == "mri"):
+        what = "share only their feed-forward weights" if pairing.mode == "ffn_only" else "name their tensors differently"
+        raise DarwinError(f"The MRI compares the parents tensor by tensor, and these parents {what}, so mri and "
+                          f"start: mri cannot be used for them; remove mri from the config.")
+    genome = genome_for_pairing(config.genome, pairing.mode)
+    if genome != config.genome:
+        log(f"these parents share only their feed-forward weights, so the search uses the {genome} genome "
+            f"instead of {config.genome}")
+        config = dataclasses.replace(config, genome=genome)
+    return config, pairing
+
+
+def pairing_report(pairing: Any, frozen_layers: tuple[int, ...]) -> dict[str, Any]:
+    """report.json's `pairing`: the mode, and for an FFN-only pair one row per father layer (the mother layer
+    it was bred with, or why it stayed the father's: FFN shapes differ, or frozen)."""
+    from darwin_core.merge.pairing import layer_rows
+
+    out: dict[str, Any] = {"mode": pairing.mode}
+    rows = layer_rows(pairing, frozen_layers)
+    if rows:
+        out["layers"] = rows
+        out["kept_layers"] = [{"father_layer": row["father_layer"], "why": row["why"]} for row in rows if not row["bred"]]
+    return out
+
+
 def _write_report(folder: RunFolder, problem: ModelProblem, outcome: SearchOutcome, best: dict[str, Any],
-                  baselines_search: dict[str, float], child_dir: Path, log: Callable[[str], None]) -> None:
+                  baselines_search: dict[str, float], child_dir: Path, log: Callable[[str], None],
+                  pairing: Any = None) -> None:
     """report.json (and the held-out per-item results when the config asks for the held-out report)."""
     from darwin_core.parents.names import parent_label
 
@@ -142,6 +198,8 @@ def _write_report(folder: RunFolder, problem: ModelProblem, outcome: SearchOutco
                        for t in problem.tasks}
     if problem.scan is not None:
         report["probes"] = probes_used(problem.scan)
+    if pairing is not None:
+        report["pairing"] = pairing_report(pairing, config.frozen_layers)
     if config.heldout:
         grid = uniform_grid(problem, baselines_search, log=log)
         heldout, per_item = heldout_report(problem, best, child_dir, log=log, grid=grid)

@@ -27,6 +27,8 @@ def check_before_run(config: EvolutionConfig, runs_dir: Path | None, *, strict_h
     check_device(config.device, allow_auto=True)
     if config.mri not in (None, "auto") and config.local_mode:
         _check_file(config.mri, "MRI scan file")
+    if config.probes and config.local_mode:
+        _check_file(config.probes, "probes file")
     check_task_files(config)
     check_parents(config, runs_dir, strict_hub=strict_hub)
 
@@ -82,7 +84,25 @@ def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub:
                 raise
     if "father" in resolved and "mother" in resolved:
         check_breedable(resolved["father"], resolved["mother"])
+    check_parent_tokenizers(resolved)
+    if all(getattr(resolved.get(who), "folder", None) is not None for who in ("father", "mother")):
+        from darwin_core.evolution.pipeline import fit_to_pairing
 
+        fit_to_pairing(config, runs_dir=runs_dir)  # genome and MRI settings this pair cannot use, before a folder
+
+
+def check_parent_tokenizers(resolved: dict) -> None:
+    """A parent's tokenizer that does not cover its config's vocab_size, or encodes text to nothing, is one
+    sentence here (`darwin_core.parents.tokenizers`), not an index error or a reshape traceback mid-run. Only
+    parents whose folder is on this machine are read; a Hub parent not downloaded yet is checked by its run."""
+    from darwin_core.parents.tokenizers import tokenizer_findings
+
+    for who in ("father", "mother"):
+        folder = getattr(resolved.get(who), "folder", None)
+        if folder is not None:
+            findings = tokenizer_findings(folder, who)
+            if findings:
+                raise DarwinError(findings[0])
 
 
 def preflight_report(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> str:

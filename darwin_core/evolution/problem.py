@@ -19,8 +19,8 @@ from darwin_core.evolution.search import Candidate
 from darwin_core.evolution.tasks import load_tasks
 from darwin_core.evolution.timing import EvalTiming, TokenCounter
 from darwin_core.fitness.evaluate import EvalResult
+from darwin_core.fitness.probes import vet_probes_file
 from darwin_core.fitness.tasks import Task
-
 
 
 def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None):
@@ -55,6 +55,7 @@ class ModelProblem:
 
         self.config = config
         self.log = log or (lambda message: None)
+        self._runs_dir = runs_dir
         self.method = config.method or default_method(config.genome)
         get_method(self.method)  # unknown method: one sentence now, not after loading the models
         self.father_ref, self.father_dir = resolve_parent(config.father, local_mode=config.local_mode, runs_dir=runs_dir)
@@ -78,25 +79,30 @@ class ModelProblem:
     # ---------------------------------------------------------------- genome ↔ recipe
 
     def _prescription(self) -> dict[str, float] | None:
-        """Per-tensor MRI ratios (share of the mother), from a saved pair scan or a scan made now."""
+        """Per-tensor MRI ratios (share of the mother), from a saved pair scan or a scan made now. A scan made now
+        probes with the config's `probes:` file, else texts from the tasks' search split (never held-out), else
+        the generic five categories (`mri.probes.choose_probes`); the log says which."""
         self.scan: dict[str, Any] | None = None
+        self.probe_source: str | None = None
         if not self.config.mri:
             return None
         from darwin_core.mri import scan as mri
-        from darwin_core.fitness.probes import probes_from_tasks
+        from darwin_core.mri.probes import choose_probes, describe_probes
 
         if self.config.mri == "auto":
-            self.log("scanning the parents (MRI) for the prescription")
-            try:
-                probes = probes_from_tasks(self.tasks)
-            except DarwinError:
-                probes = None  # tasks without probe texts: the built-in probe set
-            scan = mri.scan_pair(self.father_dir, self.mother_dir, probes=probes, device=str(self.child.device))
+            probes_file = getattr(self.config, "probes", None)
+            if probes_file:
+                vet_probes_file(probes_file, local_mode=self.config.local_mode, runs_dir=self._runs_dir)
+            probes, source = choose_probes(self.tasks, probes_file)
+            self.log("scanning the parents (MRI) for the prescription; " + describe_probes(probes, source))
+            scan = mri.scan_pair(self.father_dir, self.mother_dir, probes=probes, probe_source=source,
+                                 device=str(self.child.device))
         else:
             scan = mri.load_scan(self.config.mri)
         if "prescription" not in scan:
             raise DarwinError(f"The MRI file {self.config.mri} is a scan of one model; the prescription needs a scan of both parents.")
         self.scan = scan
+        self.probe_source = scan.get("probe_source")
         return {str(k): float(v) for k, v in scan["prescription"].items()}
 
     def _start_genome(self) -> list[float]:

@@ -26,6 +26,7 @@ continuation is refused with a sentence instead of an assertion.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
@@ -75,8 +76,33 @@ def _encode(tokenizer, text: str, prefix_text: str) -> list[int]:
     return list(tokenizer.encode(text))
 
 
+# Encoded requests per tokenizer (a search scores the same proxy items every generation; tokenising them again
+# each time is host work the accelerator waits for). Keyed by the tokenizer object, bounded per tokenizer.
+_ENCODED: "weakref.WeakKeyDictionary[object, dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]]]" = (
+    weakref.WeakKeyDictionary())
+_ENCODED_MOST = 200_000
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context tokens, continuation tokens) for one loglikelihood request, lm-eval's `_encode_pair` semantics."""
+    """(context tokens, continuation tokens) for one loglikelihood request, lm-eval's `_encode_pair` semantics
+    (memoised per tokenizer: the same request always encodes to the same tokens)."""
+    try:
+        cache = _ENCODED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
+        cache = None
+    key = (context, continuation)
+    if cache is not None and key in cache:
+        ctx, cont = cache[key]
+        return list(ctx), list(cont)
+    ctx, cont = _encode_pair(tokenizer, context, continuation)
+    if cache is not None:
+        if len(cache) >= _ENCODED_MOST:
+            cache.clear()
+        cache[key] = (tuple(ctx), tuple(cont))
+    return ctx, cont
+
+
+def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     prefix_id = prefix_token_id(tokenizer)
     if context == "":
         cont = list(tokenizer.encode(continuation, add_special_tokens=False))
@@ -125,6 +151,51 @@ def _sum_at(logprobs: torch.Tensor, tokens: Sequence[int]) -> torch.Tensor:
     return logprobs.gather(1, targets).sum()
 
 
+# Positions whose log-softmax one accelerator kernel computes at a time (each a vocabulary row of float32).
+GATHER_POSITIONS = 2048
+
+
+def _gather_sums(logits: torch.Tensor, reads: list[tuple[int, int, int, Sequence[int]]]) -> tuple[list[int], torch.Tensor]:
+    """(request indices, their summed log-probs on the device) for reads (request index, row, first position,
+    continuation tokens) of `logits` [rows, positions, vocabulary]: one index upload, batched log-softmaxes over
+    only the scored positions, and per-request sums over a zero-padded matrix (deterministic, no atomics). The
+    accelerator's way; the CPU keeps `_sum_at` per request (bit-identical to before)."""
+    longest = max(len(tokens) for *_, tokens in reads)
+    rows: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
+    slots: list[int] = []
+    for q, (_, row, first, tokens) in enumerate(reads):
+        n = len(tokens)
+        rows.extend([row] * n)
+        positions.extend(range(first, first + n))
+        targets.extend(tokens)
+        slots.extend(range(q * longest, q * longest + n))
+    index = torch.tensor([rows, positions, targets, slots], dtype=torch.long)
+    if logits.device.type == "cuda":
+        index = index.pin_memory().to(logits.device, non_blocking=True)
+    else:
+        index = index.to(logits.device)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    values = torch.empty(index.shape[1], dtype=dtype, device=logits.device)
+    for start in range(0, index.shape[1], GATHER_POSITIONS):
+        part = index[:, start : start + GATHER_POSITIONS]
+        logprobs = _log_probs(logits[part[0], part[1]])
+        values[start : start + part.shape[1]] = logprobs.gather(1, part[2][:, None])[:, 0]
+    padded = torch.zeros(len(reads) * longest, dtype=values.dtype, device=values.device)
+    padded[index[3]] = values
+    return [request for request, *_ in reads], padded.view(len(reads), longest).sum(1)
+
+
+def _read_gathered(pending: list[tuple[list[int], torch.Tensor]], out: list[float]) -> None:
+    """out[index] = each gathered sum, all of them read in one device-to-host copy."""
+    if pending:
+        values = torch.cat([sums for _, sums in pending]).tolist()
+        for index, value in zip((i for indices, _ in pending for i in indices), values):
+            out[index] = value
+        pending.clear()
+
+
 def _read_sums(pending: list[tuple[int, torch.Tensor]], out: list[float]) -> None:
     """out[index] = the value of each pending 0-dim sum, read in one device-to-host copy."""
     if pending:
@@ -135,7 +206,9 @@ def _read_sums(pending: list[tuple[int, torch.Tensor]], out: list[float]) -> Non
 
 
 # Token positions per forward pass on an accelerator: rows are packed up to this many positions (at most
-# `batch_size` rows on a CPU, where a bigger forward does not run faster). Measured in bench/breed.py.
+# `batch_size` rows on a CPU, where a bigger forward does not run faster); with shared contexts, the cache
+# positions copied for the choice rows. On an H200, 4B: 16k 1.36 s, 32k 1.30 s, 64k 1.25 s, 128k 1.23 s for 200
+# items (bench/breed_kernels.py); 32k keeps the copies near 5 GB, which a capped (host-streamed) run needs.
 TOKENS_PER_FORWARD: dict[str, int] = {"cuda": 32768}
 
 
@@ -174,11 +247,13 @@ def _pads_safely(cache) -> bool:
 def _first_chunk(groups: list[tuple[list[int], list[tuple[int, list[int]]]]], batch_size: int, most: int,
                  token_budget: int | None = None) -> int:
     """How many leading groups (at most `most`, at least one) have continuation rows (distinct `cont[:-1]`
-    per context) that fit in `batch_size` rows, or, given a token budget (an accelerator), whose contexts
-    together fit in `token_budget` prefill positions."""
+    per context) that fit in `batch_size` rows, or, given a token budget (an accelerator), whose contexts'
+    cache positions, once copied for each of their continuation rows, fit in `token_budget` (the copies are
+    what the continuation forward holds in memory: 4 choices of a 200-token context are 800 positions)."""
     rows = 0
     for count, (ctx, conts) in enumerate(groups[:most]):
-        rows += len(ctx) if token_budget else len({tuple(cont[:-1]) for _, cont in conts})
+        distinct = len({tuple(cont[:-1]) for _, cont in conts})
+        rows += len(ctx) * distinct if token_budget else distinct
         if count and rows > (token_budget or batch_size):
             return count
     return min(len(groups), most)
@@ -197,6 +272,7 @@ def _score_shared_contexts(
     device = model_device(model)
     keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
     start, most = 0, len(groups)
+    gathered: list[tuple[list[int], torch.Tensor]] = []
     while start < len(groups):
         chunk = groups[start : start + _first_chunk(groups[start:], batch_size, most, TOKENS_PER_FORWARD.get(device.type))]
         prefixes = [ctx[:-1] for ctx, _ in chunk]
@@ -236,9 +312,13 @@ def _score_shared_contexts(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
             past_key_values=cache, use_cache=True,
         ).logits
-        _read_sums([(index, _sum_at(_log_probs(logits[r, : len(cont)]), cont)) for index, r, cont in reads], out)
+        if device.type == "cpu":
+            _read_sums([(index, _sum_at(_log_probs(logits[r, : len(cont)]), cont)) for index, r, cont in reads], out)
+        else:
+            gathered.append(_gather_sums(logits, [(index, r, 0, cont) for index, r, cont in reads]))
         del logits, cache
         start += len(chunk)
+    _read_gathered(gathered, out)
     return True
 
 
@@ -261,7 +341,8 @@ def loglikelihoods(
       (`_score_shared_contexts`), at most `batch_size` continuation rows per forward.
     "auto" shares contexts of 128+ tokens on CPU and CUDA. On an H200 (bench/breed_kernels.py, random
     Qwen3-4B bf16, 200 items of 200-token context x 4 choices of 13 tokens, contexts batched by tokens): flat
-    3.60 s (170,400 positions), shared 1.47 s (51,200 positions), 2.4x faster. Earlier, measured with one
+    3.21 s (170,400 positions), shared 1.30 s (50,880 positions), 2.5x faster (1.47 s before the
+    accelerator's batched gathers and cache-copy budget; docs/benchmarks.md has the table and the profile). Earlier, measured with one
     context per forward (before contexts were batched, which only saves forward passes) on an
     H100 host (scripted, 64 items of ~200-token context x 4 choices of ~25 tokens, and 12 items
     of ~2,900-token context x 3 choices, random Llama, float32): on 2 CPU threads shared was
@@ -327,6 +408,7 @@ def _score_flat(model, tokenizer, requests: list[tuple[int, list[int], list[int]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(rows)), key=lambda r: (-len(rows[r]), rows[r]))
     pending: list[tuple[int, torch.Tensor]] = []
+    gathered: list[tuple[list[int], torch.Tensor]] = []
     start = 0
     while start < len(order):
         width = len(rows[order[start]])
@@ -340,6 +422,11 @@ def _score_flat(model, tokenizer, requests: list[tuple[int, list[int], list[int]
         kwargs = {"logits_to_keep": width - first_scored} if keep_ok else {}
         logits = model(input_ids=batch.to(device), use_cache=False, **kwargs).logits
         offset = width - logits.shape[1]  # absolute position of logits[:, 0] in the padded row
+        if device.type != "cpu":
+            gathered.append(_gather_sums(logits, [(index, b, len(rows[r]) - offset - len(cont), cont)
+                                                  for b, r in enumerate(chunk) for index, cont in reads[r]]))
+            del logits
+            continue
         for b, r in enumerate(chunk):
             end = len(rows[r]) - offset
             logprobs = _log_probs(logits[b, end - need[r] : end])
@@ -347,3 +434,4 @@ def _score_flat(model, tokenizer, requests: list[tuple[int, list[int], list[int]
                 pending.append((index, _sum_at(logprobs[-len(cont) :], cont)))
         del logits
     _read_sums(pending, out)
+    _read_gathered(gathered, out)

@@ -291,6 +291,31 @@ def default_method(name: str) -> str:
     return _SPACE_CLASSES[name].default_method
 
 
+# Pairings (`darwin_core.merge.pairing` modes) whose mother shares only her feed-forward weights with the father.
+FFN_ONLY_PAIRING = "ffn_only"
+FFN_ONLY_GENOME = "per-layer-ffn"
+# Spaces that give attention or norms their own ratio: on an FFN-only pair those dimensions would move nothing.
+_BLENDS_MORE_THAN_FFN = ("per-layer", "per-block-role")
+
+
+def genome_for_pairing(name: str, mode: str) -> str:
+    """The genome space a run on a pair bred in pairing `mode` searches, for a config that asked for `name`.
+
+    Why: an FFN-only pair (two families of one hidden size) breeds nothing but the FFNs, so a genome with
+    attention dimensions would search directions that change no weight. `per-layer-ffn` is its natural genome;
+    the config's default (darwin-v6, which the config cannot tell from a darwin-v6 it names) becomes it, and
+    a space that blends attention or norms per layer is refused in one sentence. Other pairings keep `name`.
+    """
+    if mode != FFN_ONLY_PAIRING or name == FFN_ONLY_GENOME:
+        return name
+    if name in _BLENDS_MORE_THAN_FFN:
+        raise DarwinError(f"These parents share only their feed-forward weights, so the {name} genome, which also "
+                          f"blends attention and norms, cannot breed them; use genome: {FFN_ONLY_GENOME}.")
+    if name not in _SPACE_CLASSES:
+        raise _unknown_space(name)
+    return FFN_ONLY_GENOME
+
+
 def get_space(name: str, *, layer_count: int | None = None, blocks: int = V6_BLOCKS) -> GenomeSpace:
     """The genome space called `name`; per-layer spaces need `layer_count` (their dimension is the layer count)."""
     if name == "darwin-v6":

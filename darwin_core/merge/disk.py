@@ -13,6 +13,10 @@ child folder is what gets published. Merging that file elsewhere finds the paren
 The father's tensors meet the mother's through the pair's `Pairing` (`darwin_core.merge.pairing`): by name, by
 canonical name (a multimodal wrapper and its text-only sibling) or FFN by FFN (two families of one hidden size);
 either way the child has the father's names, shapes, config and tokenizer, so it loads with his model class.
+Parents whose vocabularies differ are bred with the recipe's `tokenizer_source` (`darwin_core.merge.vocabulary`,
+planned once both folders are here): the pairing carries the plan, the embedding and head rows are aligned by
+token, and the child's vocab_size, tokenizer files, chat template and generation_config are the plan's, so the
+child speaks the vocabulary it was bred with.
 
 CLI: `python -m darwin_core merge RECIPE.yaml --out DIR [--device cuda] [--overwrite]`.
 """
@@ -29,7 +33,7 @@ import torch
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.apply import merge_tensors, paired_plan
-from darwin_core.merge.pairing import Pairing, pairing_for
+from darwin_core.merge.pairing import Pairing, aligned_sources, pairing_for, with_vocabulary
 from darwin_core.recipe import RECIPE_FILE, ParentRef, Recipe
 
 # Files a model folder carries besides its weights; copied from the father when present.
@@ -176,6 +180,38 @@ def _config_text(father: Path, dtype: str | None) -> str | None:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+def _child_config_text(father: Path, mother: Path, dtype: str | None, pairing: Pairing) -> str | None:
+    """The child's config.json: the father's (`_config_text`), with the vocabulary plan's vocab_size and, for the
+    mother's tokenizer, her special token ids."""
+    text = _config_text(father, dtype)
+    if text is None or pairing.vocabulary is None:
+        return text
+    mother_path = mother / "config.json"
+    mother_config = json.loads(mother_path.read_text(encoding="utf-8")) if mother_path.is_file() else None
+    config = pairing.vocabulary.child_config(json.loads(text), mother_config)
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _write_side_files(writer: Any, father: Path, pairing: Pairing) -> None:
+    """The father's side files, except that a vocabulary plan's tokenizer files, chat template and
+    generation_config replace his (the child's tokenizer is the one it was bred with)."""
+    from darwin_core.merge.vocabulary import TOKENIZER_FILES
+
+    planned = pairing.vocabulary.tokenizer_files() if pairing.vocabulary is not None else None
+    for file in SIDE_FILES:
+        if planned is not None and (file in TOKENIZER_FILES or file == "generation_config.json"):
+            continue
+        if (father / file).is_file():
+            writer.copy_file(father / file)
+    if planned:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:  # bytes (a sentencepiece model too) through the writer's copy
+            for file, data in sorted(planned.items()):
+                (Path(tmp) / file).write_bytes(data)
+                writer.copy_file(Path(tmp) / file)
+
+
 class _ReadAhead:
     """A TensorSource that reads the next tensor (in the father's order) in a background thread.
 
@@ -232,6 +268,7 @@ def child_layout(recipe: Recipe, father: Any,
     """
     out_dtype = recipe.torch_dtype
     names = None if pairing is None else pairing.names
+    vocabulary = None if pairing is None else pairing.vocabulary
     layout = []
     for name in father.names:
         plan, _ = paired_plan(recipe, name, names)
@@ -240,7 +277,8 @@ def child_layout(recipe: Recipe, father: Any,
             dtype = dtype if plan.keep_dtype or out_dtype is None else out_dtype
         elif dtype.is_floating_point:
             dtype = out_dtype or dtype
-        layout.append((name, tuple(father.shape(name)), dtype))
+        shape = tuple(father.shape(name))
+        layout.append((name, shape if vocabulary is None else vocabulary.child_shape(name, shape), dtype))
     return layout
 
 
@@ -259,6 +297,8 @@ def _stream(recipe: Recipe, father: Any, mother: Any, base: Any, device: str, wr
     pools = [ThreadPoolExecutor(1, thread_name_prefix=f"darwin-{who}") for who in ("father", "mother", "base", "write")]
     try:
         sources = [None if r is None else _ReadAhead(r, o, pool) for r, o, pool in zip((father, mother, base), orders, pools)]
+        if pairing is not None:  # vocabulary tensors in the child's vocabulary, when the pairing has a plan
+            sources[0], sources[1] = aligned_sources(pairing, sources[0], sources[1])
         pending: Future | None = None
         try:
             for name, tensor in merge_tensors(recipe, sources[0], sources[1], order, device=device, base=sources[2],
@@ -299,6 +339,10 @@ def merge_to_disk(
     father_model, mother_model = parent_model(recipe.father, "father"), parent_model(recipe.mother, "mother")
     pairing = pairing_for(father_model, mother_model, recipe.layer_map)  # before any download: never fetch 2 × 60 GB to fail
     father_dir, mother_dir = fetched_folder(father_model), fetched_folder(mother_model)
+    pairing = with_vocabulary(pairing, father_dir, mother_dir, recipe.tokenizer_source)
+    if pairing.vocabulary is not None and recipe.base != "father":
+        raise DarwinError("A common ancestor as base is not supported yet for parents whose vocabularies differ; "
+                          "use base: father.")
     father = TensorReader(father_dir)
     mother = TensorReader(mother_dir)
     base = TensorReader(local_folder(recipe.base, "base model")) if recipe.base != "father" else None
@@ -309,15 +353,13 @@ def merge_to_disk(
                 f"The mother has no tensor {missing[0]} (and {len(missing) - 1} more missing); "
                 "the parents do not have the same architecture."
             )
-        config = _config_text(father_dir, recipe.dtype)
+        config = _child_config_text(father_dir, mother_dir, recipe.dtype, pairing)
         layout = child_layout(recipe, father, pairing)
         with ShardedWriter(out_dir, max_shard_bytes=max_shard_bytes, overwrite=overwrite, layout=layout) as writer:
             _stream(recipe, father, mother, base, device, writer, pairing)
             if config is not None:
                 writer.write_text("config.json", config)
-            for file in SIDE_FILES:
-                if (father_dir / file).is_file():
-                    writer.copy_file(father_dir / file)
+            _write_side_files(writer, father_dir, pairing)
             writer.write_text(RECIPE_FILE, recipe.public().to_yaml())  # published with the child: no server path
     finally:
         for reader in (father, mother, base):

@@ -24,6 +24,12 @@ With base = father, mergekit ignores the father's own weight/density (his task v
 mother's are written. The export always sets `dtype: float32` (mergekit then computes in float32, as Darwin)
 and `out_dtype` to the child's dtype.
 
+Parents whose vocabularies differ: the recipe's `tokenizer_source` is written in mergekit's spelling (father →
+``base``, ``union``, mother → her path), and whenever one is written `base_model` names the father (linear
+ignores it for the math, but mergekit's ``base`` tokenizer and the union's order are the base model's; without
+one mergekit takes the first of a set of models). A father source is written only when it matters: when both
+parents are local folders whose vocabularies differ (`darwin_core.merge.vocabulary.plan_vocabulary`).
+
 Not expressible, with the sentence the DarwinError gives: `method_weight` < 1 (a blend of the method's result
 with linear interpolation: mergekit has no such blend); a copied tensor (frozen layer, transplant, tower) for
 methods without weights (model_stock, sce). DARE and DELLA with densities < 1 are exported, but mergekit draws
@@ -170,6 +176,20 @@ def _check_experts(values: dict[str, Any]) -> None:
             )
 
 
+def _check_paired_by_name(recipe: Recipe) -> None:
+    """mergekit merges only tensors of one name in both parents: a layer map or a wrapper pairing it cannot say."""
+    if not (recipe.father.path and recipe.mother.path):
+        return
+    from darwin_core.merge.pairing import pairing_for_folders
+
+    mode = pairing_for_folders(recipe.father.path, recipe.mother.path, recipe.layer_map).mode
+    if mode != "names":
+        raise DarwinError(
+            "mergekit cannot express this recipe: its parents are paired by a layer map (feed-forward only) or by "
+            "canonical name, and mergekit merges only tensors of the same name in both parents."
+        )
+
+
 def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_dtype: str | None = None) -> str:
     """A mergekit 0.1.5 config that computes the same child, or a DarwinError saying why none can.
 
@@ -180,6 +200,7 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         (frozen layers, transplant thresholds, vision/audio towers) get weight 0/1 and density 1, which gives
         the same values up to float rounding. `names` defaults to the father's tensors (`recipe.father.path`).
         """
+    _check_paired_by_name(recipe)
     method = get_method(recipe.method)
     if method.mergekit_name is None or method.mergekit_params is None:
         raise DarwinError(f"mergekit cannot express this recipe: mergekit has no equivalent of the method {method.name}.")
@@ -232,6 +253,7 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
         config["base_model"] = _model_ref(recipe.father if recipe.base == "father" else recipe.base)
     elif method.mergekit_ancestor_base and recipe.base != "father":
         config["base_model"] = _model_ref(recipe.base)
+    _tokenizer_source(recipe, method, config)
     shared = {key: _conditional(vals) for key, vals in shared_values.items()}
     if shared:
         config["parameters"] = shared
@@ -241,6 +263,36 @@ def mergekit_yaml(recipe: Recipe, names: Iterable[str] | None = None, *, father_
 
     header = _header(recipe, names)
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, width=120)
+
+
+def _vocabularies_differ(recipe: Recipe) -> bool:
+    """Whether both parents are local folders whose vocabularies need a plan (a broken tokenizer: one sentence)."""
+    from pathlib import Path
+
+    from darwin_core.merge.vocabulary import plan_vocabulary
+
+    folders = [Path(ref.path) if ref.path else None for ref in (recipe.father, recipe.mother)]
+    if not all(folder is not None and folder.is_dir() for folder in folders):
+        return False
+    return plan_vocabulary(folders[0], folders[1], "father") is not None
+
+
+def _tokenizer_source(recipe: Recipe, method: Any, config: dict[str, Any]) -> None:
+    """Add mergekit's `tokenizer_source` (and the `base_model` it reads) when the recipe needs one."""
+    from darwin_core.parents.tokenizers import TokenizerSource
+
+    source = recipe.tokenizer_source
+    if source is TokenizerSource.FATHER and not _vocabularies_differ(recipe):
+        return
+    if recipe.base != "father":
+        raise DarwinError("mergekit cannot express this recipe: parents whose vocabularies differ are bred with "
+                          "base: father only (a common ancestor's tokenizer would be mergekit's base).")
+    if "base_model" not in config:
+        if method.mergekit_name != "linear":
+            raise DarwinError(f"mergekit cannot express this recipe: its tokenizer_source reads the base model, and "
+                              f"{method.name} without a common ancestor has none to give it.")
+        config["base_model"] = _model_ref(recipe.father)
+    config["tokenizer_source"] = source.mergekit_value(_model_ref(recipe.mother))
 
 
 def _header(recipe: Recipe, names: list[str]) -> list[str]:

@@ -17,16 +17,26 @@ resident child and the page all breed a pair the same way:
   shape, else the layer stays the father's and `layer_rows` says why. The mother's attention, linear-attention,
   norm and embedding tensors are never read.
 
-The child keeps the father's architecture, config and tokenizer, so it loads with the father's model class.
+The child keeps the father's architecture, config and tokenizer, so it loads with the father's model class —
+except where the parents' vocabularies differ: then the pairing carries a `VocabularyPlan`
+(`darwin_core.merge.vocabulary`, mergekit's ``tokenizer_source``: father, mother or union), and `paired_tensors`,
+the one merge call of `merge_to_disk` and of the resident child, reads both parents through `AlignedSources`, so
+their embedding and head rows meet token by token and the child has the plan's vocabulary. An FFN-only pair never
+reads the mother's embeddings: it keeps the father's tokenizer, and another source is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from darwin_core.errors import DarwinError
+from darwin_core.merge.methods.apply import merge_tensors
+from darwin_core.merge.vocabulary import AlignedSources, TokenizerSource, VocabularyPlan, plan_vocabulary
 from darwin_core.parents import anatomy
 from darwin_core.parents.compatibility import NotBreedable, Verdict, compatibility
 
@@ -41,6 +51,7 @@ class Pairing:
     mode: str
     names: dict[str, str | None] | None
     layers: tuple[anatomy.LayerPair, ...] = ()
+    vocabulary: VocabularyPlan | None = None  # the parents' vocabularies differ: the child's, row by row
 
     def mother_name(self, name: str) -> str | None:
         """The mother's tensor bred with the father's `name` (None: keep the father's)."""
@@ -56,12 +67,45 @@ def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {name: tuple(shape) for name, (shape, _) in model.tensors.items()}
 
 
-def pairing_for(father: Any, mother: Any, layer_map: Mapping[int, int] | None = None) -> Pairing:
+def pairing_for(father: Any, mother: Any, layer_map: Mapping[int, int] | None = None,
+                tokenizer_source: TokenizerSource | str | None = None) -> Pairing:
     """The pairing of two resolved parents (`hub.ModelRef`: config and safetensors headers, no weight read).
 
     Raises `NotBreedable` with the page's sentence when no pairing breeds them. `layer_map` (a recipe's) only
-    matters for ``ffn_only`` pairs.
+    matters for ``ffn_only`` pairs. With a `tokenizer_source` (a recipe's) the parents' tokenizers are read too
+    (their folders must be on this machine) and the pairing carries the vocabulary plan (`with_vocabulary`);
+    without one it is the tensors' pairing alone, as before any download.
     """
+    pairing = _tensor_pairing(father, mother, layer_map)
+    if tokenizer_source is None:
+        return pairing
+    folders = [getattr(model, "folder", None) for model in (father, mother)]
+    if None in folders:
+        raise DarwinError("The parents' tokenizers are read from their folders, so both must be downloaded first.")
+    return with_vocabulary(pairing, folders[0], folders[1], tokenizer_source)
+
+
+def with_vocabulary(pairing: Pairing, father_dir: str | Path, mother_dir: str | Path,
+                    tokenizer_source: TokenizerSource | str = TokenizerSource.FATHER) -> Pairing:
+    """`pairing` with the vocabulary plan of two parent folders (None when their vocabularies are the same).
+
+    A broken tokenizer is refused in one sentence (`check_tokenizers`). An FFN-only pair keeps the father's
+    embeddings and tokenizer, so it takes no plan, and a mother's or union tokenizer is refused for it.
+    """
+    source = TokenizerSource(getattr(tokenizer_source, "value", tokenizer_source))
+    if pairing.mode == "ffn_only":
+        from darwin_core.parents.tokenizers import check_tokenizers
+
+        check_tokenizers(father_dir, mother_dir)
+        if source is not TokenizerSource.FATHER:
+            raise DarwinError(f"An FFN-only pair keeps the father's embeddings and tokenizer, so its tokenizer_source "
+                              f"must be father, not {source.value}.")
+        return pairing
+    return replace(pairing, vocabulary=plan_vocabulary(father_dir, mother_dir, source))
+
+
+def _tensor_pairing(father: Any, mother: Any, layer_map: Mapping[int, int] | None) -> Pairing:
+    """The tensors' pairing of two resolved parents (no vocabulary plan)."""
     verdict = compatibility(father, mother)
     if not verdict.breedable:
         raise NotBreedable(verdict.refusal)
@@ -85,10 +129,38 @@ def pairing_for(father: Any, mother: Any, layer_map: Mapping[int, int] | None = 
 
 
 def pairing_for_folders(father_dir: str | Path, mother_dir: str | Path,
-                        layer_map: Mapping[int, int] | None = None) -> Pairing:
-    """The pairing of two model folders on this machine (their config and headers only)."""
+                        layer_map: Mapping[int, int] | None = None,
+                        tokenizer_source: TokenizerSource | str | None = None) -> Pairing:
+    """The pairing of two model folders on this machine (their config and headers; tokenizers with a source)."""
     father, mother = resolved_folders(father_dir, mother_dir)
-    return pairing_for(father, mother, layer_map)
+    return pairing_for(father, mother, layer_map, tokenizer_source)
+
+
+def own_vocabulary(father_dir: str | Path, mother_dir: str | Path) -> bool:
+    """Whether the mother's vocabulary is not the father's (her tokens or her row count), so her own weights can
+    only be scored as her own model, with her tokenizer (the resident child's reference curve)."""
+    return plan_vocabulary(father_dir, mother_dir, TokenizerSource.FATHER) is not None
+
+
+def aligned_sources(pairing: Pairing, father: Any, mother: Any) -> tuple[Any, Any]:
+    """The father and mother as the merge path reads them: as they are, or through `AlignedSources` when the
+    pairing carries a vocabulary plan (their vocabulary tensors then in the child's vocabulary)."""
+    if pairing.vocabulary is None:
+        return father, mother
+    pair = AlignedSources(pairing.vocabulary, father, mother, mother_name=pairing.mother_name)
+    return pair.father, pair.mother
+
+
+def paired_tensors(recipe: Any, pairing: Pairing, father: Any, mother: Any, names: Iterable[str] | None = None, *,
+                   device: str | torch.device = "cpu", base: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """`merge_tensors` for a pair: the mother's tensors by the pairing's names, the vocabulary tensors aligned by
+    token when the pairing carries a plan. `merge_to_disk` and the resident child both merge through here, so the
+    child scored in memory is the child written to disk."""
+    if pairing.vocabulary is not None and base is not None:
+        raise DarwinError("A common ancestor as base is not supported yet for parents whose vocabularies differ; "
+                          "use base: father.")
+    father, mother = aligned_sources(pairing, father, mother)
+    return merge_tensors(recipe, father, mother, names, device=device, base=base, pairing=pairing.names)
 
 
 def resolved_folders(*folders: str | Path) -> list[Any]:

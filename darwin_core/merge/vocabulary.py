@@ -23,47 +23,26 @@ no plan (`plan_vocabulary` returns None), so a child of such parents keeps today
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from darwin_core.errors import DarwinError
-from darwin_core.parents.anatomy import split_name
-from darwin_core.parents.tokenizers import check_tokenizers, config_vocab_size, load_tokenizer
+from darwin_core.parents.tokenizers import (VOCABULARY_TENSORS, TokenizerSource, check_tokenizers, config_vocab_size,
+                                            has_tokenizer, is_vocabulary_tensor, load_tokenizer)
 
-VOCABULARY_TENSORS = re.compile(
-    r"^(?:(?:embed_tokens|wte|embed_in|word_embeddings|tok_embeddings|embed_tokens_per_layer)\.weight"
-    r"|(?:lm_head|embed_out|output)\.(?:weight|bias))$")
+__all__ = ["VOCABULARY_TENSORS", "AlignedSources", "TokenizerSource", "VocabularyPlan", "is_vocabulary_tensor",
+           "plan_vocabulary", "vocabulary_model", "write_child_tokenizer"]
+
 VOCAB_SIZE_KEYS = ("vocab_size", "vocab_size_per_layer_input")
 SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # A tokenizer's files in a model folder (the child gets the tokenizer source's instead of the father's).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
-
-
-class TokenizerSource(str, Enum):
-    """Whose vocabulary the child speaks: mergekit's ``tokenizer_source`` (father = its ``base``)."""
-
-    FATHER = "father"
-    MOTHER = "mother"
-    UNION = "union"
-
-    def mergekit_value(self, mother_path: str) -> str:
-        """The value of mergekit's ``tokenizer_source`` for this source (the mother named by her path)."""
-        return {"father": "base", "union": "union"}.get(self.value, mother_path)
-
-
-def is_vocabulary_tensor(name: str) -> bool:
-    """Whether the tensor's rows are indexed by token id (embedding, output head, Gemma's per-layer table)."""
-    parts = split_name(name)
-    return parts.tower == "language" and parts.layer is None and not parts.aux and bool(
-        VOCABULARY_TENSORS.match(parts.canonical))
 
 
 @dataclass(frozen=True)
@@ -188,6 +167,12 @@ def plan_vocabulary(father_dir: str | Path, mother_dir: str | Path,
     source = TokenizerSource(source)
     father_dir, mother_dir = Path(father_dir), Path(mother_dir)
     check_tokenizers(father_dir, mother_dir)
+    missing = [who for who, folder in (("father", father_dir), ("mother", mother_dir)) if not has_tokenizer(folder)]
+    if missing:  # nothing to align by: the rows are the father's layout, or the sizes say they cannot be
+        if config_vocab_size(father_dir) == config_vocab_size(mother_dir):
+            return None
+        raise DarwinError(f"The {' and the '.join(missing)} {'has' if len(missing) == 1 else 'have'} no tokenizer "
+                          "files, so embedding rows of vocabularies of different sizes cannot be aligned by token.")
     father, mother = load_tokenizer(father_dir, "father"), load_tokenizer(mother_dir, "mother")
     father_vocab, mother_vocab = father.get_vocab(), mother.get_vocab()
     sizes = (config_vocab_size(father_dir) or len(father_vocab), config_vocab_size(mother_dir) or len(mother_vocab))
@@ -215,6 +200,17 @@ def write_child_tokenizer(plan: VocabularyPlan, out_dir: str | Path) -> list[Pat
         shutil.move(handle.name, target)
         written.append(target)
     return written
+
+
+def vocabulary_model(model: Any, plan: VocabularyPlan) -> Any:
+    """A copy of a loaded father model whose embedding and head have the plan's row count (and its config the
+    child's vocab_size): where the resident child writes candidates of a pair bred with a vocabulary plan. Its
+    values are placeholders until the first candidate is written (every tensor is)."""
+    import copy
+
+    child = copy.deepcopy(model)
+    child.resize_token_embeddings(plan.child_vocab_size, mean_resizing=False)
+    return child
 
 
 class AlignedSources:

@@ -24,6 +24,8 @@ Probes = dict[str, list[str]]
 
 PROBES_PER_TASK = 8  # worked examples per task: enough for a stable mean importance, cheap next to a fitness pass
 TASK_PROBES = "tasks (search split)"
+PROBE_FILE_SUFFIXES = (".yaml", ".yml")
+MAX_PROBE_FILE_BYTES = 1_000_000  # a probe file is a few hundred texts; more is not a probe set, and is refused
 GENERIC_PROBES = "generic five categories (no tasks)"
 
 
@@ -61,14 +63,24 @@ def validate_probes(probes: Mapping[str, Iterable[str]]) -> Probes:
 
 
 def load_probes(path: str | Path | None = None) -> Probes:
-    """Probe texts from a YAML file (category: [texts]); the shipped defaults when `path` is None."""
+    """Probe texts from a YAML file (category: [texts]); the shipped defaults when `path` is None. The file is
+    data only (yaml.safe_load, never a tag that builds an object) and bounded in size (MAX_PROBE_FILE_BYTES)."""
     file = Path(path) if path is not None else DEFAULT_PROBES_PATH
     try:
+        if file.is_dir():
+            raise DarwinError(f"The probe file {file} is a folder, not a YAML file.")
+        if file.stat().st_size > MAX_PROBE_FILE_BYTES:
+            raise DarwinError(f"The probe file {file} is larger than {MAX_PROBE_FILE_BYTES // 1_000_000} MB; "
+                              "a probe set is a few hundred texts.")
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DarwinError(f"The probe file {file} does not exist.") from None
+    except UnicodeDecodeError:
+        raise DarwinError(f"The probe file {file} is not UTF-8 text.") from None
     except yaml.YAMLError as error:
         raise DarwinError(f"The probe file {file} is not valid YAML ({error.__class__.__name__}).") from None
+    except OSError as error:
+        raise DarwinError(f"The probe file {file} cannot be read ({error.strerror or type(error).__name__}).") from None
     return validate_probes(data or {})
 
 

@@ -16,6 +16,11 @@ Verdicts:
   least one layer (the seeds' cross-architecture breeding): only those FFNs are bred, attention, norms and
   embeddings stay the father's, and the reason names the layers kept as the father's;
 - ``incompatible``: refused, in one sentence.
+
+Parents of one family whose only difference is the number of rows of their vocabulary tensors (a fine-tune that
+added chat tokens or padded its embedding) are ``full`` (or ``wrapper``) with `vocab_sizes` set: their rows are
+aligned by token (`darwin_core.merge.vocabulary`, mergekit's ``tokenizer_source``), and the reason says which
+tokenizer the child gets by default and how to pick another. Different hidden sizes are still refused.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Compatibility:
     reason: str
     differing: list[str] = field(default_factory=list)
     kept_layers: list[int] = field(default_factory=list)
+    vocab_sizes: tuple[int, int] | None = None  # (father's, mother's) rows when only the vocabularies differ
 
     @property
     def breedable(self) -> bool:
@@ -131,6 +137,8 @@ def compatibility(a: ModelRef, b: ModelRef) -> Compatibility:
 
     if same_family and not differing:
         return _same_language_model(a, b, shapes_a, shapes_b)
+    if same_family and layers_a == layers_b and _only_vocabulary(differing, shapes_a, shapes_b):
+        return _vocabulary_only(a, b, shapes_a, shapes_b, differing)
 
     hidden_a, hidden_b = a.hidden_size, b.hidden_size
     first = differing[0] if differing else None
@@ -174,6 +182,29 @@ def _same_language_model(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dic
                              "(vision and audio towers included).", only_one[:_MAX_DIFFERING])
     return Compatibility(Verdict.BREEDABLE, f"Same architecture ({a.text_model_type}) and all {len(shapes_a)} "
                                             "language-model tensors match in name and shape.", [])
+
+
+def _only_vocabulary(differing: list[str], shapes_a: dict, shapes_b: dict) -> bool:
+    """Whether every differing tensor is a vocabulary tensor present in both whose shapes differ only in rows."""
+    from darwin_core.parents.tokenizers import is_vocabulary_tensor
+
+    return bool(differing) and all(is_vocabulary_tensor(name) and _vocab_dims(name, shapes_a, shapes_b)
+                                   for name in differing)
+
+
+def _vocabulary_only(a: ModelRef, b: ModelRef, shapes_a: dict, shapes_b: dict, differing: list[str]) -> Compatibility:
+    """Same language model but for the vocabulary's size: breedable with a tokenizer source (rows by token)."""
+    rows_a, rows_b = _vocab_dims(differing[0], shapes_a, shapes_b) or (a.vocab_size, b.vocab_size)
+    same = _same_language_model(a, b, {k: v for k, v in shapes_a.items() if k not in differing},
+                                {k: v for k, v in shapes_b.items() if k not in differing})
+    if not same.breedable:
+        return same
+    names = [_original(name, shapes_a, shapes_b) for name in differing]
+    return Compatibility(same.verdict, f"Same architecture ({a.text_model_type}) and every language-model tensor "
+                         f"matches but the embeddings and the output head, whose vocabularies differ in size "
+                         f"({rows_a} vs {rows_b} rows): their rows are aligned by token, and the child gets the "
+                         "father's tokenizer unless the recipe sets tokenizer_source: mother or union.",
+                         names, vocab_sizes=(rows_a, rows_b))
 
 
 def _differing(shapes_a: dict, shapes_b: dict) -> list[str]:

@@ -12,6 +12,7 @@ and the Parents tab can say what the child inherits. Tokenizers load from local 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,6 +23,35 @@ from darwin_core.errors import DarwinError
 # A plain sentence every real tokenizer turns into tokens (the fixture alphabet covers it too).
 PLAIN_TEXT = "the quick brown fox jumps over the lazy dog."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+# Tensors whose rows are indexed by token id (canonical names): the token embedding, the output head, and
+# Gemma's per-layer token table, as mergekit's `infer_vocabulary_axes` finds them (plus that table).
+VOCABULARY_TENSORS = re.compile(
+    r"^(?:(?:embed_tokens|wte|embed_in|word_embeddings|tok_embeddings|embed_tokens_per_layer)\.weight"
+    r"|(?:lm_head|embed_out|output)\.(?:weight|bias))$")
+
+
+class TokenizerSource(str, Enum):
+    """Whose vocabulary the child speaks: mergekit's ``tokenizer_source`` (father = its ``base``). Defined here,
+    below the recipe, so a recipe can name it; the merge layer (`darwin_core.merge.vocabulary`) acts on it."""
+
+    FATHER = "father"
+    MOTHER = "mother"
+    UNION = "union"
+
+    def mergekit_value(self, mother_path: str) -> str:
+        """The value of mergekit's ``tokenizer_source`` for this source (the mother named by her path)."""
+        return {"father": "base", "union": "union"}.get(self.value, mother_path)
+
+
+def is_vocabulary_tensor(name: str) -> bool:
+    """Whether the tensor's rows are indexed by token id (embedding, output head, Gemma's per-layer table)."""
+    from darwin_core.parents.anatomy import split_name
+
+    parts = split_name(name)
+    return parts.tower == "language" and parts.layer is None and not parts.aux and bool(
+        VOCABULARY_TENSORS.match(parts.canonical))
 
 
 class VocabularyRelation(str, Enum):

@@ -67,6 +67,7 @@ class CardInputs:
     evidence: list[dict[str, Any]] = field(default_factory=list)  # report.py's `evidence_rows`
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task → search / heldout item counts, weight
     probes: dict[str, Any] | None = None  # report.json's `probes`: source and texts per category
+    layer_map: list[dict[str, Any]] = field(default_factory=list)  # FFN-only pairs: `pairing.layer_rows`
 
 
 def evidence_inputs(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,6 +172,23 @@ def report_evidence(report: Mapping[str, Any]) -> str:
     return evidence_markdown(evidence_inputs(report))
 
 
+def _layer_map_section(rows: list[dict[str, Any]]) -> str:
+    """The card's layer map of a cross-architecture FFN child: which mother layer each father layer's FFN was
+    bred with, the layers kept as the father's and why, and why no mergekit config is offered (mergekit merges
+    tensors of one name, so it cannot express a layer map)."""
+    from darwin_core.publishing.recipe_view import kept_layers_sentence, layer_map_table
+
+    if not rows:
+        return ""
+    kept = kept_layers_sentence(rows)
+    return ("\n### Layer map (feed-forward only)\n\n"
+            "The parents are two architectures of one hidden size: only the feed-forward weights were bred, father "
+            "layer i with the mother layer at the same relative depth; attention, norms, embeddings and tokenizer "
+            "are the father's, so the child loads with the father's model class. mergekit merges tensors of one "
+            "name and cannot express this pairing, so no mergekit config is given for it.\n\n"
+            f"{layer_map_table(rows)}" + (f"\n{kept}\n" if kept else ""))
+
+
 def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
     name = inputs.repo_id or "This child"
     verdict = f" {inputs.headline}" if inputs.headline else ""
@@ -224,6 +242,7 @@ def card_markdown_body(inputs: CardInputs, license_warnings: list[str]) -> str:
     parts.append(f"\nThe recipe's settings that decide this child's weights (entries no tensor of this model reads "
                  f"are left out; `{RECIPE_FILE}` beside this card is the whole recipe, the one that re-merges it):\n")
     parts.append(f"\n```yaml\n{inputs.recipe_yaml.rstrip()}\n```\n")
+    parts.append(_layer_map_section(inputs.layer_map))
     parts.append("\n## Usage\n")
     repo = inputs.repo_id or "path/to/child"
     parts.append(

@@ -445,6 +445,7 @@ def card_inputs(run_dir: str | Path, *, repo_id: str | None = None, zoo_dir: str
         pictures=card_pictures(folder),
         genealogy=genealogy(recipe.father, zoo_dir) + genealogy(recipe.mother, zoo_dir),
         reproduce_command=reproduce_command(public_config(config, recipe, zoo_dir)),
+        layer_map=recipe_view.layer_map_of(recipe),
         **evidence_inputs(report),
     )
 

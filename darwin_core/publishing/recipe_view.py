@@ -109,8 +109,13 @@ def pruned_table(table: ParamTable, keys: Iterable[TableKey], shown=lambda value
 
 
 def recipe_use(recipe: Recipe, names: Iterable[str]) -> RecipeUse:
-    """Walk the model's tensor names through the recipe's lookups and record every entry a tensor reads."""
+    """Walk the model's tensor names through the recipe's lookups and record every entry a tensor reads.
+
+    For a cross-architecture FFN pair only the tensors the pairing breeds read the recipe (`_unpaired`): the
+    attention, norms, embeddings and the kept layers are the father's whatever their ratio says, so the view
+    never shows a ratio (or suggests a whole-model merge) that the pairing ignores."""
     method = get_method(recipe.method)
+    unpaired = _unpaired(recipe)
     base_is_father = recipe.base == "father"
     blend = recipe.method_weight < 1.0 and method.blends_with_linear
     ratio_decides = "ratio" in method.parameters or blend or recipe.transplant is not None
@@ -119,8 +124,8 @@ def recipe_use(recipe: Recipe, names: Iterable[str]) -> RecipeUse:
         role = classify(name)
         if role.layer is not None:
             use.layer_count = max(use.layer_count, role.layer + 1)
-        if role.tower != "language":
-            continue  # non-language towers are the father's, untouched
+        if role.tower != "language" or name in unpaired:
+            continue  # non-language towers (and what an FFN-only pairing does not breed) are the father's
         if role.layer is not None and role.layer in recipe.frozen_layers:
             use.frozen_present.add(role.layer)
             continue
@@ -139,6 +144,24 @@ def recipe_use(recipe: Recipe, names: Iterable[str]) -> RecipeUse:
             applied = [plan.params.density_mother] + ([] if base_is_father else [plan.params.density_father])
             use.masks |= method.random_masks and min(applied) < 1.0
     return use
+
+
+def _unpaired(recipe: Recipe) -> set[str]:
+    """The father's tensors an FFN-only pairing keeps as they are (no mother tensor to meet); empty for other
+    pairs, or when the parents' folders are not on this machine to read."""
+    from darwin_core.errors import DarwinError
+    from darwin_core.merge.pairing import pairing_for, resolved_folders
+
+    folders = [recipe.father.path, recipe.mother.path]
+    if not all(folder and Path(folder).is_dir() for folder in folders):
+        return set()
+    try:
+        pairing = pairing_for(*resolved_folders(*folders), recipe.layer_map)
+    except DarwinError:
+        return set()
+    if pairing.mode != "ffn_only" or pairing.names is None:
+        return set()
+    return {name for name, other in pairing.names.items() if other is None}
 
 
 def _public_parent(ref: Any) -> dict[str, Any]:
@@ -212,6 +235,28 @@ def layer_map_of(recipe: Recipe) -> list[dict[str, Any]]:
         return layer_map_rows(father, mother, recipe.layer_map, recipe.frozen_layers)
     except DarwinError:
         return []
+
+
+def layer_map_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The layer map as a markdown table (the card, `merge`'s output): one row per father layer, the mother
+    layer whose FFN it was bred with, or "kept (the father's)" and why. Empty for pairs without a layer map."""
+    rows = list(rows)
+    if not rows:
+        return ""
+    lines = ["| father layer | mother layer | FFN |", "|---:|---:|---|"]
+    for row in rows:
+        bred = "bred" if row["bred"] else f"kept (the father's): {row['why']}"
+        lines.append(f"| {row['father_layer']} | {row['mother_layer']} | {bred} |")
+    return "\n".join(lines) + "\n"
+
+
+def kept_layers_sentence(rows: Iterable[Mapping[str, Any]]) -> str:
+    """One sentence naming the father layers whose FFN stayed his (empty when every layer was bred)."""
+    kept = [row for row in rows if not row["bred"]]
+    if not kept:
+        return ""
+    shown = "; ".join(f"layer {row['father_layer']} ({row['why']})" for row in kept)
+    return f"Kept as the father's: {shown}."
 
 
 def view_yaml(view: Mapping[str, Any]) -> str:

@@ -10,7 +10,9 @@ cosmetic ones: local paths, the genome it came from, notes), and it seeds the DA
 the same parents gives bit-identical tensors on every run. Parents enter it by what they are (`ParentRef.identity`:
 a Hub commit, or the sha256 of a local folder's weights), never by a folder's name or place. `layer_map`
 ({father_layer: mother_layer}) overrides the relative-depth layer map of a cross-architecture FFN pair
-(`darwin_core.merge.pairing`); hashed only when set.
+(`darwin_core.merge.pairing`); hashed only when set. `tokenizer_source` (father, mother or union: mergekit's
+``tokenizer_source``) says whose vocabulary a child of parents with different vocabularies speaks
+(`darwin_core.merge.vocabulary`); hashed only when it is not the default father, so older recipes keep their hash.
 
 Lookup of a tensor's parameters (`ratio_for`, `densities_for`, `plan_for`) goes through
 `darwin_core.parents.anatomy.classify(name) -> TensorRole(layer, role, tower)`, so tables speak in layers and roles:
@@ -43,6 +45,7 @@ import yaml
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.registry import DEFAULT_METHOD, TensorParams, get_method
 from darwin_core.io.dtypes import CHILD_DTYPES as DTYPES
+from darwin_core.parents.tokenizers import TokenizerSource
 from darwin_core.recipe.refs import ParentRef
 from darwin_core.recipe.tables import ParamTable, _unit, density_table, ratio_table
 
@@ -102,6 +105,7 @@ class Recipe:
     select_topk: float | None = None  # SCE: share of entries kept by variance; None = mergekit's 1
     negate: str | None = None  # "mother" / "father": that parent's task vector enters with weight −w
     layer_map: Mapping[int, int] | None = None  # FFN-only pairs: father layer → mother layer, over the depth map
+    tokenizer_source: TokenizerSource = TokenizerSource.FATHER  # whose vocabulary the child speaks
     genome: GenomeRecord | None = None  # cosmetic
     notes: str | None = None  # cosmetic
 
@@ -153,6 +157,7 @@ class Recipe:
         set_("method_weight", _unit(self.method_weight, "The method weight"))
         self._check_method_options(method)
         set_("layer_map", _layer_map(self.layer_map))
+        set_("tokenizer_source", _tokenizer_source(self.tokenizer_source))
         if self.genome is not None and not isinstance(self.genome, GenomeRecord):
             g = self.genome
             if not isinstance(g, Mapping) or "space" not in g:
@@ -185,11 +190,13 @@ class Recipe:
 
     def _method_options(self) -> dict[str, Any]:
         """The method options that are set (hashed and written only then, so older recipes keep their hash),
-        and the layer map when one is set."""
+        the layer map when one is set, and the tokenizer source when it is not the father's."""
         names = (*METHOD_OPTIONS, "negate")
         options = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.layer_map:
             options["layer_map"] = {int(k): int(v) for k, v in sorted(self.layer_map.items())}
+        if self.tokenizer_source is not TokenizerSource.FATHER:
+            options["tokenizer_source"] = self.tokenizer_source.value
         return options
 
     # -- identity -------------------------------------------------------------------------------------------
@@ -391,6 +398,16 @@ def _layer_map(value: Any) -> dict[int, int] | None:
     return dict(sorted(out.items())) or None
 
 
+def _tokenizer_source(value: Any) -> TokenizerSource:
+    """A recipe's tokenizer_source as the enum; None means the default (the father's)."""
+    if value is None:
+        return TokenizerSource.FATHER
+    try:
+        return TokenizerSource(getattr(value, "value", value))
+    except ValueError:
+        raise DarwinError(f"The recipe's tokenizer_source must be father, mother or union, not {value!r}.") from None
+
+
 def recipe_hash(recipe: Recipe) -> str:
     """Module-level spelling of `Recipe.recipe_hash` (what run folders and cards cite)."""
     return recipe.recipe_hash
@@ -428,6 +445,9 @@ RECIPE_FIELD_DOCS: dict[str, str] = {
     "negate": "`mother` or `father`: that parent's task vector enters with weight −w; null = none.",
     "layer_map": "Cross-architecture FFN pairs: `{father_layer: mother_layer}` over the relative-depth map "
                  "⌊i·(M−1)/(F−1) + ½⌋; hashed only when set.",
+    "tokenizer_source": "Parents with different vocabularies: whose vocabulary the child speaks — `father` "
+                        "(default), `mother` or `union` (mergekit's `tokenizer_source`); embedding and head rows are "
+                        "aligned by token; hashed only when not father.",
     "genome": "Cosmetic (not hashed): the genome space and vector the ratios came from, `{space, values}`.",
     "notes": "Cosmetic (not hashed): free text.",
 }

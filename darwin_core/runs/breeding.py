@@ -73,12 +73,23 @@ def stage_tasks(config: Any, *, runs_dir: Path, local_mode: bool, token: str | N
     return replace(config, tasks=tuple(staged))
 
 
-def breed(request: BreedRequest, who: Visitor, *, runs_dir: str | Path, local_mode: bool, token: str | None,
-          zoo_dir: str | Path | None = None) -> str:
-    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
+@dataclass(frozen=True)
+class CheckedBreed:
+    """A breeding every check has passed: the config to run (tasks staged into the runs folder) and whether a
+    parent is gated or private (its pinned id is then shown to the run's owner only)."""
+
+    config: Any
+    parents_restricted: bool
+
+
+def check_breed(request: BreedRequest, who: Visitor, *, runs_dir: str | Path, local_mode: bool, token: str | None,
+                zoo_dir: str | Path | None = None) -> CheckedBreed:
+    """Every check of a breeding (quotas, the parents and the visitor's right to them, the pair, the tasks), with
+    nothing written but the staged task files; one sentence (DarwinError) for the first that fails. A local run
+    and a Hugging Face Job pass the same checks, so a Job asks nothing a local run could not."""
     from darwin_core.evolution.pipeline import EvolutionConfig
     from darwin_core.parents.compatibility import check_breedable
-    from darwin_core.runs import queue, quotas as limits
+    from darwin_core.runs import quotas as limits
     from darwin_core.runs.jobs import parent_for_job
 
     runs_dir = Path(runs_dir)
@@ -100,10 +111,19 @@ def breed(request: BreedRequest, who: Visitor, *, runs_dir: str | Path, local_mo
         "local_mode": local_mode,
     })
     config = stage_tasks(config, runs_dir=runs_dir, local_mode=local_mode, token=token, quotas=quotas)
-    run_id = queue.submit(config, runs_dir, start_worker=False)
-    record_owner(runs_dir / run_id, who, secret)
-    if any(model.gated or model.private for _, model in found.values()):
+    return CheckedBreed(config=config, parents_restricted=any(model.gated or model.private for _, model in found.values()))
+
+
+def breed(request: BreedRequest, who: Visitor, *, runs_dir: str | Path, local_mode: bool, token: str | None,
+          zoo_dir: str | Path | None = None) -> str:
+    """Validate everything, queue the run, record its owner; returns the run id (DarwinError for bad input)."""
+    from darwin_core.runs import queue
+
+    runs_dir = Path(runs_dir)
+    checked = check_breed(request, who, runs_dir=runs_dir, local_mode=local_mode, token=token, zoo_dir=zoo_dir)
+    run_id = queue.submit(checked.config, runs_dir, start_worker=False)
+    record_owner(runs_dir / run_id, who, app_secret(runs_dir))
+    if checked.parents_restricted:
         RunFolder(runs_dir / run_id).update_status(parents_restricted=True)
     queue.ensure_worker(runs_dir)
     return run_id
-

@@ -18,6 +18,7 @@ end most real runs half-way).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Mapping
@@ -26,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import STARTING, RunFolder
+from darwin_core.io.runfolder import FAILED, RUNNING, STARTING, RunFolder
 
 BUCKET_ENV = "DARWIN_RUNS_BUCKET"  # "owner/bucket" (optionally "owner/bucket/prefix"): the bucket the runs folder is
 IMAGE_ENV = "DARWIN_JOB_IMAGE"  # the image a Job runs; default: this Space's own (hf.co/spaces/<SPACE_ID>)
+JOB_RUN_ENV = "DARWIN_HF_JOB_RUN"  # set in the Job's environment: the run id this process is the Job of
+ENDED_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")  # the Hub's stages of a Job that no longer runs
 MEMORY_MARGIN = 1.25  # activations, the evaluator's batches and allocator slack above parents + resident child
 TIMEOUT_MARGIN = 1.5
 TIMEOUT_FLOOR_SECONDS = 30 * 60
@@ -174,37 +177,44 @@ def launch_job(config: Any, runs_dir: str | Path, *, token: str | None, who: Any
     from huggingface_hub import HfApi, Volume
 
     from darwin_core.runs import queue
-    from darwin_core.runs.owners import app_secret, record_owner
+    from darwin_core.runs.owners import SECRET_ENV, app_secret, record_owner
 
     if not token:
         raise DarwinError("Sign in with Hugging Face (with the jobs permission) to run a breeding as a Job on your account.")
+    if not os.environ.get(SECRET_ENV, "").strip():
+        # Else the secret that signs owners and configs is a file in the runs folder, which the Job mounts.
+        raise DarwinError(f"Running as a Job needs {SECRET_ENV} set as a Space secret (the runs folder is shared with the Job).")
     runs_dir = Path(runs_dir)
     bucket, image = Bucket.from_env(runs_dir, environ), job_image(environ)
     folder = queue.prepare_foreground(config, runs_dir, run_id=run_id)
-    record_owner(folder.path, who, app_secret(runs_dir))
+    secret = app_secret(runs_dir)
+    record_owner(folder.path, who, secret)
+    # Sealed before the Job exists: from here on this machine reads the run as the Job's (see held_remotely).
+    folder.update_status(hf_job={**asdict(plan), "config_seal": config_seal(folder, secret)}, phase="job submitted")
     volume = Volume(type="bucket", source=bucket.source, mount_path=bucket.mount_path, path=bucket.path)
     try:
         job = HfApi(endpoint=endpoint).run_job(
             image=image, command=job_command(Path(bucket.mount_path) / folder.run_id, plan, push_repo),
-            env={"DARWIN_RUNS_DIR": bucket.mount_path, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+            env={"DARWIN_RUNS_DIR": bucket.mount_path, JOB_RUN_ENV: folder.run_id, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
             secrets={"HF_TOKEN": token}, flavor=plan.flavor, timeout=plan.timeout_seconds, volumes=[volume],
             name=f"darwin-{folder.run_id}", labels={"darwin-run": folder.run_id}, token=token,
         )
     except Exception as error:  # noqa: BLE001 — the Hub refused (no jobs scope, no credit): the run is failed, with why
         message = _hub_sentence(error)
-        folder.update_status(state="failed", error=message)
+        folder.update_status(state=FAILED, error=message)
         folder.append_event("failed", error=message)
         raise DarwinError(message) from None
-    record_job(folder, {"id": job.id, "url": job.url, "owner": getattr(job.owner, "name", None), **asdict(plan)})
+    record_job(folder, {"id": job.id, "url": job.url, "owner": getattr(job.owner, "name", None)})
     return folder.run_id
 
 
 def record_job(folder: RunFolder, job: Mapping[str, Any]) -> None:
     """The Job beside the run (status.json's `hf_job` and an event): how the page tells a Job's run from a local
-    one, and where it finds the Job's page. Status stays "starting" until the Job's process takes the run."""
-    folder.update_status(state=STARTING, hf_job=dict(job), phase="job submitted")
-    folder.append_event("hf_job_submitted", job_id=job["id"], flavor=job["flavor"], gpus=job["gpus"],
-                        timeout_seconds=job["timeout_seconds"], url=job.get("url"))
+    one, and where it finds the Job's page. The state is left alone: the Job's process may have taken the run."""
+    merged = {**(folder.read_status().get("hf_job") or {}), **job}
+    folder.update_status(hf_job=merged)
+    folder.append_event("hf_job_submitted", job_id=merged["id"], flavor=merged.get("flavor"), gpus=merged.get("gpus"),
+                        timeout_seconds=merged.get("timeout_seconds"), url=merged.get("url"))
 
 
 def job_stage(run_dir: str | Path, *, token: str | None, endpoint: str | None = None) -> str | None:
@@ -212,10 +222,56 @@ def job_stage(run_dir: str | Path, *, token: str | None, endpoint: str | None = 
     from huggingface_hub import HfApi
 
     job = RunFolder(run_dir).read_status().get("hf_job")
-    if not job:
+    if not job or not job.get("id"):
         return None
     info = HfApi(endpoint=endpoint).inspect_job(job_id=job["id"], namespace=job.get("owner"), token=token)
     return info.status.stage if info.status else None
+
+
+def config_seal(folder: RunFolder, secret: str) -> str:
+    """The Space's signature of a Job run's config (HMAC with the server secret, which the Job never sees): the
+    run folder lives where the Job writes, so its config is trusted here only while it is the one the Space wrote."""
+    import hmac
+
+    message = f"job-config:{folder.run_id}:".encode() + folder.config_text().encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def held_remotely(folder: RunFolder) -> bool:
+    """A Job's run that the Hub may still be running: its lock lives on the Job's machine, so no lock seen here
+    means nothing (the run is not interrupted). False inside the Job itself, which takes the run as its own."""
+    job = folder.read_status().get("hf_job")
+    return bool(job) and not job.get("ended") and os.environ.get(JOB_RUN_ENV) != folder.run_id
+
+
+def check_trusted_here(folder: RunFolder) -> None:
+    """Before this machine executes or queues a run: a Job's run only with the config the Space sealed at launch
+    (the Job, or anyone who can write the bucket, could have rewritten config.yaml; a run id a visitor does not
+    own is refused before this by the owner check). Runs that never were Jobs, and the Job itself, pass."""
+    import hmac
+
+    from darwin_core.runs.owners import app_secret
+
+    job = folder.read_status().get("hf_job")
+    if not job or os.environ.get(JOB_RUN_ENV) == folder.run_id:
+        return
+    if not hmac.compare_digest(str(job.get("config_seal") or ""), config_seal(folder, app_secret(folder.path.parent))):
+        raise DarwinError(f"Run {folder.run_id} ran as a Hugging Face Job and its config is no longer the one this "
+                          "Space launched; it will not run here.")
+
+
+def settle_job(run_dir: str | Path, stage: str | None) -> bool:
+    """Record that a run's Job ended (`stage` from `job_stage`) while its status still says starting/running (the
+    Job timed out, was cancelled or crashed): the run fails with a sentence and can be resumed. True if changed."""
+    folder = RunFolder(run_dir)
+    status = folder.read_status()
+    job = status.get("hf_job")
+    if not job or job.get("ended") or stage not in ENDED_STAGES or status.get("state") not in (STARTING, RUNNING):
+        return False
+    message = f"The Hugging Face Job ended ({stage}) before the run did; resume the run to continue from its last checkpoint."
+    folder.update_status(state=FAILED, error=message, hf_job={**job, "ended": stage})
+    folder.append_event("hf_job_ended", stage=stage)
+    return True
 
 
 def _hub_sentence(error: Exception) -> str:

@@ -163,6 +163,7 @@ def resume(run_id: str, runs_dir: str | Path | None = None, *, start_worker: boo
             raise DarwinError(f"Run {run_id} has already finished; there is nothing to resume.")
         if state in (QUEUED, STARTING, RUNNING):
             raise DarwinError(f"Run {run_id} is already {state}.")
+        _check_trusted_here(folder)
         folder.clear_cancel()
         folder.update_status(state=QUEUED, queued_at=time.time(), error=None, finished_at=None)
         folder.append_event("resume_requested", previous_state=state)
@@ -172,8 +173,10 @@ def resume(run_id: str, runs_dir: str | Path | None = None, *, start_worker: boo
 
 def _state(folder: RunFolder) -> str:
     """The run's state, with starting/running runs that no process holds shown as interrupted."""
+    from darwin_core.runs.hfjobs import held_remotely
+
     state = folder.read_status().get("state", QUEUED)
-    if state in (STARTING, RUNNING) and not folder.is_active():
+    if state in (STARTING, RUNNING) and not folder.is_active() and not held_remotely(folder):
         # Read again: a run writes its final state before it lets go of the lock, so once the lock is seen free
         # this read is final (the first one may predate a run that just finished).
         state = folder.read_status().get("state", QUEUED)
@@ -183,6 +186,14 @@ def _state(folder: RunFolder) -> str:
             return STARTING  # the worker claimed it and its process is about to take the run's lock
         return INTERRUPTED
     return state
+
+
+def _check_trusted_here(folder: RunFolder) -> None:
+    """A run launched as a Hugging Face Job is executed here only with the config the Space sealed (runs/hfjobs.py):
+    its folder is written by the Job, so it is trusted like other runs only as far as it is still the visitor's own."""
+    from darwin_core.runs.hfjobs import check_trusted_here
+
+    check_trusted_here(folder)
 
 
 def read_state(folder: RunFolder) -> str:
@@ -306,6 +317,10 @@ def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None,
         with folder.hold_lock():
             if folder.read_status().get("state") == FINISHED:
                 return FINISHED
+            try:
+                _check_trusted_here(folder)
+            except DarwinError as error:
+                return _fail(folder, str(error))
             if folder.cancel_requested():
                 folder.update_status(state=CANCELLED, finished_at=now_iso())
                 folder.append_event("cancelled")

@@ -9,6 +9,14 @@ uniform blend halves both deltas and loses both skills; a layer-wise recipe taki
 the mother's layers 2-3 keeps most of both. darwin-v6 can express that recipe: with 4 layers its blocks 0, 1,
 3 and 4 each hold one layer.
 
+What a user breeds from this family by default is its shipped config, `assets/rivals/breed.yaml`
+(`python -m darwin_core evolve assets/rivals/breed.yaml`, written by the build from `breed_config_text`): the
+per-layer genome (one ratio per decoder layer, 4 dimensions) with linear merges, the MRI scan made for the run.
+darwin-v6 can express the recipe too, but not find it at the default budget: from its neutral point every step of
+`global_ratio` (or of `mri_trust` and the role ratios, which move all four layers together) walks to a parent, a
+plateau at one skill, and leaving it needs blocks 0-1 and 3-4 to move to opposite ends at once (measured in
+docs/evolution.md). One gene per layer is the genome whose axes are this family's solution.
+
 The base is the zoo's base (assets/zoo/base, checked against its sha256 in zoo.json), so this family adds two
 3 MB models. The build is deterministic like the zoo's (fixed seeds, deterministic kernels, one thread);
 `zoo build --family rivals --check` proves it against the sha256 in `assets/rivals/zoo.json`.
@@ -35,7 +43,10 @@ from darwin_core.io.hashes import sha256_file
 from darwin_core.parents.demo import (DEFAULT_RIVALS_DIR, DEFAULT_ZOO_DIR, MANIFEST, RIVALS_SHIPPED, read_manifest)
 from darwin_core.zoo.build import _display_path, _save_member, composite, deterministic, evaluate, linear_50_50, train
 
-__all__ = ["DEFAULT_RIVALS_SPEC", "RivalsSpec", "build_rivals", "check_rivals_rebuild", "parts_merge"]
+__all__ = ["BREED_CONFIG", "DEFAULT_RIVALS_SPEC", "RivalsSpec", "breed_config_text", "build_rivals",
+           "check_rivals_rebuild", "family_breed_settings", "parts_merge"]
+
+BREED_CONFIG = "breed.yaml"  # the family's shipped evolution config, beside its zoo.json
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,35 @@ class RivalsSpec:
 
 
 DEFAULT_RIVALS_SPEC = RivalsSpec()
+
+
+def breed_config_text(spec: RivalsSpec = DEFAULT_RIVALS_SPEC) -> str:
+    """The family's evolution config (YAML): what `evolve` breeds from the rivals by default (module docstring)."""
+    import yaml
+
+    settings = {
+        "father": "demo:rivals_father", "mother": "demo:rivals_mother", "tasks": list(spec.skills),
+        "genome": "per-layer", "method": "linear", "mri": "auto",
+    }
+    head = ("# The rivals' evolution config: python -m darwin_core evolve assets/rivals/breed.yaml\n"
+            "# One ratio per decoder layer (per-layer, linear): the father trained layers 0-1, the mother layers\n"
+            "# 2-3, so the recipe that keeps both skills lies on this genome's axes (darwin_core/zoo/rivals.py).\n"
+            "# Written by `python -m darwin_core zoo build --family rivals`; measured in docs/evolution.md.\n")
+    return head + yaml.safe_dump(settings, sort_keys=False)
+
+
+def family_breed_settings(father: str, mother: str, rivals: Path | str = DEFAULT_RIVALS_DIR) -> dict | None:
+    """The shipped config's search settings (genome, method, tasks, mri) when both parents are the rivals'
+    members (by demo name, either order), else None: what a page or command starting a run from these parents
+    uses as its defaults, so the app breeds them the way `evolve assets/rivals/breed.yaml` does."""
+    import yaml
+
+    members = {"demo:rivals_father", "demo:rivals_mother"}
+    path = Path(rivals) / BREED_CONFIG
+    if {father.strip(), mother.strip()} != members or not path.is_file():
+        return None
+    settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {key: settings[key] for key in ("genome", "method", "tasks", "mri") if key in settings}
 
 
 def _load_zoo_base(zoo_dir: Path):
@@ -132,6 +172,7 @@ def build_rivals(out_dir: Path | str = DEFAULT_RIVALS_DIR, spec: RivalsSpec = DE
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / BREED_CONFIG).write_text(breed_config_text(spec))
         replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

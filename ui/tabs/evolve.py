@@ -23,7 +23,7 @@ import pandas as pd
 from darwin_core import api
 from darwin_core.api import DarwinError
 from darwin_core.api import CANCELLED
-from ui import session
+from ui import job_launch, session
 from ui.views import render_run, signature
 from ui.common import chosen_ref, guarded
 
@@ -136,14 +136,12 @@ def _whole(value: Any, name: str) -> int:
 
 
 
-def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
-               upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
-               frozen, use_mri=False, patience=0, start="neutral", selection="topk", *, runs_dir: Path, local_mode: bool,
-               zoo_dir: str | Path | None,
-               token: str | None, user: str | None) -> str:
-    """Read the form into a breeding request and queue it (`api.breed` checks everything before writing)."""
+def breed_request(father_pick, father_typed, mother_pick, mother_typed, demo_table, extra_table, uploads,
+                  upload_weight, genome, method, population, sigma0, generations, seed, proxy_items, topk_full,
+                  frozen, use_mri=False, patience=0, start="neutral", selection="topk", *, local_mode: bool) -> Any:
+    """The form as a breeding request (a local run and a Hugging Face Job read the same form the same way)."""
     quotas = None if local_mode else api.Quotas.from_env()
-    request = api.BreedRequest(
+    return api.BreedRequest(
         father=chosen_ref(father_pick, father_typed, "father"),
         mother=chosen_ref(mother_pick, mother_typed, "mother"),
         tasks=task_specs(demo_table, extra_table, uploads, upload_weight, quotas=quotas),
@@ -162,10 +160,22 @@ def launch_run(state: Any, father_pick, father_typed, mother_pick, mother_typed,
         },
         frozen_layers=frozen,
     )
+
+
+def launch_run(state: Any, *form: Any, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
+               token: str | None, user: str | None) -> str:
+    """Read the form into a breeding request and queue it (`api.breed` checks everything before writing)."""
+    request = breed_request(*form, local_mode=local_mode)
     return api.breed(request, session.visitor(state, user), runs_dir=runs_dir, local_mode=local_mode, token=token,
                      zoo_dir=zoo_dir)
 
 
+def job_config(state: Any, *form: Any, runs_dir: Path, local_mode: bool, zoo_dir: str | Path | None,
+               token: str | None, user: str | None) -> Any:
+    """The form as a checked config for a Hugging Face Job: every check of a local launch, nothing queued here."""
+    request = breed_request(*form, local_mode=local_mode)
+    return api.check_breed(request, session.visitor(state, user), runs_dir=runs_dir, local_mode=local_mode,
+                           token=token, zoo_dir=zoo_dir).config
 
 
 def _budget_settings(start: str | None, selection: str | None) -> dict[str, str]:
@@ -260,6 +270,30 @@ def _task_inputs() -> list[gr.components.Component]:
     return [demo_tasks, extra_tasks, uploads, upload_weight]
 
 
+def family_defaults(father_pick, father_typed, mother_pick, mother_typed) -> tuple[Any, ...]:
+    """(demo tasks, genome, method, MRI) as a family's shipped config breeds it (the rivals: per-layer, linear, their
+    two skills), or no change for any other pair: the page breeds a family the way its `breed.yaml` does."""
+    try:
+        father, mother = chosen_ref(father_pick, father_typed, "father"), chosen_ref(mother_pick, mother_typed, "mother")
+    except DarwinError:
+        return (gr.skip(),) * 4
+    settings = api.family_breed_settings(father, mother)
+    if settings is None:
+        return (gr.skip(),) * 4
+    rows = demo_task_rows()
+    if "tasks" in settings:
+        rows["weight"] = [1.0 if name in settings["tasks"] else 0.0 for name in rows[DEMO_HEADERS[0]]]
+    return (rows, settings.get("genome", gr.skip()), settings.get("method", gr.skip()),
+            settings["mri"] == "auto" if "mri" in settings else gr.skip())
+
+
+def _follow_family(parent_inputs: Sequence[gr.components.Component], form: list[gr.components.Component]) -> None:
+    """Picking a family's two parents sets the tasks, genome, method and MRI inputs to its shipped config."""
+    for parent_input in parent_inputs:
+        parent_input.change(family_defaults, inputs=list(parent_inputs), outputs=form, api_visibility="private",
+                            show_progress="hidden")
+
+
 def _search_inputs() -> dict[str, gr.components.Component]:
     """The search-setting inputs, by name."""
     from darwin_core.api import SPACE_NAMES
@@ -316,6 +350,15 @@ def _manager(action: str, *, runs_dir: Path, local_mode: bool):
     return session.with_token(core, ["state"])
 
 
+def _job_block(session_state: gr.BrowserState, form: Sequence[gr.components.Component], *, runs_dir: Path,
+               local_mode: bool, zoo_dir: str | Path | None) -> Any:
+    """"Run as a Hugging Face Job" under the launch button: the same form and checks, on the visitor's account."""
+    return job_launch.build_job_launch(
+        session_state, form, ["father_pick", "father_typed", "mother_pick", "mother_typed", *SETTING_NAMES],
+        make_config=functools.partial(job_config, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir),
+        runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
+
+
 def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inputs: Sequence[gr.components.Component], *,
                      runs_dir: str | Path, local_mode: bool, zoo_dir: str | Path | None = None) -> dict[str, Any]:
     """Lay out the Evolve tab; `parent_inputs` = the Parents tab's (father pick, father typed, mother pick,
@@ -334,6 +377,12 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
         gr.Markdown(Quotas.from_env().markdown(), elem_id="evolve-limits")
     launch = gr.Button("Launch evolution", variant="primary", elem_id="evolve-launch")
     error = gr.Markdown(elem_id="evolve-error", elem_classes=["darwin-error"])
+    settings = [demo_tasks, extra_tasks, uploads, upload_weight, *(search[name] for name in (
+        "genome", "method", "population", "sigma0", "generations", "seed", "proxy_items", "topk_full", "frozen", "use_mri",
+        "patience", "start", "selection"))]
+
+    _follow_family(parent_inputs, [demo_tasks, search["genome"], search["method"], search["use_mri"]])
+    _job_block(session_state, [*parent_inputs, *settings], runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir)
     header = gr.Markdown("No run yet: launch one, or open one in the Runs tab.", elem_id="evolve-header")
     with gr.Row():
         cancel = gr.Button("Cancel run", variant="stop", elem_id="evolve-cancel")
@@ -346,10 +395,6 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     genome_plot = gr.Plot(label="Best genome", elem_id="evolve-genome-plot")
     rendered = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=True)
-
-    settings = [demo_tasks, extra_tasks, uploads, upload_weight, *(search[name] for name in (
-        "genome", "method", "population", "sigma0", "generations", "seed", "proxy_items", "topk_full", "frozen", "use_mri",
-        "patience", "start", "selection"))]
 
     def launch_core(state, *args):
         *values, token, user = args

@@ -194,6 +194,35 @@ def compatibility_view(father: Any, mother: Any, compat: Any) -> tuple[pd.DataFr
     return pd.DataFrame(rows, columns=COMPAT_HEADERS), verdict
 
 
+RELATIONS = {
+    "same": "The parents' tokenizers have the same vocabulary.",
+    "mother_adds": "The mother's vocabulary is the father's plus tokens of her own.",
+    "father_adds": "The father's vocabulary is the mother's plus tokens of his own.",
+    "different": "The parents' vocabularies differ.",
+    "unknown": "",
+}
+
+
+def tokenizer_view(father: Any, mother: Any) -> tuple[str, str]:
+    """(the tokenizer report as markdown, the broken-tokenizer sentence or "") for two resolved parents.
+
+    Tokenizers are read only from folders on this machine (demo parents, earlier children, local folders, Hub
+    models in the cache); for a parent not downloaded yet the report says they are compared when a run fetches it.
+    """
+    folders = [getattr(model, "folder", None) for model in (father, mother)]
+    if None in folders:
+        return "**Tokenizers:** compared when a run downloads the parents.", ""
+    report = api.tokenizer_report(folders[0], folders[1])
+    lines = [RELATIONS.get(report.relation.value, "")] + list(report.differences)
+    if report.relation.value not in ("same", "unknown"):
+        lines.append("The child speaks the father's vocabulary unless the recipe sets `tokenizer_source: mother` "
+                     "or `union` (embedding and head rows aligned by token, as mergekit does).")
+    text = "**Tokenizers:** " + " ".join(line for line in lines if line)
+    if report.findings:
+        text += "\n\n**Broken tokenizer:** " + " ".join(report.findings)
+    return text, report.findings[0] if report.findings else ""
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "—"
@@ -205,18 +234,19 @@ def inspect_parents(father_pick: str | None, father_typed: str | None, mother_pi
                     runs_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
     """Everything the tab shows: (facts table, compatibility table, verdict, error message)."""
 
-    def work() -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    def work() -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
         father_ref = chosen_ref(father_pick, father_typed, "father")
         mother_ref = chosen_ref(mother_pick, mother_typed, "mother")
         father, father_facts = resolve_parent(father_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
         mother, mother_facts = resolve_parent(mother_ref, local_mode=local_mode, token=token, zoo_dir=zoo_dir, runs_dir=runs_dir)
         compat_table, verdict = compatibility_view(father, mother, api.compatibility(father, mother))
-        return facts_table(father_facts, mother_facts), compat_table, verdict
+        tokenizers, broken = tokenizer_view(father, mother)  # a broken tokenizer: its sentence in the error line
+        return facts_table(father_facts, mother_facts), compat_table, verdict + "\n\n" + tokenizers, f"**⚠ {broken}**" if broken else ""
 
     result, error = guarded(work, "inspecting the parents")
     if result is None:
         return pd.DataFrame(columns=FACTS_HEADERS), pd.DataFrame(columns=COMPAT_HEADERS), "", error
-    return (*result, "")
+    return result
 
 
 def parents_layer_map(father_pick: str | None, father_typed: str | None, mother_pick: str | None,

@@ -96,6 +96,36 @@ def _dare_ties_kernel(f_ptr, m_ptr, factor_ptr, out_ptr, n, seed_low, seed_high,
     tl.store(out_ptr + index, result.to(out_ptr.dtype.element_ty), mask=inside)
 
 
+@triton.jit(do_not_specialize=["n", "seed_low", "seed_high", "threshold"])
+def _dare_magnitudes_kernel(f_ptr, m_ptr, whole_ptr, kept_ptr, n, seed_low, seed_high, threshold,
+                            SHIFT: tl.constexpr, BLOCK: tl.constexpr):
+    # |delta| and |delta * keep_mask| in float32, delta = float(m) - float(f): the two tensors whose torch sums
+    # are DARE's L1 rescale (`delta.rescale_l1`), written in one pass instead of a chain of float32 temporaries
+    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    inside = index < n
+    delta = tl.load(m_ptr + index, mask=inside).to(tl.float32) - tl.load(f_ptr + index, mask=inside).to(tl.float32)
+    x = _mix32((index & 4294967295) ^ seed_low.to(tl.int64))
+    x = _mix32(x ^ ((index >> 32) ^ seed_high.to(tl.int64)))
+    keep = ((x >> SHIFT) < threshold.to(tl.int64)).to(tl.float32)
+    tl.store(whole_ptr + index, tl.abs(delta), mask=inside)
+    tl.store(kept_ptr + index, tl.abs(delta * keep), mask=inside)
+
+
+def dare_magnitudes_cuda(father: torch.Tensor, mother: torch.Tensor, drop: tuple[int, int, int, int]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|m − f|, |(m − f)·keep|) as float32 tensors of the parents' shape, for the reference's own torch sums."""
+    whole = torch.empty(father.shape, dtype=torch.float32, device=father.device)
+    kept = torch.empty_like(whole)
+    n = father.numel()
+    if n:
+        seed_low, seed_high, threshold, bits = drop
+        with torch.cuda.device(father.device):
+            _dare_magnitudes_kernel[(triton.cdiv(n, BLOCK),)](father, mother, whole, kept, n, seed_low, seed_high,
+                                                              threshold, SHIFT=32 - bits, BLOCK=BLOCK,
+                                                              enable_fp_fusion=False)
+    return whole, kept
+
+
 def linear_cuda(father: torch.Tensor, mother: torch.Tensor, w0: float, w1: float, total: float,
                 out: torch.Tensor, *, fma: bool = True) -> torch.Tensor:
     """`out` (any float dtype) ← ((0 + f·w0) + m·w1) / total in float32, total = 1 skipping the division."""

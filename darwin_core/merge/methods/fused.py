@@ -26,6 +26,9 @@ from darwin_core.merge.methods.delta import _M32, _MASK_BITS, RESCALE_EPS, keep_
 from darwin_core.merge.methods.registry import Method, get_method
 
 FUSED_METHODS = (Method.LINEAR, Method.DARE_TIES)
+# DARE's rescale sums read |delta| and |delta·keep| written by one kernel (False: built by torch operations, as
+# the reference does; the bench compares the two and tests/test_gpu.py checks the bytes either way).
+FUSED_MAGNITUDES = True
 
 
 def _triton_kernels():
@@ -52,8 +55,13 @@ def fused_merge_tensors(
     device: str | torch.device = "cpu",
     base: Any = None,
     pairing: Mapping[str, str | None] | None = None,
+    outputs: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield what `merge_tensors` yields for the same arguments, through the fused kernels where they apply."""
+    """Yield what `merge_tensors` yields for the same arguments, through the fused kernels where they apply.
+
+    `outputs` (name → a tensor of the child's dtype and shape, e.g. the resident child's own parameter): a fused
+    kernel writes the merged values straight into it and yields it, so the caller's copy is not needed (a third
+    of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual."""
     device = torch.device(device)
     names = _names_of(father) if names is None else list(names)
     if not fusable(recipe, device):
@@ -68,23 +76,28 @@ def fused_merge_tensors(
             f = _fetch(father, name, device, "father")
             m = _fetch(mother, mother_name, device, "mother")
             blend = recipe.method_weight if recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear else None
-            merged = _fused_one(kernels, recipe.method, f, m, plan.params, out_dtype or f.dtype, blend)
+            into = None if outputs is None else outputs.get(name)
+            merged = _fused_one(kernels, recipe.method, f, m, plan.params, out_dtype or f.dtype, blend, into)
         if merged is None:
             merged = next(iter(merge_tensors(recipe, father, mother, [name], device=device, base=base, pairing=pairing)))[1]
         yield name, merged
 
 
 def _fused_one(kernels, method: str, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
-               blend: float | None = None) -> torch.Tensor | None:
-    """The child's tensor by the fused kernel, or None where the reference must do it (odd dtypes or shapes)."""
+               blend: float | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The child's tensor by the fused kernel (written into `into` when it has the result's dtype, shape and
+    device and is contiguous), or None where the reference must do it (odd dtypes or shapes)."""
     ok = (f.is_cuda and m.device == f.device and f.shape == m.shape and f.dtype in (torch.bfloat16, torch.float16, torch.float32)
           and m.dtype in (torch.bfloat16, torch.float16, torch.float32) and target.is_floating_point
           and target != torch.float64 and f.is_contiguous() and m.is_contiguous())
     if not ok:
         return None
+    if into is not None and not (into.dtype == target and into.shape == f.shape and into.device == f.device
+                                 and into.is_contiguous()):
+        into = None
     if method == Method.LINEAR:
-        return _linear(kernels, f, m, params.ratio, target)
-    return _dare_ties(kernels, f, m, params, target, blend)
+        return _linear(kernels, f, m, params.ratio, target, into)
+    return _dare_ties(kernels, f, m, params, target, blend, into)
 
 
 def _linear_weights(ratio: float) -> tuple[int, float, float, float]:
@@ -94,16 +107,17 @@ def _linear_weights(ratio: float) -> tuple[int, float, float, float]:
     return (0 if ratio == 0.0 else 1 if ratio == 1.0 else 2), float(w0), float(w1), float(np.float32(w0 + w1))
 
 
-def _linear(kernels, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype) -> torch.Tensor:
+def _linear(kernels, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype,
+            into: torch.Tensor | None = None) -> torch.Tensor:
     mode, w0, w1, total = _linear_weights(ratio)
     if mode < 2:
         return (f if mode == 0 else m).to(torch.float32).to(target)
-    out = torch.empty(f.shape, dtype=target, device=f.device)
+    out = torch.empty(f.shape, dtype=target, device=f.device) if into is None else into
     return kernels.linear_cuda(f, m, w0, w1, total, out)
 
 
 def _dare_ties(kernels, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
-               blend: float | None = None) -> torch.Tensor:
+               blend: float | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
     """DARE-TIES with the father as base: only the mother has a task vector (`delta.task_vector_merge`);
     `blend` (the recipe's method weight < 1) lerps from the linear merge, as `merge_tensors` does."""
     method = get_method(Method.DARE_TIES)
@@ -115,13 +129,18 @@ def _dare_ties(kernels, f: torch.Tensor, m: torch.Tensor, params, target: torch.
     if density < 1:
         drop = (seed & _M32, (seed >> 32) & _M32, int(density * (1 << _MASK_BITS)), _MASK_BITS)
         if rescale:  # the reference's sums, bit for bit; its `if` on them becomes a where (no host sync)
-            delta = m.to(torch.float32) - f.to(torch.float32)
-            before = delta.abs().sum()
-            after = (delta * keep_mask(delta.shape, density, seed, delta.device)).abs().sum()
-            del delta
+            if FUSED_MAGNITUDES:  # the summed tensors in one pass, then the same torch sums
+                whole, kept = kernels.dare_magnitudes_cuda(f, m, drop)
+                before, after = whole.sum(), kept.sum()
+                del whole, kept
+            else:
+                delta = m.to(torch.float32) - f.to(torch.float32)
+                before = delta.abs().sum()
+                after = (delta * keep_mask(delta.shape, density, seed, delta.device)).abs().sum()
+                del delta
             skip = (before < RESCALE_EPS) | (after < RESCALE_EPS)
             factor = torch.where(skip, torch.ones_like(before), before / after).reshape(1)
-    out = torch.empty(f.shape, dtype=target, device=f.device)
+    out = torch.empty(f.shape, dtype=target, device=f.device) if into is None else into
     return kernels.dare_ties_cuda(f, m, out, factor=factor, drop=drop, weight=float(np.float32(weight)),
                                   normalize=normalize, scale=float(params.scale),
                                   blend=None if blend is None else (float(blend), *_linear_weights(params.ratio)))
