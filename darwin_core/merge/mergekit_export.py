@@ -178,8 +178,10 @@ def _check_experts(values: dict[str, Any]) -> None:
 
 def _check_paired_by_name(recipe: Recipe) -> None:
     """mergekit merges only tensors of one name in both parents: a layer map or a wrapper pairing it cannot say."""
-    if not (recipe.father.path and recipe.mother.path):
-        return
+    from pathlib import Path
+
+    if not all(ref.path and Path(ref.path).is_dir() for ref in (recipe.father, recipe.mother)):
+        return  # names given without the parents' folders: nothing to pair here
     from darwin_core.merge.pairing import pairing_for_folders
 
     mode = pairing_for_folders(recipe.father.path, recipe.mother.path, recipe.layer_map).mode
