@@ -126,30 +126,18 @@ def test_the_launched_run_is_a_run_folder_of_the_visitor_marked_as_a_job_with_no
     assert all(TOKEN.encode() not in p.read_bytes() for p in space_env.rglob("*") if p.is_file())
 
 
-def test_without_a_token_nothing_is_written_and_no_job_is_asked_for(space_env):
+@pytest.mark.parametrize("token, unset, refusal", [
+    (None, None, "Sign in"),  # no token: nothing to launch with
+    (TOKEN, hfjobs.BUCKET_ENV, hfjobs.BUCKET_ENV),  # a runs folder outside a bucket
+    (TOKEN, owners.SECRET_ENV, owners.SECRET_ENV),  # no session secret to seal the config with
+], ids=["without-a-token", "outside-a-bucket", "without-the-session-secret"])
+def test_a_launch_that_cannot_go_ahead_writes_nothing_and_asks_for_no_job(space_env, monkeypatch, token, unset, refusal):
+    if unset:
+        monkeypatch.delenv(unset)
     config = _config()
     plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
-    with FakeHub() as hub:
-        with pytest.raises(DarwinError, match="Sign in"):
-            hfjobs.launch_job(config, space_env, token=None, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
-    assert hub.record.jobs == {} and not space_env.exists()
-
-
-def test_a_runs_folder_outside_a_bucket_is_refused_before_anything_is_written(space_env, monkeypatch):
-    monkeypatch.delenv(hfjobs.BUCKET_ENV)
-    config = _config()
-    plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
-    with FakeHub() as hub, pytest.raises(DarwinError, match=hfjobs.BUCKET_ENV):
-        hfjobs.launch_job(config, space_env, token=TOKEN, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
-    assert hub.record.jobs == {} and not space_env.exists()
-
-
-def test_without_the_session_secret_set_in_the_environment_no_job_is_launched(space_env, monkeypatch):
-    monkeypatch.delenv(owners.SECRET_ENV)
-    config = _config()
-    plan = hfjobs.plan_job(config, pair_bytes=GB, seconds_per_candidate=1.0)
-    with FakeHub() as hub, pytest.raises(DarwinError, match=owners.SECRET_ENV):
-        hfjobs.launch_job(config, space_env, token=TOKEN, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
+    with FakeHub() as hub, pytest.raises(DarwinError, match=refusal):
+        hfjobs.launch_job(config, space_env, token=token, who=owners.Visitor(session="s"), plan=plan, endpoint=hub.url)
     assert hub.record.jobs == {} and not space_env.exists()
 
 
