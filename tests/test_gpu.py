@@ -89,6 +89,31 @@ def test_evaluate_on_cuda_gives_the_cpu_answers(arch, fixture_pair):
             assert a.logliks == pytest.approx(b.logliks, rel=1e-7)
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_packed_scoring_with_compiled_layers_agrees_with_eager_packed_scoring(arch, fixture_pair, monkeypatch):
+    """In bf16 on CUDA the packed scorer compiles the decoder layers (fused norms and rotary): it must really
+    compile, survive a second batch shape (dynamic shapes, no failure), and give the eager layers' log-likelihoods
+    up to bf16 rounding (a wrong mask or position would be off by whole nats)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from darwin_core.fitness import packed
+    from darwin_core.fitness.loglikelihood import loglikelihoods
+
+    father, _ = fixture_pair(arch)
+    tokenizer = AutoTokenizer.from_pretrained(father)
+    requests = [(f"item {q}: the word after {q * 7} is", f" {w}") for q in range(40) for w in ("red", "green", "blue", "sky")]
+    results = {}
+    for compiled in (False, True):
+        monkeypatch.setitem(packed.COMPILE_LAYERS, "cuda", compiled)
+        model = AutoModelForCausalLM.from_pretrained(father, dtype=torch.bfloat16).to("cuda").eval()
+        assert packed.packable(model)
+        results[compiled] = [loglikelihoods(model, tokenizer, requests[:n]) for n in (len(requests), 12)]
+        assert packed._COMPILED.get(model, False) is compiled
+        del model
+    for eager, fused in zip(results[False], results[True], strict=True):
+        assert fused == pytest.approx(eager, rel=3e-2, abs=3e-2)
+
+
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 

@@ -33,6 +33,10 @@ from typing import Literal
 import torch
 
 from darwin_core.errors import DarwinError
+from darwin_core.fitness.gather import (  # noqa: F401  (re-exported: one read path for every scorer)
+    GATHER_POSITIONS, _gather_sums, _log_probs, _read_gathered, _read_sums, _sum_at,
+)
+from darwin_core.fitness import packed
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer gives one
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
@@ -136,73 +140,6 @@ def model_device(model) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
-
-
-def _log_probs(logits: torch.Tensor) -> torch.Tensor:
-    if logits.dtype not in (torch.float32, torch.float64):  # half precision: soft-max in float32
-        logits = logits.float()
-    return torch.log_softmax(logits, dim=-1)
-
-
-def _sum_at(logprobs: torch.Tensor, tokens: Sequence[int]) -> torch.Tensor:
-    """Sum of logprobs[t, tokens[t]] over the rows of `logprobs` (one row per token), left on the device: the
-    caller reads all sums at once (`_read_sums`), so scoring never waits for the device item by item."""
-    targets = torch.tensor(list(tokens), dtype=torch.long, device=logprobs.device)[:, None]
-    return logprobs.gather(1, targets).sum()
-
-
-# Positions whose log-softmax one accelerator kernel computes at a time (each a vocabulary row of float32).
-GATHER_POSITIONS = 2048
-
-
-def _gather_sums(logits: torch.Tensor, reads: list[tuple[int, int, int, Sequence[int]]]) -> tuple[list[int], torch.Tensor]:
-    """(request indices, their summed log-probs on the device) for reads (request index, row, first position,
-    continuation tokens) of `logits` [rows, positions, vocabulary]: one index upload, batched log-softmaxes over
-    only the scored positions, and per-request sums over a zero-padded matrix (deterministic, no atomics). The
-    accelerator's way; the CPU keeps `_sum_at` per request (bit-identical to before)."""
-    longest = max(len(tokens) for *_, tokens in reads)
-    rows: list[int] = []
-    positions: list[int] = []
-    targets: list[int] = []
-    slots: list[int] = []
-    for q, (_, row, first, tokens) in enumerate(reads):
-        n = len(tokens)
-        rows.extend([row] * n)
-        positions.extend(range(first, first + n))
-        targets.extend(tokens)
-        slots.extend(range(q * longest, q * longest + n))
-    index = torch.tensor([rows, positions, targets, slots], dtype=torch.long)
-    if logits.device.type == "cuda":
-        index = index.pin_memory().to(logits.device, non_blocking=True)
-    else:
-        index = index.to(logits.device)
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    values = torch.empty(index.shape[1], dtype=dtype, device=logits.device)
-    for start in range(0, index.shape[1], GATHER_POSITIONS):
-        part = index[:, start : start + GATHER_POSITIONS]
-        logprobs = _log_probs(logits[part[0], part[1]])
-        values[start : start + part.shape[1]] = logprobs.gather(1, part[2][:, None])[:, 0]
-    padded = torch.zeros(len(reads) * longest, dtype=values.dtype, device=values.device)
-    padded[index[3]] = values
-    return [request for request, *_ in reads], padded.view(len(reads), longest).sum(1)
-
-
-def _read_gathered(pending: list[tuple[list[int], torch.Tensor]], out: list[float]) -> None:
-    """out[index] = each gathered sum, all of them read in one device-to-host copy."""
-    if pending:
-        values = torch.cat([sums for _, sums in pending]).tolist()
-        for index, value in zip((i for indices, _ in pending for i in indices), values):
-            out[index] = value
-        pending.clear()
-
-
-def _read_sums(pending: list[tuple[int, torch.Tensor]], out: list[float]) -> None:
-    """out[index] = the value of each pending 0-dim sum, read in one device-to-host copy."""
-    if pending:
-        values = torch.stack([value for _, value in pending]).tolist()
-        for (index, _), value in zip(pending, values):
-            out[index] = value
-        pending.clear()
 
 
 # Token positions per forward pass on an accelerator: rows are packed up to this many positions (at most
@@ -367,9 +304,12 @@ def loglikelihoods(
 
     out = [0.0] * len(requests)
     flat = list(range(len(requests)))
+    device = model_device(model)
     if share_context_from == "auto":
-        share_context_from = SHARE_CONTEXT_FROM.get(model_device(model).type)
-    if share_context_from is not None:
+        share_context_from = SHARE_CONTEXT_FROM.get(device.type)
+    if share_context_from is not None and device.type != "cpu" and packed.packable(model):
+        flat = _score_all_packed(model, tokenizer, encoded, out, window=window)
+    elif share_context_from is not None:
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, (ctx, cont) in enumerate(encoded):
             groups.setdefault(tuple(ctx), []).append(index)
@@ -388,6 +328,26 @@ def loglikelihoods(
         flat = [i for i in flat if i not in done]
     _score_flat(model, tokenizer, [(i, *encoded[i]) for i in flat], out, window=window, batch_size=batch_size)
     return out
+
+
+def _score_all_packed(model, tokenizer, encoded: list[tuple[list[int], list[int]]], out: list[float], *,
+                      window: int) -> list[int]:
+    """Every request that needs no left truncation scored by `packed.score_packed`, grouped by context (on an
+    accelerator a context of any length is worth sharing: nothing is copied); the others' indices come back for
+    the flat path."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    rest: list[int] = []
+    for index, (ctx, cont) in enumerate(encoded):
+        if len(ctx) + len(cont) <= window + 1:
+            groups.setdefault(tuple(ctx), []).append(index)
+        else:
+            rest.append(index)
+    if groups:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        budget = TOKENS_PER_FORWARD.get(model_device(model).type) or packed.PACK_WIDTH
+        packed.score_packed(model, [(list(ctx), [(i, encoded[i][1]) for i in indices]) for ctx, indices in groups.items()],
+                            out, pad_id=pad_id, tokens_per_forward=budget)
+    return rest
 
 
 def _score_flat(model, tokenizer, requests: list[tuple[int, list[int], list[int]]], out: list[float], *, window: int, batch_size: int) -> None:
