@@ -181,6 +181,10 @@ def print_summary(s: dict) -> None:
               f"{100 * c['fraction_of_measured_peak']:.0f}% of the measured bf16 rate, {100 * c['fraction_of_datasheet']:.0f}% of 990 "
               f"({c['fed_per_evaluation']:,.0f} positions per candidate evaluation; tensors rewritten per candidate: "
               f"{c['rewritten_mean']:.0f} of {computed['tensors']})")
+        if c.get("real"):
+            print(f"scoring, positions that held a token (packed rows' padding left out): {c['real_tflops']:.0f} TFLOP/s = "
+                  f"{100 * c['real_fraction_of_measured_peak']:.0f}% of the measured bf16 rate "
+                  f"({c['real']:,} of {c['fed']:,} positions run)")
     if s.get("projection"):
         link = s["ceilings"]["host_link_bytes_per_s"]
         print(f"projection, host-streamed parents (pinned host -> GPU measured here: {link / 1e9:.1f} GB/s):")

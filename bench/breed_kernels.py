@@ -56,7 +56,15 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
     """Reference and fused candidate merges into a resident child's worth of tensors, compared byte for byte."""
     from darwin_core.evolution.child import ResidentTensors
     from darwin_core.merge.methods.apply import merge_tensors
+    from darwin_core.merge.methods import fused
     from darwin_core.merge.methods.fused import fused_merge_tensors
+
+    def per_tensor(*args, **kwargs):  # the in-place path with one launch per tensor (before the multi-tensor launch)
+        fused.MULTI_TENSOR_LINEAR = False
+        try:
+            yield from fused_merge_tensors(*args, **kwargs)
+        finally:
+            fused.MULTI_TENSOR_LINEAR = True
 
     storage = torch.device("cpu") if pin else device
     father, mother = ResidentTensors(father_dir, storage, pin=pin), ResidentTensors(mother_dir, storage, pin=pin)
@@ -68,8 +76,11 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
     rows = []
     for method in ("linear", "dare_ties"):
         recipes = _recipes(father_dir, mother_dir, layers, method, count + 1)
-        for label, merge, in_place in (("reference", merge_tensors, False), ("fused", fused_merge_tensors, False),
-                                       ("fused, in place", fused_merge_tensors, True)):
+        paths = [("reference", merge_tensors, False), ("fused", fused_merge_tensors, False),
+                 ("fused, in place", fused_merge_tensors, True)]
+        if method == "linear":
+            paths.insert(2, ("fused, in place, a launch per tensor", per_tensor, True))
+        for label, merge, in_place in paths:
             times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
             median = statistics.median(times[1:])  # the first warms up kernels and Triton's compile cache
             rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * median,
@@ -81,7 +92,7 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
             _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device, True)
             same += all(torch.equal(targets[n].view(torch.uint8) if targets[n].dtype.is_floating_point else targets[n],
                                     check[n].view(torch.uint8) if check[n].dtype.is_floating_point else check[n]) for n in names)
-        for row in rows[-3:]:
+        for row in rows[-len(paths):]:
             row["bytes_identical_recipes"] = f"{same}/2"
     del father, mother, targets, check
     torch.cuda.empty_cache()
@@ -101,12 +112,23 @@ def _profile(model, tokenizer, items, label: str) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
+def _score_row(label: str, budget: int, items: int, seconds: float, fed: dict, params: int, ceilings: dict,
+               first_extra_s: float, same_picks: int | None) -> dict:
+    """One scoring row: rates by the positions run (padding included) and by those that held a token."""
+    run, real = fed["positions"], fed["real"] or fed["positions"]
+    return {"path": label, "tokens_per_forward": budget or "64 rows", "items": items, "seconds": seconds,
+            "positions": run, "positions_with_a_token": real, "positions_per_s": run / seconds,
+            "tflops": 2 * params * run / seconds / 1e12, "fraction_of_measured_peak": 2 * params * run / seconds / ceilings["bf16_flops"],
+            "real_fraction_of_measured_peak": 2 * params * real / seconds / ceilings["bf16_flops"],
+            "first_call_extra_s": first_extra_s, "same_picks_as_first": same_picks}
+
+
 def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceilings: dict, items: int,
                 proxy_items: int = 32, profile: bool = False) -> list[dict]:
     """The father scored on the task's first `items` search items, by token budget and context sharing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from darwin_core.fitness import loglikelihood
+    from darwin_core.fitness import loglikelihood, packed
     from darwin_core.fitness.scoring import score_choices
     from darwin_core.fitness.sources import task_from_items
     from darwin_core.fitness.tasks import Item
@@ -118,15 +140,34 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
     chosen = [Item(id=r["id"], prompt=r["prompt"], answer=str(r["answer"]), choices=tuple(r["choices"])) for r in records]
     task = task_from_items("mc", chosen, seed=0)
     search = list(task.search[:items])
-    fed = {"positions": 0}
-    hook = model.register_forward_pre_hook(lambda m, a, k: fed.__setitem__("positions", fed["positions"] + k["input_ids"].numel()), with_kwargs=True)
+    fed = {"positions": 0, "real": 0}
+    decoder = getattr(model, "model", model)  # the packed scorer calls the decoder itself
+    hook = decoder.register_forward_pre_hook(lambda m, a, k: fed.__setitem__("positions", fed["positions"] + k["input_ids"].numel()), with_kwargs=True)
+    score_packed = packed.score_packed
+
+    def counted(*args, **kwargs):
+        real, run = score_packed(*args, **kwargs)
+        fed["real"] += real
+        return real, run
+
+    packed.score_packed = counted
+    packable_types = packed.PACKABLE_MODEL_TYPES
     rows, reference = [], None
-    for budget, share in ((0, None), (32768, None), (16384, 2), (32768, 2), (65536, 2), (131072, 2)):
+    # (label, token budget, share contexts, pack, compile the layers): packed rows last, the compiled ones after
+    # the eager ones (a model is compiled once, on its first compiled call: the warm-up repetition pays it)
+    settings = [("flat, 64 rows", 0, None, False, False), ("flat", 32768, None, False, False),
+                ("shared contexts", 32768, 2, False, False), ("shared contexts", 131072, 2, False, False),
+                ("packed, eager", 32768, 2, True, False), ("packed, eager", 65536, 2, True, False),
+                ("packed, compiled", 16384, 2, True, True), ("packed, compiled", 32768, 2, True, True),
+                ("packed, compiled", 65536, 2, True, True)]
+    for label, budget, share, pack, compiled in settings:
         loglikelihood.TOKENS_PER_FORWARD["cuda"] = budget
+        packed.PACKABLE_MODEL_TYPES = packable_types if pack else frozenset()
+        packed.COMPILE_LAYERS["cuda"] = compiled
         results = None
         times = []
         for _ in range(3):
-            fed["positions"] = 0
+            fed["positions"] = fed["real"] = 0
             torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             results = score_choices(model, tokenizer, search, batch_size=64, share_context_from=share)
@@ -135,32 +176,29 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
         seconds = statistics.median(times[1:])
         picks = [r.chosen for r in results]
         reference = reference or picks
-        flops = 2 * params * fed["positions"] / seconds
-        rows.append({"tokens_per_forward": budget or "64 rows", "shared_contexts": share is not None, "items": len(search),
-                     "seconds": seconds, "positions": fed["positions"], "positions_per_s": fed["positions"] / seconds,
-                     "tflops": flops / 1e12, "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
-                     "same_picks_as_first": picks == reference})
-    loglikelihood.TOKENS_PER_FORWARD["cuda"] = 32768
+        rows.append(_score_row(label, budget, len(search), seconds, fed, params, ceilings, times[0] - seconds,
+                               sum(a == b for a, b in zip(picks, reference))))
+    loglikelihood.TOKENS_PER_FORWARD["cuda"] = 32768  # the defaults again: packed and compiled
+    packed.PACKABLE_MODEL_TYPES = packable_types
+    packed.COMPILE_LAYERS["cuda"] = True
     proxy = search[:proxy_items]
     for _ in range(2):
         score_choices(model, tokenizer, proxy, batch_size=64)
     times = []
     for _ in range(5):
-        fed["positions"] = 0
+        fed["positions"] = fed["real"] = 0
         torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         score_choices(model, tokenizer, proxy, batch_size=64)
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    flops = 2 * params * fed["positions"] / seconds
-    rows.append({"tokens_per_forward": "32768 (proxy)", "shared_contexts": True, "items": len(proxy), "seconds": seconds,
-                 "positions": fed["positions"], "positions_per_s": fed["positions"] / seconds, "tflops": flops / 1e12,
-                 "fraction_of_measured_peak": flops / ceilings["bf16_flops"], "same_picks_as_first": None})
+    rows.append(_score_row("packed, compiled: the proxy", 32768, len(proxy), statistics.median(times), fed, params,
+                           ceilings, 0.0, None))
     if profile:
         _profile(model, tokenizer, proxy, "proxy")
         _profile(model, tokenizer, search, "search")
     hook.remove()
+    packed.score_packed = score_packed
     del model
     torch.cuda.empty_cache()
     return rows
@@ -175,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-host", dest="host", action="store_false", help="skip the pinned-host merge rows")
     parser.add_argument("--proxy-items", type=int, default=32)
     parser.add_argument("--no-scoring", dest="scoring", action="store_false", help="merge rows only")
+    parser.add_argument("--no-merge", dest="merge", action="store_false", help="scoring rows only")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the proxy and search scoring")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -185,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     father, mother, params, size = write_pair(args.shape, work, device)
     task = write_task(work / f"mc-{2 * args.items}-200.jsonl", 2 * args.items, 200)
     report = {"shape": args.shape, "parameters": params, "model_bytes": size, "ceilings": ceilings,
-              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates)}
+              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates) if args.merge else []}
     if args.host:
         report["merge"] += merge_bench(father, mother, device, ceilings, True, max(2, args.candidates // 2))
     from darwin_core.evolution.placement import measure_host_link
@@ -198,10 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in report["merge"]:
         print(f"| {r['method']} | {r['path']} | {r['parents']} | {r['ms']:.1f} | {r['gb_per_s']:.0f} | "
               f"{100 * r['fraction_of_copy']:.0f}% | {100 * r['fraction_of_4_8tb']:.0f}% | {r.get('bytes_identical_recipes')} |")
-    print("| tokens/forward | shared | items | s | positions | positions/s | TFLOP/s | of peak | same picks |")
+    print("| path | tokens/forward | items | s | positions run | with a token | positions/s | TFLOP/s | of peak | "
+          "of peak, tokens only | first call +s | picks as row 1 |")
     for r in report["scoring"]:
-        print(f"| {r['tokens_per_forward']} | {r['shared_contexts']} | {r['items']} | {r['seconds']:.3f} | {r['positions']} | "
-              f"{r['positions_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['fraction_of_measured_peak']:.0f}% | {r['same_picks_as_first']} |")
+        print(f"| {r['path']} | {r['tokens_per_forward']} | {r['items']} | {r['seconds']:.3f} | {r['positions']:,} | "
+              f"{r['positions_with_a_token']:,} | {r['positions_per_s']:,.0f} | {r['tflops']:.0f} | "
+              f"{100 * r['fraction_of_measured_peak']:.0f}% | {100 * r['real_fraction_of_measured_peak']:.0f}% | "
+              f"{r['first_call_extra_s']:.1f} | {r['same_picks_as_first']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0

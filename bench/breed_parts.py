@@ -134,35 +134,47 @@ def _median_time(step) -> float:
 
 
 class FedPositions:
-    """Token positions actually run through the child's model in each measured evaluation (a forward pre-hook on
-    the resident child, installed by wrapping `ModelProblem.measure` in this process), beside the evaluation's
-    own timing, and how many tensors its merge rewrote."""
+    """Token positions actually run through the child's decoder in each measured evaluation (a forward pre-hook
+    on the resident child's decoder, installed by wrapping `ModelProblem.measure` in this process; the packed
+    scorer calls the decoder directly), the positions of those that held a token (the packed rows' padding
+    left out), beside the evaluation's own timing, and how many tensors its merge rewrote."""
 
     def __init__(self):
         self.rows: list[dict] = []
         self.count = 0
+        self.real = 0
         self.tensors = 0
         self.placement: str | None = None
 
     def install(self) -> "FedPositions":
         from darwin_core.evolution import problem as problem_module
+        from darwin_core.fitness import packed
 
         original, meter = problem_module.ModelProblem.measure, self
+        score_packed = packed.score_packed
+
+        def counted(*args, **kwargs):
+            real, run = score_packed(*args, **kwargs)
+            meter.real += real
+            return real, run
+
+        packed.score_packed = counted
 
         def measure(problem, candidate, tasks, split="search"):
             model = problem.child._child_model
             if not getattr(model, "_bench_fed_hook", False):
-                model.register_forward_pre_hook(meter._hook, with_kwargs=True)
+                getattr(model, "model", model).register_forward_pre_hook(meter._hook, with_kwargs=True)
                 model._bench_fed_hook = True
                 meter.tensors = len(problem.child.names)
                 meter.placement = problem.child.placement.sentence()
                 print(f"placement: {meter.placement}", flush=True)
-            before = meter.count
+            before, before_real = meter.count, meter.real
             result = original(problem, candidate, tasks, split)
             timing = problem.last_timing
             meter.rows.append({"baseline": isinstance(candidate, str), "merge_s": timing.merge_seconds,
                                "scoring_s": timing.scoring_seconds, "tokens": timing.tokens_scored,
-                               "fed": meter.count - before, "rewritten": getattr(problem.child, "last_rewritten", None)})
+                               "fed": meter.count - before,
+                               "real": meter.real - before_real, "rewritten": getattr(problem.child, "last_rewritten", None)})
             return result
 
         problem_module.ModelProblem.measure = measure
@@ -182,11 +194,14 @@ class FedPositions:
             if not rows or not scoring:
                 continue
             flops = 2 * params * fed / scoring
+            real = sum(r.get("real", 0) for r in rows)
             rewritten = [r["rewritten"] for r in rows if r["rewritten"] is not None]
             out[label] = {"evaluations": len(rows), "fed": fed, "fed_per_evaluation": fed / len(rows),
                           "fed_per_s": fed / scoring, "tflops": flops / 1e12,
                           "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
                           "fraction_of_datasheet": flops / BF16_DATASHEET_FLOPS,
+                          "real": real, "real_tflops": 2 * params * real / scoring / 1e12,
+                          "real_fraction_of_measured_peak": 2 * params * real / scoring / ceilings["bf16_flops"],
                           "merge_ms_median": 1e3 * sorted(r["merge_s"] for r in rows)[len(rows) // 2],
                           "scoring_ms_median": 1e3 * sorted(r["scoring_s"] for r in rows)[len(rows) // 2],
                           "rewritten_mean": sum(rewritten) / len(rewritten) if rewritten else float("nan")}

@@ -44,6 +44,7 @@ REEXPORTS: dict[str, str] = {
     **dict.fromkeys(("DEMO_SKILLS", "SKILLS"), "darwin_core.fitness.demo_tasks"),
     **dict.fromkeys(("parse_candidate_name",), "darwin_core.evolution.pipeline"),
     **dict.fromkeys(("estimate_cost", "estimate_run_cost"), "darwin_core.evolution.cost"),
+    **dict.fromkeys(("placement_sentence",), "darwin_core.evolution.preflight"),
     **dict.fromkeys(("throughput", "timed_eta_seconds"), "darwin_core.evolution.timing"),
     **dict.fromkeys(("card_text", "curve_png", "heldout_rows", "inline_pictures", "write_card"),
                     "darwin_core.publishing.cardgen"),

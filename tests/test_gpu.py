@@ -241,3 +241,51 @@ def test_the_fused_resident_child_holds_and_scores_what_the_unfused_one_does(arc
     total = len(fused.names)
     assert rewritten[0] == total and rewritten[1] == total  # the same recipe twice: the second is a no-op (label)
     assert rewritten[3] < total and 0 < rewritten[3]
+
+
+@pytest.mark.parametrize("parents, child", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                            (torch.bfloat16, torch.float32), (torch.float32, torch.float32)])
+def test_the_multi_tensor_linear_kernel_writes_the_per_tensor_bytes(parents, child):
+    """One launch over many tensors (varied sizes: one element, non-multiples of BLOCK, several chunks, empty;
+    ratios 0 and 1 copies, weighted sums) writes what the per-tensor path writes, tensor by tensor; and
+    `fused_merge_tensors` into the child's tensors gives the same bytes with and without it."""
+    from darwin_core.merge.methods import _fused_triton, fused
+    from darwin_core.merge.methods.linear import linear
+    from darwin_core.merge.methods.registry import TensorParams
+
+    block, chunk = _fused_triton.BLOCK, fused.MULTI_CHUNK
+    shapes = [(1,), (block - 1,), (block + 1,), (0,), (3, 5), (2 * chunk + 5,), (chunk,), (1031, 96), (7,), (chunk - 3,)]
+    ratios = [0.0, 1.0, 0.3, 0.7, 0.1234567, 0.3, 0.7, 0.0, 1.0, 0.5]
+    generator = torch.Generator(device="cuda").manual_seed(3)
+    fathers = [(torch.randn(s, device="cuda", generator=generator) * 0.02).to(parents) for s in shapes]
+    mothers = [(f.float() + torch.randn(f.shape, device="cuda", generator=generator) * 0.002).to(parents) for f in fathers]
+    outs = [torch.full(s, float("nan"), dtype=child, device="cuda") for s in shapes]
+    _fused_triton.linear_multi_cuda(fathers, mothers, outs, [fused._linear_weights(r) for r in ratios])
+    for f, m, out, ratio in zip(fathers, mothers, outs, ratios, strict=True):
+        single = fused._linear(_fused_triton, f, m, ratio, child)
+        assert _same_bytes(out, single), (tuple(f.shape), ratio)
+        assert _same_bytes(out, linear(f, m, None, TensorParams(ratio=ratio)).to(child)), (tuple(f.shape), ratio)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", None])
+def test_fused_merge_tensors_in_place_gives_the_same_bytes_with_and_without_the_multi_tensor_kernel(dtype, fixture_pair,
+                                                                                                      monkeypatch):
+    from darwin_core.evolution.child import ResidentTensors
+    from darwin_core.merge.methods import fused
+    from darwin_core.merge.methods.apply import merge_tensors
+
+    father_dir, mother_dir = fixture_pair("qwen3", related=True)
+    recipe = get_space("darwin-v6").to_recipe(GENES, father=father_dir, mother=mother_dir, layer_count=4, method="linear",
+                                              frozen_layers=(1,), dtype=dtype)
+    father, mother = ResidentTensors(father_dir, "cuda"), ResidentTensors(mother_dir, "cuda")
+    reference = {name: t.clone() for name, t in merge_tensors(recipe, father, mother, device="cuda")}
+    results = {}
+    for multi in (True, False):
+        monkeypatch.setattr(fused, "MULTI_TENSOR_LINEAR", multi)
+        outputs = {name: torch.full_like(t, float("nan")) for k, (name, t) in enumerate(reference.items()) if k % 9 != 4}
+        results[multi] = [(name, t.clone()) for name, t in fused.fused_merge_tensors(recipe, father, mother, device="cuda",
+                                                                                     outputs=outputs)]
+    for multi, got in results.items():
+        assert [name for name, _ in got] == list(reference), multi
+        for name, tensor in got:
+            assert _same_bytes(tensor, reference[name]), (multi, name)

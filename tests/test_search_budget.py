@@ -117,6 +117,7 @@ def test_the_preflight_report_gives_candidates_items_and_minutes_from_a_previous
     # 20 search items: 3 baselines (no MRI) × 20, then 3 candidates × 6 proxy items and the top 1 × 14 other items
     assert before.startswith("Cost estimate: 3 candidates, 7 evaluations, 92 item scorings")
     assert "no measured speed" in before
+    assert before.splitlines()[1].startswith("The parents (") and "candidates merge on the CPU" in before  # placement
     assert jobs.execute(jobs.prepare_foreground(config, runs, run_id="first").path) == "finished"
     after = preflight_report(config, runs)
     assert "min at the speed measured in run first" in after

@@ -34,7 +34,7 @@ def register_cli(subparsers) -> None:
 
 
 def _cli_evolve(args: argparse.Namespace) -> int:
-    from darwin_core.api import estimate_cost
+    from darwin_core.api import estimate_cost, placement_sentence
     from darwin_core.evolution.distributed import TorchrunEnvironment
     from darwin_core.runs import queue as jobs
 
@@ -53,6 +53,9 @@ def _cli_evolve(args: argparse.Namespace) -> int:
     folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
     print(f"run {folder.run_id} in {folder.path}", flush=True)
     print(estimate_cost(config, runs_dir, exclude=folder.run_id).sentence(), flush=True)  # checked, not yet started
+    placement = placement_sentence(config, runs_dir)
+    if placement:
+        print(f"Placement: {placement}", flush=True)
     state = jobs.execute(folder.path, log=lambda message: print(message, flush=True))
     return _report_state(folder, state)
 

@@ -106,8 +106,33 @@ def check_parent_tokenizers(resolved: dict) -> None:
 
 
 def preflight_report(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> str:
-    """Every check of `check_before_run` (one sentence if one fails), then the cost estimate line."""
+    """Every check of `check_before_run` (one sentence if one fails), then the cost estimate line and, where the
+    parents are on this machine, the placement line."""
     from darwin_core.evolution.cost import estimate_cost
 
     check_before_run(config, runs_dir, strict_hub=strict_hub)
-    return estimate_cost(config, runs_dir).sentence()
+    placement = placement_sentence(config, runs_dir)
+    return "\n".join([estimate_cost(config, runs_dir).sentence(), *([placement] if placement else [])])
+
+
+def placement_sentence(config: EvolutionConfig, runs_dir: Path | None) -> str | None:
+    """Where the run will keep the parents (resident on the GPU, streamed from pinned host memory, or merged on
+    the CPU) and what a candidate's merge will cost, from the headers and the free memory measured now; None
+    when a parent is not on this machine yet (a Hub parent before its download)."""
+    from darwin_core.evolution.placement import plan_for_pair
+    from darwin_core.parents.names import resolve_parent_name
+
+    named = [config.father, config.mother]
+    if config.base and config.base != "father":
+        named.append(config.base)
+    folders = []
+    for ref in named:
+        try:
+            folder = getattr(resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir,
+                                                 check_access=False), "folder", None)
+        except DarwinError:
+            return None
+        if folder is None:
+            return None
+        folders.append(folder)
+    return plan_for_pair(folders, config.device).sentence()

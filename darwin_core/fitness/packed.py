@@ -122,8 +122,10 @@ def _uncompile_layers(model) -> None:
     _COMPILED[model] = False
 
 
-def score_packed(model, groups: list[Group], out: list[float], *, pad_id: int, tokens_per_forward: int) -> None:
-    """out[request] = the summed log-prob of each continuation, every group packed (see the module's doc)."""
+def score_packed(model, groups: list[Group], out: list[float], *, pad_id: int, tokens_per_forward: int
+                 ) -> tuple[int, int]:
+    """out[request] = the summed log-prob of each continuation, every group packed (see the module's doc).
+    Returns (positions that hold a token, positions run including the rows' padding), for a bench's rate."""
     segments = [segment_of(ctx, conts) for ctx, conts in groups]
     lengths = [len(s.tokens) for s in segments]
     width = row_width(lengths)
@@ -136,6 +138,7 @@ def score_packed(model, groups: list[Group], out: list[float], *, pad_id: int, t
     for start in range(0, len(rows), per_forward):
         gathered.append(_forward(model, segments, rows[start : start + per_forward], width, pad_id))
     _read_gathered(gathered, out)
+    return sum(lengths), len(rows) * width
 
 
 def _row_arrays(segments: list[Segment], rows: list[list[int]], width: int, pad_id: int):

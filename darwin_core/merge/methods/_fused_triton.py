@@ -19,8 +19,10 @@ import triton
 import triton.language as tl
 
 from darwin_core.merge.methods._mask_triton import _mix32
+from darwin_core.merge.methods.fused import MULTI_CHUNK, linear_tables
 
 BLOCK = 2048
+PIECES = MULTI_CHUNK // BLOCK  # a program of the multi-tensor linear kernel merges PIECES blocks of one tensor
 
 
 @triton.jit(do_not_specialize=["n", "w0", "w1", "total"])
@@ -135,6 +137,90 @@ def linear_cuda(father: torch.Tensor, mother: torch.Tensor, w0: float, w1: float
             _linear_kernel[(triton.cdiv(n, BLOCK),)](father, mother, out, n, w0, w1, total, FMA=fma,
                                                      DIVIDE=total != 1.0, BLOCK=BLOCK, enable_fp_fusion=False)
     return out
+
+
+@triton.jit
+def _linear_piece(f_ptr, m_ptr, out_ptr, index, inside, mode, w0, w1, total):
+    # `_linear_part` on one block, the mode known only at run time (a copy reads one parent); inside: the tail's
+    # mask, None for a whole block. The 16-byte alignment hints are true (the caller batches only 16-byte aligned
+    # tensors, blocks start at multiples of BLOCK): without them pointers read from a table get scalar accesses
+    f_at = tl.multiple_of(f_ptr + index, 16)
+    m_at = tl.multiple_of(m_ptr + index, 16)
+    if mode == 0:
+        r = tl.load(f_at, mask=inside).to(tl.float32)
+    elif mode == 1:
+        r = tl.load(m_at, mask=inside).to(tl.float32)
+    else:
+        f = tl.load(f_at, mask=inside).to(tl.float32)
+        m = tl.load(m_at, mask=inside).to(tl.float32)
+        r = tl.math.div_rn(tl.fma(m, w1, tl.fma(f, w0, 0.0)), total)  # x / 1.0 is exact: always dividing is safe
+    tl.store(tl.multiple_of(out_ptr + index, 16), r.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _linear_multi_kernel(tensors, weights, chunks, f_witness, m_witness, out_witness, BLOCK: tl.constexpr,
+                         PIECES: tl.constexpr):
+    # one program = PIECES blocks of one tensor; tensors: int64 rows (father, mother, out address, numel, mode),
+    # weights: float32 rows (w0, w1, total, unused), chunks: int32 rows (tensor row, chunk number in it); the
+    # witnesses are the first tensors of each list, for the element types the addresses point to
+    chunk = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * chunk).to(tl.int64)
+    start = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * (BLOCK * PIECES)
+    f_ptr = tl.load(tensors + 5 * t).to(tl.pointer_type(f_witness.dtype.element_ty))
+    m_ptr = tl.load(tensors + 5 * t + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
+    out_ptr = tl.load(tensors + 5 * t + 2).to(tl.pointer_type(out_witness.dtype.element_ty))
+    n = tl.load(tensors + 5 * t + 3)
+    mode = tl.load(tensors + 5 * t + 4)
+    w0 = tl.load(weights + 4 * t)
+    w1 = tl.load(weights + 4 * t + 1)
+    total = tl.load(weights + 4 * t + 2)
+    offsets = tl.arange(0, BLOCK).to(tl.int64)
+    for piece in range(PIECES):
+        first = start + piece * BLOCK
+        if first + BLOCK <= n:  # a whole block: no bounds mask, so the accesses stay vectorised
+            _linear_piece(f_ptr, m_ptr, out_ptr, first + offsets, None, mode, w0, w1, total)
+        elif first < n:
+            index = first + offsets
+            _linear_piece(f_ptr, m_ptr, out_ptr, index, index < n, mode, w0, w1, total)
+
+
+_STAGING: dict[torch.device, tuple[torch.Tensor, torch.cuda.Event]] = {}  # a pinned table buffer per device
+
+
+def _upload(buffer, device: torch.device) -> torch.Tensor:
+    """`buffer` (int64) on `device` through a reused pinned buffer: one asynchronous copy, no pinned allocation
+    per call (those cost milliseconds); the previous copy out of it is waited for (long done, in practice)."""
+    staging, done = _STAGING.get(device, (None, None))
+    if staging is None or staging.numel() < len(buffer):
+        staging = torch.empty(max(len(buffer), 1 << 16) * 2, dtype=torch.int64, pin_memory=True)
+    elif done is not None:
+        done.synchronize()
+    staging[:len(buffer)].numpy()[:] = buffer
+    table = staging[:len(buffer)].to(device, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    _STAGING[device] = (staging, done)
+    return table
+
+
+def linear_multi_cuda(fathers, mothers, outs, weights) -> list[torch.Tensor]:
+    """`linear_cuda` (or the exact copy of ratio 0 / 1) for many tensors in one launch: outs[i] ← the linear
+    merge of fathers[i] and mothers[i] by weights[i] = (mode, w0, w1, total) of `fused._linear_weights`.
+
+    Contiguous, 16-byte aligned CUDA tensors on one device, of one dtype per list; the tables travel in one
+    pinned host → device copy."""
+    if not outs:
+        return list(outs)
+    buffer, count = linear_tables(fathers, mothers, outs, weights)
+    if count:
+        tensors = len(outs)
+        device = outs[0].device
+        with torch.cuda.device(device):
+            table = _upload(buffer, device)
+            _linear_multi_kernel[(count,)](table[:tensors * 5], table[tensors * 5:tensors * 7].view(torch.float32),
+                                           table[tensors * 7:].view(torch.int32), fathers[0], mothers[0], outs[0],
+                                           BLOCK=BLOCK, PIECES=PIECES, num_warps=8, enable_fp_fusion=False)
+    return list(outs)
 
 
 def dare_ties_cuda(father: torch.Tensor, mother: torch.Tensor, out: torch.Tensor, *, factor: torch.Tensor | None,
