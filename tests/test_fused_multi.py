@@ -153,3 +153,14 @@ def test_a_batch_of_parent_copies_is_flushed_once_it_holds_enough_bytes(cpu_fuse
     assert [name for name, _ in got] == list(reference)
     assert cpu_fused and all(len(launch) == 1 for launch in cpu_fused)
     assert len(cpu_fused) == sum(1 for name, t in got if t is outputs.get(name))
+
+
+def test_a_batch_launches_once_it_holds_enough_tensors_so_the_gpu_works_while_the_host_plans(cpu_fused, fixture_pair,
+                                                                                            monkeypatch):
+    recipe, father, mother, reference, outputs = _setup(fixture_pair, "bfloat16")
+    monkeypatch.setattr(fused, "MULTI_FLUSH_TENSORS", 2)
+    got = list(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs))
+    assert [name for name, _ in got] == list(reference)
+    assert all(torch.equal(t.view(torch.uint8), reference[name].view(torch.uint8)) for name, t in got)
+    assert cpu_fused and max(len(launch) for launch in cpu_fused) == 2
+    assert sum(len(launch) for launch in cpu_fused) == sum(1 for name, t in got if t is outputs.get(name))

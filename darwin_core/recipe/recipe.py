@@ -350,7 +350,20 @@ class Recipe:
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
     def plan_for(self, name: str) -> TensorPlan:
-        """Everything `merge_tensors` needs for one tensor: copy a parent, or merge with these parameters."""
+        """Everything `merge_tensors` needs for one tensor: copy a parent, or merge with these parameters.
+
+        Memoised per recipe (plans are immutable and a candidate asks for each tensor's plan twice: the resident
+        child's change check, then the merge); `dataclasses.replace` makes a new recipe with an empty memo."""
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = {}
+            object.__setattr__(self, "_plans", plans)
+        plan = plans.get(name)
+        if plan is None:
+            plan = plans[name] = self._plan_for(name)
+        return plan
+
+    def _plan_for(self, name: str) -> TensorPlan:
         from darwin_core.parents.anatomy import classify
 
         role = classify(name)

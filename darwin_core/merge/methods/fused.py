@@ -38,6 +38,7 @@ FUSED_MAGNITUDES = True
 MULTI_TENSOR_LINEAR = True
 MULTI_CHUNK = 2048 * 16  # elements per program of the multi-tensor kernel (a multiple of its BLOCK)
 MULTI_COPIED_BYTES = 256 << 20  # parents a batch holds as device copies (host-streamed parents) before it flushes
+MULTI_FLUSH_TENSORS = 48  # tensors per launch at most: the launch overlaps the host's planning of the next ones
 
 
 def _triton_kernels():
@@ -138,7 +139,9 @@ class LinearBatch:
             self.copied += f.numel() * f.element_size() + m.numel() * m.element_size()
 
     def full(self) -> bool:
-        return not self.resident and self.copied >= self.copied_limit
+        """A batch launches once it holds MULTI_FLUSH_TENSORS tensors (so the GPU merges while the host plans the
+        next ones) or, with copied parents, MULTI_COPIED_BYTES of copies."""
+        return len(self.items) >= MULTI_FLUSH_TENSORS or (not self.resident and self.copied >= self.copied_limit)
 
     def flush(self) -> Iterator[tuple[str, torch.Tensor]]:
         items, self.items, self.copied = self.items, [], 0
