@@ -45,6 +45,7 @@ import yaml
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.registry import DEFAULT_METHOD, TensorParams, get_method
 from darwin_core.io.dtypes import CHILD_DTYPES as DTYPES
+from darwin_core.parents.anatomy import classify
 from darwin_core.parents.tokenizers import TokenizerSource
 from darwin_core.recipe.refs import ParentRef
 from darwin_core.recipe.tables import ParamTable, _unit, density_table, ratio_table
@@ -330,8 +331,6 @@ class Recipe:
     # -- per-tensor resolution ----------------------------------------------------------------------------------
     def ratio_for(self, name: str) -> float:
         """The share of the mother for this tensor, before transplant thresholds (frozen layers give 0)."""
-        from darwin_core.parents.anatomy import classify
-
         role = classify(name)
         if role.layer is not None and role.layer in self.frozen_layers:
             return 0.0
@@ -339,8 +338,6 @@ class Recipe:
 
     def densities_for(self, name: str) -> tuple[float, float]:
         """(density of the father's task vector, density of the mother's) for this tensor."""
-        from darwin_core.parents.anatomy import classify
-
         role = classify(name)
         return self.densities.lookup(name, role.layer, role.role)
 
@@ -364,15 +361,14 @@ class Recipe:
         return plan
 
     def _plan_for(self, name: str) -> TensorPlan:
-        from darwin_core.parents.anatomy import classify
-
         role = classify(name)
-        ratio = self.ratio_for(name)
-        densities = self.densities_for(name)
+        frozen = role.layer is not None and role.layer in self.frozen_layers
+        ratio = 0.0 if frozen else self.ratios.lookup(name, role.layer, role.role)  # ratio_for, role looked up once
+        densities = self.densities.lookup(name, role.layer, role.role)
+        seeds = {"mask_seeds": (self.mask_seed(name, "father"), self.mask_seed(name, "mother"))} if self._reads_mask_seeds else {}
         params = TensorParams(
             ratio=ratio, density_father=densities[0], density_mother=densities[1],
-            normalize=self.normalize, rescale=self.rescale, scale=self.scale,
-            mask_seeds=(self.mask_seed(name, "father"), self.mask_seed(name, "mother")),
+            normalize=self.normalize, rescale=self.rescale, scale=self.scale, **seeds,
             weight_signs=(-1.0 if self.negate == "father" else 1.0, -1.0 if self.negate == "mother" else 1.0),
             **{option: getattr(self, option) for option in METHOD_OPTIONS if getattr(self, option) is not None},
         )
@@ -387,6 +383,16 @@ class Recipe:
             if ratio > high:
                 return TensorPlan("mother", params)
         return TensorPlan(None, params)
+
+    @cached_property
+    def _reads_mask_seeds(self) -> bool:
+        """Whether the method draws random masks (DARE, DELLA): only then are the per-tensor seeds (two sha256s
+        per tensor, a third of a plan's cost) worth computing; a method that does not read them keeps the
+        default, which never changes its output (`Method.parameters`)."""
+        try:
+            return "mask_seeds" in get_method(self.method).parameters
+        except (KeyError, ValueError, DarwinError):
+            return True
 
     @property
     def torch_dtype(self) -> torch.dtype | None:
