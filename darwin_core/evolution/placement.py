@@ -59,7 +59,9 @@ class Placement:
         if self.parents_on == ParentsOn.HOST:
             return f"The parents ({self.parent_bytes / gb:.1f} GB) stay in host memory; candidates merge on the CPU."
         free = f"{self.free_bytes / gb:.1f} GB free beside the {self.child_bytes / gb:.1f} GB child"
-        cost = "" if self.merge_seconds is None else f"; a candidate's merge takes about {_seconds(self.merge_seconds)}"
+        bound = "at full memory bandwidth" if self.parents_on == ParentsOn.ACCELERATOR else "over the host link"
+        cost = ("" if self.merge_seconds is None else
+                f"; a candidate's merge takes at least about {_seconds(self.merge_seconds)} (its bytes {bound})")
         if self.parents_on == ParentsOn.ACCELERATOR:
             return f"Parents resident on the GPU ({self.parent_bytes / gb:.1f} GB, {free}){cost}."
         link = "" if self.link_bytes_per_s is None else f" at {self.link_bytes_per_s / gb:.0f} GB/s"
