@@ -43,7 +43,10 @@ def test_a_cross_architecture_pair_shows_the_ffn_only_verdict_and_the_layer_map(
         _fill(page, "mother-typed", str(mother))
         page.locator("#inspect-parents").click()
         page.locator("#parents-verdict").get_by_text(re.compile("feed-forward only")).first.wait_for(timeout=60_000)
-        verdict = page.locator("#parents-verdict").inner_text()
+        # the queue's status line ("queue: 1/1 | 0.1s") sits above the verdict until the event has settled
+        page.wait_for_function("() => document.querySelector('#parents-verdict').innerText.trim()"
+                               ".startsWith('Breedable')", timeout=30_000)
+        verdict = page.locator("#parents-verdict").inner_text().strip()
         assert verdict.startswith("Breedable, feed-forward only") and "attention stays the father's" in verdict
         page.locator("#parents-layer-map .js-plotly-plot").wait_for(timeout=60_000)
         page.wait_for_function(f"() => ({LAYER_MAP_JS})() !== null")

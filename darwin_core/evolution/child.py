@@ -37,6 +37,7 @@ from darwin_core.io.dtypes import dtype_from_name
 from darwin_core.errors import DarwinError
 from darwin_core.evolution.placement import ParentsOn
 from darwin_core.merge.methods.apply import StateDictSource, paired_plan
+from darwin_core.parents.compatibility import PairingMode
 
 # Candidates on a CUDA device merge through the fused one-pass kernels (`merge.methods.fused`: the reference's
 # bytes, a third of its traffic); False makes every merge the reference `merge_tensors` (bench/breed.py's
@@ -321,7 +322,7 @@ class ResidentChild:
         self._use_vocabulary(None)
         if self.current == which:
             return
-        if which == "mother" and (self.pairing.mode == "ffn_only" or self._mother_vocabulary_differs()):
+        if which == "mother" and (self.pairing.mode == PairingMode.FFN_ONLY or self._mother_vocabulary_differs()):
             self._use_own_mother()
             return
         if which == "mother" and self.pairing.names is not None:

@@ -44,6 +44,7 @@ from darwin_core.evolution.search import (
 from darwin_core.evolution.tasks import load_spec, load_tasks
 from darwin_core.io.runfolder import BEST_RECIPE, CHILD, MRI_SCAN, REPORT, RunFolder, atomic_write_text
 from darwin_core.mri.probes import describe_probes
+from darwin_core.parents.compatibility import PairingMode
 
 __all__ = [
     "BASELINE_GENERATION", "CHECKPOINT_FORMAT", "HELDOUT_RESULTS", "SIGNIFICANCE",
@@ -152,8 +153,8 @@ def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
     log = log or (lambda message: None)
     father_dir, mother_dir = (_parent_folder(ref, config, runs_dir) for ref in (config.father, config.mother))
     pairing = pairing_for_folders(father_dir, mother_dir)
-    if pairing.mode != "names" and (config.mri or config.start == "mri"):
-        what = "share only their feed-forward weights" if pairing.mode == "ffn_only" else "name their tensors differently"
+    if pairing.mode != PairingMode.NAMES and (config.mri or config.start == "mri"):
+        what = "share only their feed-forward weights" if pairing.mode == PairingMode.FFN_ONLY else "name their tensors differently"
         raise DarwinError(f"The MRI compares the parents tensor by tensor, and these parents {what}, so mri and "
                           f"start: mri cannot be used for them; remove mri from the config.")
     genome = genome_for_pairing(config.genome, pairing.mode)

@@ -34,6 +34,7 @@ from typing import Any
 
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.registry import Method, get_method
+from darwin_core.parents.compatibility import PairingMode
 from darwin_core.recipe import DEFAULT_TRANSPLANT, GenomeRecord, Recipe, density_table, ratio_table
 
 # Which role follows which role-ratio dimension of darwin-v6 (roles not listed get no role factor).
@@ -292,7 +293,7 @@ def default_method(name: str) -> str:
 
 
 # Pairings (`darwin_core.merge.pairing` modes) whose mother shares only her feed-forward weights with the father.
-FFN_ONLY_PAIRING = "ffn_only"
+FFN_ONLY_PAIRING = PairingMode.FFN_ONLY
 FFN_ONLY_GENOME = "per-layer-ffn"
 # Spaces that give attention or norms their own ratio: on an FFN-only pair those dimensions would move nothing.
 _BLENDS_MORE_THAN_FFN = ("per-layer", "per-block-role")

@@ -49,6 +49,7 @@ import yaml
 from darwin_core.io.dtypes import dtype_name
 from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.registry import TensorParams, get_method
+from darwin_core.parents.compatibility import PairingMode
 
 if TYPE_CHECKING:
     from darwin_core.recipe import ParentRef, Recipe
@@ -185,7 +186,7 @@ def _check_paired_by_name(recipe: Recipe) -> None:
     from darwin_core.merge.pairing import pairing_for_folders
 
     mode = pairing_for_folders(recipe.father.path, recipe.mother.path, recipe.layer_map).mode
-    if mode != "names":
+    if mode != PairingMode.NAMES:
         raise DarwinError(
             "mergekit cannot express this recipe: its parents are paired by a layer map (feed-forward only) or by "
             "canonical name, and mergekit merges only tensors of the same name in both parents."

@@ -38,9 +38,9 @@ from darwin_core.errors import DarwinError
 from darwin_core.merge.methods.apply import merge_tensors
 from darwin_core.merge.vocabulary import AlignedSources, TokenizerSource, VocabularyPlan, plan_vocabulary
 from darwin_core.parents import anatomy
-from darwin_core.parents.compatibility import NotBreedable, Verdict, compatibility
+from darwin_core.parents.compatibility import NotBreedable, PairingMode, Verdict, compatibility
 
-MODES = {Verdict.BREEDABLE: "names", Verdict.WRAPPER: "canonical", Verdict.FFN_ONLY: "ffn_only"}
+MODES = {Verdict.BREEDABLE: PairingMode.NAMES, Verdict.WRAPPER: PairingMode.CANONICAL, Verdict.FFN_ONLY: PairingMode.FFN_ONLY}
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Pairing:
     """How the father's tensors meet the mother's: `names` maps each father tensor to the mother's tensor it is
     bred with (None: the father's as is); None for the ``names`` mode (every tensor by its own name)."""
 
-    mode: str
+    mode: PairingMode
     names: dict[str, str | None] | None
     layers: tuple[anatomy.LayerPair, ...] = ()
     vocabulary: VocabularyPlan | None = None  # the parents' vocabularies differ: the child's, row by row
@@ -93,7 +93,7 @@ def with_vocabulary(pairing: Pairing, father_dir: str | Path, mother_dir: str | 
     embeddings and tokenizer, so it takes no plan, and a mother's or union tokenizer is refused for it.
     """
     source = TokenizerSource(getattr(tokenizer_source, "value", tokenizer_source))
-    if pairing.mode == "ffn_only":
+    if pairing.mode == PairingMode.FFN_ONLY:
         from darwin_core.parents.tokenizers import check_tokenizers
 
         check_tokenizers(father_dir, mother_dir)
@@ -110,10 +110,10 @@ def _tensor_pairing(father: Any, mother: Any, layer_map: Mapping[int, int] | Non
     if not verdict.breedable:
         raise NotBreedable(verdict.refusal)
     mode = MODES[verdict.verdict]
-    if mode == "names":
+    if mode == PairingMode.NAMES:
         return Pairing(mode, None)
     father_names, mother_names = list(father.tensors), list(mother.tensors)
-    if mode == "canonical":
+    if mode == PairingMode.CANONICAL:
         paired = anatomy.pair_names(father_names, mother_names)
         return Pairing(mode, {name: (other if anatomy.classify(name).tower == "language" else None)
                               for name, other in paired.items()})

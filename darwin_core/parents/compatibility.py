@@ -53,8 +53,16 @@ class Verdict(StrEnum):
     BREEDABLE = "full"  # every tensor, by name, through the one merge path
     WRAPPER = "wrapper"  # language tensors paired by canonical name (multimodal wrapper vs text-only sibling)
     FFN_ONLY = "ffn_only"  # only the feed-forward weights line up: those are bred, the rest is the father's
-    FFN_ONLY_NOT_YET = "ffn_only"  # the old name of FFN_ONLY (an alias), kept for importers
     INCOMPATIBLE = "incompatible"
+
+
+class PairingMode(StrEnum):
+    """How the merge path pairs the father's tensors with the mother's (`darwin_core.merge.pairing`), one mode
+    per breedable verdict; kept beside the verdicts so the genome spaces (a layer above the merge) can name it."""
+
+    NAMES = "names"  # every tensor by its own name
+    CANONICAL = "canonical"  # language tensors by canonical name (a wrapper and its text-only sibling)
+    FFN_ONLY = "ffn_only"  # feed-forward tensors through the layer map, the rest the father's
 
 
 @dataclass(frozen=True)

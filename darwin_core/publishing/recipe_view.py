@@ -34,6 +34,7 @@ from darwin_core.genome.spaces import ATTN_ROLES, EMBED_ROLES, FFN_ROLES, V6_BLO
 from darwin_core.io.reader import TensorReader
 from darwin_core.merge.methods.registry import get_method
 from darwin_core.parents.anatomy import classify
+from darwin_core.parents.compatibility import PairingMode
 from darwin_core.recipe.recipe import METHOD_OPTIONS
 from darwin_core.recipe.tables import ANY_ROLE, ParamTable
 
@@ -159,7 +160,7 @@ def _unpaired(recipe: Recipe) -> set[str]:
         pairing = pairing_for(*resolved_folders(*folders), recipe.layer_map)
     except DarwinError:
         return set()
-    if pairing.mode != "ffn_only" or pairing.names is None:
+    if pairing.mode != PairingMode.FFN_ONLY or pairing.names is None:
         return set()
     return {name for name, other in pairing.names.items() if other is None}
 

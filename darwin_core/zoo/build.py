@@ -245,7 +245,7 @@ def _build_models(spec: ZooSpec, log: Callable[[str], None] | None) -> dict:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _save_member(model, tokenizer, folder: Path) -> None:
+def save_member(model, tokenizer, folder: Path) -> None:
     """HF layout: config.json, model.safetensors, generation_config.json, tokenizer files."""
     from transformers.utils import logging as hf_logging
 
@@ -326,7 +326,7 @@ def _measure_and_save(models: dict, spec: ZooSpec, staging: Path, out: Path, log
             "composite": composite(scores),
         }
         if member in MEMBERS:
-            _save_member(model, tokenizer, staging / member)
+            save_member(model, tokenizer, staging / member)
             weights = staging / member / "model.safetensors"
             entry["path"] = _display_path(out / member)
             entry["bytes"] = weights.stat().st_size

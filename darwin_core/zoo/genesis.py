@@ -137,7 +137,7 @@ def genesis_pair(out_dir: Path | str = GENESIS_DIR, spec: GenesisSpec = DEFAULT_
     start = time.perf_counter()
     mother, tokenizer = build_mother(spec, zoo_dir=Path(zoo_dir), log=log)
     mother_dir.mkdir(parents=True, exist_ok=True)
-    zoo._save_member(mother, tokenizer, mother_dir)
+    zoo.save_member(mother, tokenizer, mother_dir)
     manifest = {"spec": asdict(spec), "father": "assets/zoo/father", "build_seconds": round(time.perf_counter() - start, 1),
                 "sha256": {"mother/model.safetensors": sha256_file(mother_dir / "model.safetensors")},
                 "torch": torch.__version__}

@@ -41,7 +41,7 @@ from darwin_core.errors import DarwinError
 from darwin_core.io.atomic import replace_folder
 from darwin_core.io.hashes import sha256_file
 from darwin_core.parents.demo import (DEFAULT_RIVALS_DIR, DEFAULT_ZOO_DIR, MANIFEST, RIVALS_SHIPPED, read_manifest)
-from darwin_core.zoo.build import _display_path, _save_member, composite, deterministic, evaluate, linear_50_50, train
+from darwin_core.zoo.build import _display_path, save_member, composite, deterministic, evaluate, linear_50_50, train
 
 __all__ = ["BREED_CONFIG", "DEFAULT_RIVALS_SPEC", "RivalsSpec", "breed_config_text", "build_rivals",
            "check_rivals_rebuild", "family_breed_settings", "parts_merge"]
@@ -196,7 +196,7 @@ def _measure_and_save(models: dict, tokenizer, spec: RivalsSpec, staging: Path, 
             "replay_heldout_accuracy": evaluate(model, tokenizer, spec.replay_skills, seed=spec.seed),
         }
         if member in RIVALS_SHIPPED:
-            _save_member(model, tokenizer, staging / member)
+            save_member(model, tokenizer, staging / member)
             weights = staging / member / "model.safetensors"
             entry["path"], entry["bytes"] = _display_path(out / member), weights.stat().st_size
             manifest["sha256"][f"{member}/model.safetensors"] = sha256_file(weights)
