@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from darwin_core.errors import DarwinError
+from darwin_core.io.runfolder import BEST_RECIPE, CHILD
 from darwin_core.io.tensors import TensorReader
 from darwin_core.merge.disk import merge_to_disk
 from darwin_core.merge.mergekit_export import mergekit_yaml
@@ -204,3 +205,42 @@ def test_scan_and_evolve_refuse_a_broken_tokenizer_in_one_sentence(broken, tmp_p
                                          "generations: 1\nproxy_items: 2\ntopk_full: 1\n", encoding="utf-8")
     evolve = _one_sentence(_cli("evolve", "breed.yaml", cwd=tmp_path))
     assert evolve.startswith("The tokenizer of the mother") and not (tmp_path / "runs").exists()
+
+
+# -- an evolution between parents whose vocabularies differ ---------------------------------------------------------
+
+
+def test_an_evolution_breeds_every_candidate_and_the_child_in_the_configured_vocabulary(pair, tmp_path):
+    from darwin_core.runs import queue as jobs
+    from tests.test_evolve import tiny_config, write_choice_task
+
+    father, mother = pair
+    config = tiny_config(father, mother, write_choice_task(tmp_path / "mc.jsonl", n=20), population=3,
+                         generations=1, tokenizer_source="union")
+    folder = jobs.prepare_foreground(config, tmp_path / "runs")
+    assert jobs.execute(folder.path) == "finished"
+    best = Recipe.load(folder.path / BEST_RECIPE)
+    assert best.tokenizer_source.value == "union"
+    child = folder.path / CHILD
+    assert json.loads((child / "config.json").read_text())["vocab_size"] == CHILD_TOKENS["union"]
+    assert TensorReader(child).shape("model.embed_tokens.weight")[0] == CHILD_TOKENS["union"]
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(child)) == CHILD_TOKENS["union"]
+    assert all(token in AutoTokenizer.from_pretrained(child).get_vocab() for token in CHAT_TOKENS)
+
+
+def test_a_tokenizer_source_the_pair_cannot_use_is_one_sentence_before_any_run_folder(tmp_path):
+    from darwin_core.evolution.config import EvolutionConfig
+    from darwin_core.evolution.preflight import check_before_run
+    from tests.test_evolve import write_choice_task
+
+    with pytest.raises(DarwinError, match="tokenizer_source must be one of father, mother, union"):
+        EvolutionConfig(father="a", mother="b", tokenizer_source="both")
+    father = write_tiny_model("gemma4_text", tmp_path / "father", seed=0)
+    mother = write_tiny_model("qwen3_5_text", tmp_path / "mother", seed=0)
+    config = EvolutionConfig(father=str(father), mother=str(mother), device="cpu", tokenizer_source="mother",
+                             tasks=({"file": str(write_choice_task(tmp_path / "mc.jsonl")), "name": "mc"},))
+    with pytest.raises(DarwinError, match="FFN-only pair keeps the father's embeddings and tokenizer"):
+        check_before_run(config, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

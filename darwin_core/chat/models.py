@@ -95,6 +95,7 @@ def parent_folder(run_dir: str | Path, which: str) -> Path:
 def candidate_recipe(run_dir: str | Path, name: str):
     """The Recipe of a measured candidate, rebuilt from its genome and the run's config; its hash is checked
     against the one the search recorded."""
+    from darwin_core.evolution.problem import speaking
     from darwin_core.genome.spaces import default_method, get_space
     from darwin_core.parents import anatomy
 
@@ -113,6 +114,7 @@ def candidate_recipe(run_dir: str | Path, name: str):
         frozen_layers=config.frozen_layers, seed=config.seed, base=base_ref,
         dtype=None if config.dtype == "auto" else config.dtype,
     )
+    recipe = speaking(recipe, config.tokenizer_source)
     recorded = record.get("recipe_hash")
     if recorded and recipe.recipe_hash != recorded:
         raise DarwinError(f"Candidate {name} cannot be rebuilt as it was measured (its recipe hash differs): the "

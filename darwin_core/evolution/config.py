@@ -34,7 +34,8 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TASK_FILE_SUFFIXES = (".jsonl", ".json", ".csv")
 START_POINTS = ("neutral", "mri")
 SELECTIONS = ("topk", "halving")
-_LATER_SETTINGS = ("start", "selection", "halving_rate", "cma_stop", "probes")  # in a digest only when not the default
+TOKENIZER_SOURCES = ("father", "mother", "union")  # darwin_core.parents.tokenizers.TokenizerSource
+_LATER_SETTINGS = ("start", "selection", "halving_rate", "cma_stop", "probes", "tokenizer_source")  # in a digest only when not the default
 
 
 def doc(text: str, **kwargs: Any) -> Any:
@@ -238,6 +239,10 @@ class EvolutionConfig:
     probes: str | None = doc("A YAML file of MRI probe texts (category: [texts]) for the prescription scan. Default: "
                              "texts drawn from the tasks' search split (never held-out), one category per task; the "
                              "five generic categories only when no task brings any text.", default=None)
+    tokenizer_source: str = doc("Parents with different vocabularies: whose vocabulary every candidate and the "
+                                "child speak — `father`, `mother` or `union` (mergekit's tokenizer_source: embedding "
+                                "and LM-head rows aligned by token). An FFN-only pair keeps the father's.",
+                                default="father")
     batch_size: int = doc("Items per forward pass in the evaluations.", default=64)
     local_mode: bool = doc("True where the user owns the machine (the CLI): local folders and files are "
                            "accepted. A public Space writes False, which refuses every path.", default=True)
@@ -269,6 +274,9 @@ class EvolutionConfig:
             raise DarwinError("start: mri needs the MRI prescription; set mri to auto or a saved scan of both parents.")
         if self.probes and self.mri != "auto":
             raise DarwinError("probes are the texts of the scan made for the run; set mri to auto to use them.")
+        if self.tokenizer_source not in TOKENIZER_SOURCES:
+            raise DarwinError(f"tokenizer_source must be one of {', '.join(TOKENIZER_SOURCES)}, not "
+                              f"{_short(self.tokenizer_source)}.")
         if self.selection not in SELECTIONS:
             raise DarwinError(f"selection must be one of {', '.join(SELECTIONS)}, not {_short(self.selection)}.")
         if not isinstance(self.halving_rate, int) or isinstance(self.halving_rate, bool) or self.halving_rate < 2:

@@ -152,7 +152,8 @@ def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
 
     log = log or (lambda message: None)
     father_dir, mother_dir = (_parent_folder(ref, config, runs_dir) for ref in (config.father, config.mother))
-    pairing = pairing_for_folders(father_dir, mother_dir)
+    source = None if config.tokenizer_source == "father" else config.tokenizer_source  # checked for this pair
+    pairing = pairing_for_folders(father_dir, mother_dir, tokenizer_source=source)
     if pairing.mode != PairingMode.NAMES and (config.mri or config.start == "mri"):
         what = "share only their feed-forward weights" if pairing.mode == PairingMode.FFN_ONLY else "name their tensors differently"
         raise DarwinError(f"The MRI compares the parents tensor by tensor, and these parents {what}, so mri and "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ from darwin_core.evolution.timing import EvalTiming, TokenCounter
 from darwin_core.fitness.evaluate import EvalResult
 from darwin_core.fitness.probes import vet_probes_file
 from darwin_core.fitness.tasks import Task
+
+
+def speaking(recipe, tokenizer_source: str):
+    """`recipe` with a run config's tokenizer_source (every recipe of a run — candidates, references and a
+    candidate rebuilt later from its genome — speaks one vocabulary); the default leaves the recipe as it is, so
+    its hash is what it always was."""
+    if tokenizer_source == "father":
+        return recipe
+    from darwin_core.parents.tokenizers import TokenizerSource
+
+    return replace(recipe, tokenizer_source=TokenizerSource(tokenizer_source))
 
 
 def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None):
@@ -123,7 +135,10 @@ class ModelProblem:
         )
 
     def recipe(self, vector: Sequence[float]):
-        return self.space.to_recipe(list(vector), **self._recipe_args())
+        return self.speaking(self.space.to_recipe(list(vector), **self._recipe_args()))
+
+    def speaking(self, recipe):
+        return speaking(recipe, self.config.tokenizer_source)
 
     def _baseline_recipes(self) -> dict[str, Any]:
         """Reference lines: a uniform 50/50 linear merge, and the MRI prescription with no search at all
@@ -141,7 +156,7 @@ class ModelProblem:
             v6 = DarwinV6Space()
             genome = [1.0 if name == "mri_trust" else value for name, value in zip(v6.names, v6.default())]
             recipes["mri"] = v6.to_recipe(genome, **self._recipe_args())
-        return recipes
+        return {name: self.speaking(recipe) for name, recipe in recipes.items()}
 
     def baseline_names(self) -> list[str]:
         return ["father", "mother", *self._baselines]

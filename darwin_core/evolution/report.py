@@ -111,9 +111,9 @@ def uniform_recipe(problem: ModelProblem, ratio: float):
     from darwin_core.merge.methods.registry import Method
     from darwin_core.recipe import Recipe, ratio_table
 
-    return Recipe(father=problem.father_ref, mother=problem.mother_ref, method=Method.LINEAR.value,
-                  ratios=ratio_table(ratio), frozen_layers=problem.config.frozen_layers, dtype=problem.dtype,
-                  seed=problem.config.seed)
+    return problem.speaking(Recipe(father=problem.father_ref, mother=problem.mother_ref, method=Method.LINEAR.value,
+                                   ratios=ratio_table(ratio), frozen_layers=problem.config.frozen_layers,
+                                   dtype=problem.dtype, seed=problem.config.seed))
 
 
 def uniform_grid(problem: ModelProblem, baselines_search: Mapping[str, float], *, log: Callable[[str], None],
