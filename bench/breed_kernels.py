@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.breed_parts import measured_ceilings, write_pair, write_task  # noqa: E402
+from bench.breed_parts import count_packed_tokens, measured_ceilings, write_pair, write_task  # noqa: E402
 
 
 def _recipes(father: Path, mother: Path, layers: int, method: str, count: int):
@@ -143,14 +143,7 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
     fed = {"positions": 0, "real": 0}
     decoder = getattr(model, "model", model)  # the packed scorer calls the decoder itself
     hook = decoder.register_forward_pre_hook(lambda m, a, k: fed.__setitem__("positions", fed["positions"] + k["input_ids"].numel()), with_kwargs=True)
-    score_packed = packed.score_packed
-
-    def counted(*args, **kwargs):
-        real, run = score_packed(*args, **kwargs)
-        fed["real"] += real
-        return real, run
-
-    packed.score_packed = counted
+    uncount = count_packed_tokens(lambda real: fed.__setitem__("real", fed["real"] + real))
     packable_types = packed.PACKABLE_MODEL_TYPES
     rows, reference = [], None
     # (label, token budget, share contexts, pack, compile the layers): packed rows last, the compiled ones after
@@ -198,7 +191,7 @@ def score_bench(father_dir: Path, task_file: Path, device: torch.device, ceiling
         _profile(model, tokenizer, proxy, "proxy")
         _profile(model, tokenizer, search, "search")
     hook.remove()
-    packed.score_packed = score_packed
+    uncount()
     del model
     torch.cuda.empty_cache()
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -133,6 +134,21 @@ def _median_time(step) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def count_packed_tokens(add: Callable[[int], None]) -> Callable[[], None]:
+    """Make the packed scorer report its positions that held a token to `add(count)`; returns the undo."""
+    from darwin_core.fitness import packed
+
+    score_packed = packed.score_packed
+
+    def counted(*args, **kwargs):
+        real, run = score_packed(*args, **kwargs)
+        add(real)
+        return real, run
+
+    packed.score_packed = counted
+    return lambda: setattr(packed, "score_packed", score_packed)
+
+
 class FedPositions:
     """Token positions actually run through the child's decoder in each measured evaluation (a forward pre-hook
     on the resident child's decoder, installed by wrapping `ModelProblem.measure` in this process; the packed
@@ -148,17 +164,9 @@ class FedPositions:
 
     def install(self) -> "FedPositions":
         from darwin_core.evolution import problem as problem_module
-        from darwin_core.fitness import packed
 
         original, meter = problem_module.ModelProblem.measure, self
-        score_packed = packed.score_packed
-
-        def counted(*args, **kwargs):
-            real, run = score_packed(*args, **kwargs)
-            meter.real += real
-            return real, run
-
-        packed.score_packed = counted
+        count_packed_tokens(lambda real: setattr(meter, "real", meter.real + real))
 
         def measure(problem, candidate, tasks, split="search"):
             model = problem.child._child_model

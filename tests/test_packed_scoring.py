@@ -78,3 +78,21 @@ def test_models_whose_attention_a_custom_mask_would_change_are_not_packed():
     gemma = AutoModelForCausalLM.from_config(tiny_config("gemma3_text", {"vocab_size": 32}))
     assert not packed.packable(sliding)
     assert not packed.packable(gemma)
+
+
+def test_requests_that_need_left_truncation_are_left_to_the_flat_path_and_the_rest_are_packed(char_tok):
+    from darwin_core.fitness import loglikelihood
+
+    model = tiny_llama(len(char_tok))
+    requests = REQUESTS + MULTIPLE_CHOICE
+    encoded = [encode_pair(char_tok, c, x) for c, x in requests]
+    window = 40
+    too_long = [i for i, (ctx, cont) in enumerate(encoded) if len(ctx) + len(cont) > window + 1]
+    assert too_long and len(too_long) < len(requests)
+    out = [0.0] * len(requests)
+    with torch.no_grad():
+        rest = loglikelihood._score_all_packed(model, char_tok, encoded, out, window=window)
+    assert rest == too_long
+    expected = [reference_loglik(model, char_tok, c, x) for c, x in requests]
+    for i in range(len(requests)):
+        assert out[i] == (0.0 if i in too_long else pytest.approx(expected[i], abs=1e-9))

@@ -313,9 +313,7 @@ def loglikelihoods(
     if share_context_from is not None and device.type != "cpu" and packed.packable(model):
         flat = _score_all_packed(model, tokenizer, encoded, out, window=window)
     elif share_context_from is not None:
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, (ctx, cont) in enumerate(encoded):
-            groups.setdefault(tuple(ctx), []).append(index)
+        groups = _by_context(encoded, range(len(encoded)))
         shared = [
             (ctx, indices)
             for ctx, indices in groups.items()
@@ -333,18 +331,22 @@ def loglikelihoods(
     return out
 
 
+def _by_context(encoded: list[tuple[list[int], list[int]]], indices) -> dict[tuple[int, ...], list[int]]:
+    """The request indices of each distinct context, in the order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index in indices:
+        groups.setdefault(tuple(encoded[index][0]), []).append(index)
+    return groups
+
+
 def _score_all_packed(model, tokenizer, encoded: list[tuple[list[int], list[int]]], out: list[float], *,
                       window: int) -> list[int]:
     """Every request that needs no left truncation scored by `packed.score_packed`, grouped by context (on an
     accelerator a context of any length is worth sharing: nothing is copied); the others' indices come back for
     the flat path."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    rest: list[int] = []
-    for index, (ctx, cont) in enumerate(encoded):
-        if len(ctx) + len(cont) <= window + 1:
-            groups.setdefault(tuple(ctx), []).append(index)
-        else:
-            rest.append(index)
+    fits = [len(ctx) + len(cont) <= window + 1 for ctx, cont in encoded]
+    rest = [i for i, ok in enumerate(fits) if not ok]
+    groups = _by_context(encoded, (i for i, ok in enumerate(fits) if ok))
     if groups:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         budget = TOKENS_PER_FORWARD.get(model_device(model).type) or packed.PACK_WIDTH

@@ -331,15 +331,17 @@ class Recipe:
     # -- per-tensor resolution ----------------------------------------------------------------------------------
     def ratio_for(self, name: str) -> float:
         """The share of the mother for this tensor, before transplant thresholds (frozen layers give 0)."""
-        role = classify(name)
-        if role.layer is not None and role.layer in self.frozen_layers:
-            return 0.0
-        return self.ratios.lookup(name, role.layer, role.role)
+        return self._ratio(name, classify(name))
 
     def densities_for(self, name: str) -> tuple[float, float]:
         """(density of the father's task vector, density of the mother's) for this tensor."""
         role = classify(name)
         return self.densities.lookup(name, role.layer, role.role)
+
+    def _ratio(self, name: str, role) -> float:
+        if role.layer is not None and role.layer in self.frozen_layers:
+            return 0.0
+        return self.ratios.lookup(name, role.layer, role.role)
 
     def mask_seed(self, name: str, parent: str) -> int:
         """The DARE mask seed of one parent's task vector of one tensor: stable, order-independent."""
@@ -362,8 +364,7 @@ class Recipe:
 
     def _plan_for(self, name: str) -> TensorPlan:
         role = classify(name)
-        frozen = role.layer is not None and role.layer in self.frozen_layers
-        ratio = 0.0 if frozen else self.ratios.lookup(name, role.layer, role.role)  # ratio_for, role looked up once
+        ratio = self._ratio(name, role)
         densities = self.densities.lookup(name, role.layer, role.role)
         seeds = {"mask_seeds": (self.mask_seed(name, "father"), self.mask_seed(name, "mother"))} if self._reads_mask_seeds else {}
         params = TensorParams(
