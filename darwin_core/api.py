@@ -62,7 +62,7 @@ REEXPORTS: dict[str, str] = {
 
 __all__ = [
     "DEFAULT_PROBES", "DarwinError", "JobKind", "ScanTarget", "chat", "chat_models", "check", "compute_device", "health_job_id", "job_result",
-    "launch_hf_job", "mark_published", "parent_for_job", "run_health", "scan", *REEXPORTS,
+    "follow_hf_job", "launch_hf_job", "mark_published", "parent_for_job", "run_health", "scan", *REEXPORTS,
 ]
 
 
@@ -160,3 +160,15 @@ def launch_hf_job(config: Any, who: Any, *, runs_dir: str | Path, token: str | N
     per_candidate = seconds_per_candidate or hfjobs.estimate_seconds_per_candidate(config, pair_bytes)
     plan = hfjobs.plan_job(config, pair_bytes, per_candidate, flavor=flavor)
     return hfjobs.launch_job(config, runs_dir, token=token, who=who, plan=plan, push_repo=push_repo), plan
+
+
+def follow_hf_job(run_id: str, who: Any, *, runs_dir: str | Path, token: str | None, local_mode: bool) -> bool:
+    """For the page polling its run: when the run is a Hugging Face Job of this visitor's that ended before the run
+    did, record it as failed (resumable) and return True. Another visitor's run asks the Hub nothing."""
+    from darwin_core.io.runfolder import check_run_id
+    from darwin_core.runs import hfjobs, owners
+
+    run_dir = Path(runs_dir) / check_run_id(run_id)
+    if not owners.is_owner(run_dir, who, owners.app_secret(Path(runs_dir)), local_mode=local_mode):
+        return False
+    return hfjobs.follow_job(run_dir, token=token)

@@ -7,10 +7,12 @@ The Hub is the local server of darwin_core.testing.fakehub, which records job re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -226,7 +228,30 @@ def _page_handler(demo, api_name: str):
     return fn
 
 
-def test_the_evolve_tab_launches_a_job_with_the_visitors_oauth_token_never_the_spaces_after_the_local_checks(space_env, monkeypatch):
+@dataclasses.dataclass
+class SpacePage:
+    """The app as a Space serves it (OAuth on, the Space's own HF_TOKEN set) and a signed-in visitor's identity."""
+
+    demo: object
+    profile: object
+    oauth: object
+    space_token: str
+
+    def handler(self, api_name: str):
+        return _page_handler(self.demo, api_name)
+
+    @staticmethod
+    def form(population: int) -> list:
+        from ui.tabs.evolve import demo_task_rows
+
+        rows = demo_task_rows()
+        rows["items"] = 8
+        return ["demo:father", "", "demo:mother", "", rows, {"data": []}, [], 1.0, "per-layer", "linear", population, 0.2,
+                2, 0, 2, 1, "", False, 0, "neutral", "topk"]
+
+
+@pytest.fixture
+def space_page(space_env, monkeypatch) -> SpacePage:
     import time
 
     import gradio as gr
@@ -234,7 +259,6 @@ def test_the_evolve_tab_launches_a_job_with_the_visitors_oauth_token_never_the_s
 
     from tests.browser import demo_zoo_dir
     from ui.app import build_demo
-    from ui.tabs.evolve import demo_task_rows
 
     space_token = "hf_SPACE_OWNERS_OWN_TOKEN_sentinel"
     for name, value in {"HF_TOKEN": space_token, "SYSTEM": "spaces", "OAUTH_CLIENT_ID": "darwin-test",  # a Space's runtime
@@ -246,17 +270,16 @@ def test_the_evolve_tab_launches_a_job_with_the_visitors_oauth_token_never_the_s
     for name in ("HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_TOKEN_PATH"):  # build_demo seals them: restored afterwards
         monkeypatch.setattr(constants, name, getattr(constants, name))
         monkeypatch.setenv(name, str(getattr(constants, name)))
-    demo = build_demo(runs_dir=space_env, zoo_dir=demo_zoo_dir())
-    launch_job = _page_handler(demo, "evolve_launch_job")
     profile = gr.OAuthProfile({"name": "Vis", "preferred_username": "visitor", "profile": "", "picture": ""})
     oauth = gr.OAuthToken(token=TOKEN, scope="openid profile jobs", expires_at=int(time.time()) + 3600)
-    rows = demo_task_rows()
-    rows["items"] = 8
+    return SpacePage(build_demo(runs_dir=space_env, zoo_dir=demo_zoo_dir()), profile, oauth, space_token)
 
-    def form(population: int) -> list:
-        return ["demo:father", "", "demo:mother", "", rows, {"data": []}, [], 1.0, "per-layer", "linear", population, 0.2,
-                2, 0, 2, 1, "", False, 0, "neutral", "topk"]
 
+def test_the_evolve_tab_launches_a_job_with_the_visitors_oauth_token_never_the_spaces_after_the_local_checks(space_env, space_page, monkeypatch):
+    from huggingface_hub import constants
+
+    launch_job, form = space_page.handler("evolve_launch_job"), space_page.form
+    profile, oauth, space_token = space_page.profile, space_page.oauth, space_page.space_token
     with FakeHub() as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         _, refusal = launch_job({"session": "visitor-session-" + "x" * 16}, *form(10_000), "l4x1", "", profile, oauth)
@@ -281,3 +304,36 @@ def job_launch_auto() -> str:
     from ui.job_launch import AUTO
 
     return AUTO
+
+
+def test_a_job_that_died_is_settled_by_its_owners_page_with_their_token_and_the_run_can_be_resumed(space_env, space_page, monkeypatch):
+    import gradio as gr
+    from huggingface_hub import constants
+
+    launch_job, poll = space_page.handler("evolve_launch_job"), space_page.handler("poll_core")
+    mine = {"session": "visitor-session-" + "x" * 16}
+    stranger_token = "hf_anotherVisitorsOwnToken987654321"
+    stranger = gr.OAuthToken(token=stranger_token, scope="openid profile", expires_at=space_page.oauth.expires_at)
+    stranger_profile = gr.OAuthProfile({"name": "S", "preferred_username": "stranger", "profile": "", "picture": ""})
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        state, message = launch_job(mine, *space_page.form(4), job_launch_auto(), "", space_page.profile, space_page.oauth)
+        run_id = state["run_id"]
+        (job_id,) = hub.record.jobs
+        folder = RunFolder(space_env / run_id)
+        poll(state, None, 0.0, space_page.profile, space_page.oauth)  # the Job is scheduling: nothing to settle
+        assert queue.read_state(folder) == "starting"
+        hub.set_job_stage(job_id, "ERROR")
+        asked = len(hub.record.requests)
+        outputs = poll({"session": "stranger-session-" + "z" * 16, "run_id": run_id}, None, 0.0, stranger_profile, stranger)
+        assert queue.read_state(folder) == "starting" and len(hub.record.requests) == asked, "a stranger's poll asked the Hub"
+        recent = poll(state, None, time.time(), space_page.profile, space_page.oauth)  # checked a moment ago: not again
+        assert queue.read_state(folder) == "starting" and len(hub.record.requests) == asked
+        outputs = poll(state, None, 0.0, space_page.profile, space_page.oauth)
+    assert queue.read_state(folder) == "failed"
+    assert "Job ended (ERROR)" in outputs[1] and "resume" in outputs[1], outputs[1]
+    assert outputs[-1] > 0 and recent[-1] > 0
+    assert all(stranger_token.encode() not in r["body"] and stranger_token not in json.dumps(r["headers"])
+               and space_page.space_token not in json.dumps(r["headers"]) for r in hub.record.requests)
+    queue.resume(run_id, space_env, start_worker=False)
+    assert queue.read_state(folder) == "queued"

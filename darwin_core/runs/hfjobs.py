@@ -274,6 +274,23 @@ def settle_job(run_dir: str | Path, stage: str | None) -> bool:
     return True
 
 
+def follow_job(run_dir: str | Path, *, token: str | None, endpoint: str | None = None) -> bool:
+    """Ask the Hub how a run's Job stands and settle the run when the Job ended without finishing it: a Job that
+    timed out or crashed writes nothing more, so without this the page would show the run running for ever and
+    its owner could not resume it. Only runs the Hub may still hold ask (`held_remotely`); the token is the
+    visitor's, the Job being on their account. A Hub that cannot answer now changes nothing. True if settled."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = RunFolder(run_dir)
+    if not held_remotely(folder) or folder.read_status().get("state") not in (STARTING, RUNNING):
+        return False
+    try:
+        stage = job_stage(folder.path, token=token, endpoint=endpoint)
+    except (HfHubHTTPError, OSError):
+        return False
+    return settle_job(folder.path, stage)
+
+
 def _hub_sentence(error: Exception) -> str:
     """One sentence for a refused launch; the Hub's own message, never the request (it holds the secret)."""
     status = getattr(getattr(error, "response", None), "status_code", None)

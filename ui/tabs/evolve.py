@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Mapping, Sequence
 
 from pathlib import Path
@@ -28,6 +29,7 @@ from ui.views import render_run, signature
 from ui.common import chosen_ref, guarded
 
 POLL_SECONDS = 2.0
+JOB_CHECK_SECONDS = 30.0  # how often a page asks the Hub how its run's Job stands (one call, the visitor's token)
 DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",
@@ -417,24 +419,40 @@ def build_evolve_tab(demo: gr.Blocks, session_state: gr.BrowserState, parent_inp
     resume.click(manage("resume"), inputs=[session_state], outputs=[notice, timer], api_name="evolve_resume",
                  api_description="Resume the page's current run from its last checkpoint (its owner only).")
 
-    def poll_core(state, last, token, user):
+    job_checked = gr.State(0.0)
+    _wire_live_view(timer, session_state, rendered, job_checked,
+                    [header, run_error, curve, genome_plot, stats, timer, rendered, error, job_checked],
+                    runs_dir=runs_dir, local_mode=local_mode)
+    return {"launch": launch, "cancel": cancel, "resume": resume, "timer": timer, "header": header, "error": error}
+
+
+def _wire_live_view(timer: gr.Timer, session_state: gr.BrowserState, rendered: gr.State, job_checked: gr.State,
+                    outputs: list[gr.components.Component], *, runs_dir: Path, local_mode: bool) -> None:
+    """Each tick re-draws the page's run when its folder changed (`signature`); `outputs` are header, run error,
+    curve, genome, stats, the timer, the signature drawn, the launch error and the time the Job was last asked."""
+
+    def poll_core(state, last, checked, token, user):
         run_id, _ = guarded(lambda: session.current_run(state), "reading the page's run")
+        who = session.visitor(state, user)
+        if run_id and time.time() - (checked or 0.0) >= JOB_CHECK_SECONDS:
+            # a Job that died writes nothing more: ask the Hub now and then, or the run would look running for ever
+            guarded(lambda: api.follow_hf_job(run_id, who, runs_dir=runs_dir, token=token, local_mode=local_mode),
+                    "asking the Hub about the run's Job")
+            checked = time.time()
         now = signature(run_id, runs_dir)
         if last is not None and now == last:
-            return (gr.skip(),) * 8
+            return (gr.skip(),) * 8 + (checked,)
         if not run_id:
-            return ("No run yet: launch one, or open one in the Runs tab.", "", None, None, "", gr.Timer(active=True), now, gr.skip())
-        who = session.visitor(state, user)
+            return ("No run yet: launch one, or open one in the Runs tab.", "", None, None, "", gr.Timer(active=True), now,
+                    gr.skip(), checked)
         view, message = guarded(lambda: render_run(run_id, runs_dir=runs_dir, who=who, local_mode=local_mode), "reading a run")
         if view is None:
-            return (f"Run `{run_id}`", message, None, None, "", gr.Timer(active=False), now, gr.skip())
+            return (f"Run `{run_id}`", message, None, None, "", gr.Timer(active=False), now, gr.skip(), checked)
         return (view["header"], view["error"], view["curve"], view["genome"], view["stats"] + budget_markdown(runs_dir / run_id),
-                gr.Timer(active=not view["final"]), now, gr.skip())
+                gr.Timer(active=not view["final"]), now, gr.skip(), checked)
 
-    outputs = [header, run_error, curve, genome_plot, stats, timer, rendered, error]
-    timer.tick(session.with_token(poll_core, ["state", "last"]), inputs=[session_state, rendered], outputs=outputs,
-               api_visibility="private", show_progress="hidden")
+    timer.tick(session.with_token(poll_core, ["state", "last", "checked"]), inputs=[session_state, rendered, job_checked],
+               outputs=outputs, api_visibility="private", show_progress="hidden")
     # A new current run (launched here, opened in the Runs tab, found again after a reload): render it at once.
-    fresh = session.with_token(lambda state, token, user: poll_core(state, None, token, user), ["state"])
+    fresh = session.with_token(lambda state, token, user: poll_core(state, None, 0.0, token, user), ["state"])
     session_state.change(fresh, inputs=[session_state], outputs=outputs, api_visibility="private", show_progress="hidden")
-    return {"launch": launch, "cancel": cancel, "resume": resume, "timer": timer, "header": header, "error": error}
