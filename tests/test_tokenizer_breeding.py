@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from darwin_core.errors import DarwinError
-from darwin_core.io.runfolder import BEST_RECIPE, CHILD
+from darwin_core.io.runfolder import BEST_RECIPE, CHILD, MRI_SCAN
 from darwin_core.io.tensors import TensorReader
 from darwin_core.merge.disk import merge_to_disk
 from darwin_core.merge.mergekit_export import mergekit_yaml
@@ -228,6 +228,34 @@ def test_an_evolution_breeds_every_candidate_and_the_child_in_the_configured_voc
 
     assert len(AutoTokenizer.from_pretrained(child)) == CHILD_TOKENS["union"]
     assert all(token in AutoTokenizer.from_pretrained(child).get_vocab() for token in CHAT_TOKENS)
+
+
+def test_the_mri_of_the_pair_compares_every_tensor_but_the_vocabulary_ones_and_says_why(pair):
+    from darwin_core.mri.scan import scan_pair, scan_summary
+
+    father, mother = pair
+    scan = scan_pair(father, mother)
+    uncompared = scan["divergence"]["uncompared"]
+    assert sorted(uncompared) == sorted(VOCABULARY_NAMES)
+    assert all("64 rows in the father, 58 in the mother" in why for why in uncompared.values())
+    names = set(TensorReader(father).names)
+    assert set(scan["divergence"]["tensors"]) == names - set(VOCABULARY_NAMES)
+    assert set(scan["prescription"]) == names, "every tensor still gets a prescribed ratio"
+    assert "not compared: lm_head.weight, model.embed_tokens.weight" in scan_summary(scan)
+
+
+def test_an_evolution_of_the_pair_starts_from_its_mri(pair, tmp_path):
+    from darwin_core.runs import queue as jobs
+    from tests.test_evolve import tiny_config, write_choice_task
+
+    father, mother = pair
+    config = tiny_config(father, mother, write_choice_task(tmp_path / "mc.jsonl", n=20), population=3, generations=1,
+                         tokenizer_source="union", mri="auto", start="mri")
+    folder = jobs.prepare_foreground(config, tmp_path / "runs")
+    assert jobs.execute(folder.path) == "finished", folder.read_status().get("error")
+    scan = json.loads(folder.file(MRI_SCAN).read_text(encoding="utf-8"))
+    assert sorted(scan["divergence"]["uncompared"]) == sorted(VOCABULARY_NAMES)
+    assert Recipe.load(folder.path / BEST_RECIPE).tokenizer_source.value == "union"
 
 
 def test_a_tokenizer_source_the_pair_cannot_use_is_one_sentence_before_any_run_folder(tmp_path):

@@ -9,7 +9,8 @@ A scan has four parts, each answering a question the breeder asks (seed 002, see
   states when layer i is replaced by the identity (a forward hook, so any architecture works). Shows which
   layers each kind of input depends on.
 * **Parent divergence** (pairs only) — per tensor and per layer × role: relative delta norm `‖b−a‖/‖a‖` and
-  cosine. Shows where two specialists differ.
+  cosine. Shows where two specialists differ. Parents whose vocabularies differ in size (bred row by token)
+  leave their embedding and output head out of it (`divergence.uncompared` says why).
 * **MoE health** (MoE models only) — router entropy, dead-expert share, expert similarity and the expert
   utilisation matrix, from router outputs captured during the probe run and from the expert weights.
 
@@ -163,9 +164,9 @@ def scan_pair(
     probe_set = resolve_probes(probes)
     readers = [open_reader(f, device) for f in folders]
     configs = [read_config(f) for f in folders]
-    check_same_tensors(*readers)
+    uncompared = check_same_tensors(*readers)
     moe = modelparts.is_moe_config(configs[0])
-    passed = tensor_pass(readers, modelparts.expert_count(configs[0]) if moe else None)
+    passed = tensor_pass(readers, modelparts.expert_count(configs[0]) if moe else None, uncompared)
     scans = []
     for k, folder in enumerate(folders):
         probe = probe_model(folder, probe_set, device, batch_size)
@@ -177,6 +178,7 @@ def scan_pair(
     divergence = {
         "tensors": {name: divergence_from_sums(s) for name, s in passed["sums"].items()},
         **aggregate_divergence(passed["sums"], passed["roles"], n_layers),
+        "uncompared": uncompared,
     }
     advantage = {
         c: [m - f for f, m in zip(father["probes"]["importance"][c], mother["probes"]["importance"][c])]
@@ -269,6 +271,9 @@ def scan_summary(scan: Mapping) -> str:
         if finite:
             i, v = max(finite, key=lambda iv: iv[1])
             lines.append(f"parents differ most at layer {i} (relative delta {v:.3g})")
+        uncompared = scan["divergence"].get("uncompared") or {}
+        if uncompared:
+            lines.append(f"not compared: {', '.join(sorted(uncompared))} ({next(iter(uncompared.values()))})")
         ratios = list(scan["prescription"].values())
         lines.append(f"prescription: {len(ratios)} tensors, mean mri_ratio {sum(ratios) / len(ratios):.3f}")
     return "\n".join(lines)

@@ -53,24 +53,37 @@ def layer_order(names: Iterable[str]) -> list[tuple[str, TensorRole]]:
     return sorted(roles, key=lambda nr: (-1 if nr[1].layer is None else nr[1].layer, nr[0]))
 
 
-def check_same_tensors(a: TensorReader, b: TensorReader) -> None:
+def check_same_tensors(a: TensorReader, b: TensorReader) -> dict[str, str]:
+    """The parents' tensors compared for the MRI: names must match, and shapes too, except the vocabulary tensors
+    (embedding, output head) of parents whose vocabularies differ in size, which Darwin breeds row by token:
+    their rows are no common coordinates, so they are left out of the divergence. Returns name → why left out."""
+    from darwin_core.parents.tokenizers import is_vocabulary_tensor
+
     names_a, names_b = set(a.names), set(b.names)
     if names_a != names_b:
         only = sorted(names_a ^ names_b)
         raise DarwinError(
             f"The parents do not have the same tensors ({len(only)} differ, e.g. {only[0]}), so they cannot be compared."
         )
+    skipped: dict[str, str] = {}
     for name in sorted(names_a):
-        if tuple(a.shape(name)) != tuple(b.shape(name)):
-            raise DarwinError(
-                f"Tensor {name} has shape {tuple(a.shape(name))} in the father and {tuple(b.shape(name))} in the mother."
-            )
+        shape_a, shape_b = tuple(a.shape(name)), tuple(b.shape(name))
+        if shape_a == shape_b:
+            continue
+        if is_vocabulary_tensor(name) and len(shape_a) == len(shape_b) and shape_a[1:] == shape_b[1:]:
+            skipped[name] = (f"the vocabularies differ ({shape_a[0]} rows in the father, {shape_b[0]} in the mother), "
+                             "so its rows are not compared")
+            continue
+        raise DarwinError(f"Tensor {name} has shape {shape_a} in the father and {shape_b} in the mother.")
+    return skipped
 
 
-def tensor_pass(readers: list[TensorReader], n_experts: int | None) -> dict:
+def tensor_pass(readers: list[TensorReader], n_experts: int | None, uncompared: Iterable[str] = ()) -> dict:
     """One read of every tensor of one model (or of two parents side by side, each tensor once per parent):
-    static profiles per reader, divergence sums (two readers), expert similarity per MoE layer per reader.
-    Tensors are visited layer by layer so each layer's expert vectors can be compared and dropped."""
+    static profiles per reader, divergence sums (two readers; none for the `uncompared` names), expert
+    similarity per MoE layer per reader. Tensors are visited layer by layer so each layer's expert vectors can be
+    compared and dropped."""
+    uncompared = frozenset(uncompared)
     ordered = layer_order(readers[0].names)
     profiles: list[dict[str, dict]] = [{} for _ in readers]
     sums: dict[str, dict] = {}
@@ -93,7 +106,7 @@ def tensor_pass(readers: list[TensorReader], n_experts: int | None) -> dict:
             profiles[k][name] = {"layer": role.layer, "role": role.role, "tower": role.tower, **tensor_profile(tensor)}
             if experts and role.role == "experts" and role.layer is not None and role.tower == "language":
                 experts[k].add(name, tensor)
-        if len(tensors) == 2:
+        if len(tensors) == 2 and name not in uncompared:
             sums[name] = pair_sums(tensors[0], tensors[1])
         del tensors
     close_layer()
