@@ -31,6 +31,7 @@ REEXPORTS: dict[str, str] = {
     **dict.fromkeys(("CANCELLED", "CHILD", "FAILED", "FINAL_STATES", "FINISHED", "INTERRUPTED", "PUBLISHED",
                      "RunFolder", "check_run_id", "runs_dir_default"), "darwin_core.io.runfolder"),
     **dict.fromkeys(("atomic_write_text",), "darwin_core.io.atomic"),
+    **dict.fromkeys(("local_mode_default", "on_space"), "darwin_core.io.environment"),
     **dict.fromkeys(("DEMO_PREFIX", "RUN_PREFIX", "Scheme", "parse_parent", "parent_label", "resolve_parent_name"),
                     "darwin_core.parents"),
     **dict.fromkeys(("ModelRef", "compatibility", "search_models", "seal_ambient_token"), "darwin_core.parents.hub"),

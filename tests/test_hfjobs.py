@@ -205,16 +205,16 @@ def test_the_evolve_tabs_job_button_launches_on_the_visitors_account_and_points_
 
     with gr.Blocks():
         state = gr.BrowserState({})
-        block = job_launch.build_job_launch(state, [], [], make_config=lambda state, token, user: _config(),
+        block = job_launch.build_job_launch(state, [], [], make_config=lambda state, token, user: _config(local_mode=False),
                                             runs_dir=space_env, local_mode=False)
     assert block.flavor.value == job_launch.AUTO and "h200x8" in [c[0] for c in block.flavor.choices]
     with FakeHub() as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         new_state, message = job_launch.launch_job_core({"session": "browser-session-2"}, "l40sx1", "", TOKEN, "visitor",
-                                                         make_config=lambda state, token, user: _config(),
+                                                         make_config=lambda state, token, user: _config(local_mode=False),
                                                          runs_dir=space_env, local_mode=False, zoo_dir=None)
         refused_state, refusal = job_launch.launch_job_core({"session": "s"}, job_launch.AUTO, "", None, None,
-                                                            make_config=lambda state, token, user: _config(),
+                                                            make_config=lambda state, token, user: _config(local_mode=False),
                                                             runs_dir=space_env, local_mode=False, zoo_dir=None)
     (job,) = hub.record.jobs.values()
     assert job["spec"]["flavor"] == "l40sx1" and "push" not in " ".join(job["spec"]["command"])

@@ -263,3 +263,68 @@ def test_hub_and_lm_eval_tasks_are_handed_to_the_worker_as_data_with_the_same_sp
     path = materialize_task(task, tmp_path / "runs")
     again = load_task(path, name="arc_like", seed=4)
     assert again.search == task.search and again.heldout == task.heldout  # answers stay indices, not choice texts
+
+
+# --------------------------------------------------------------------------------------------- a rewritten runs folder
+
+
+def _tampered_run(runs_dir: Path, tmp_path: Path, monkeypatch) -> tuple[str, Path]:
+    """A run the page queued on a Space (local mode off), whose config.yaml someone who can write the runs folder
+    (a shared Storage Bucket) then rewrote into local mode with the lm-eval task of `_polyglot`."""
+    import yaml
+
+    monkeypatch.setenv("SPACE_ID", "darwin-test/darwin")
+    monkeypatch.delenv("DARWIN_LOCAL_MODE", raising=False)
+    run_id = _launch(runs_dir)
+    marker = tmp_path / "marker"
+    config_file = runs_dir / run_id / "config.yaml"
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    config.update(local_mode=True, tasks=[{"lm_eval": str(_polyglot(tmp_path / "writer", marker))}])
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return run_id, marker
+
+
+@pytest.fixture()
+def no_worker(monkeypatch):
+    """Runs are executed by the test in this process, not by a worker started on submit."""
+    from darwin_core.runs import queue
+
+    monkeypatch.setattr(queue, "ensure_worker", lambda runs_dir=None: False)
+
+
+def test_a_run_rewritten_into_local_mode_in_the_runs_folder_never_runs_on_a_space(runs_dir, tmp_path, monkeypatch, no_worker):
+    from darwin_core.io.runfolder import RunFolder
+    from darwin_core.runs import queue
+
+    run_id, marker = _tampered_run(runs_dir, tmp_path, monkeypatch)
+    folder = RunFolder(runs_dir / run_id)
+    assert queue.execute(folder.path) == "failed"
+    error = folder.read_status()["error"]
+    assert "asks for local mode" in error and "DARWIN_LOCAL_MODE" in error and "\n" not in error
+    assert not marker.exists() and not folder.file("evaluations.jsonl").exists()
+    with pytest.raises(DarwinError, match="asks for local mode"):
+        queue.resume(run_id, runs_dir, start_worker=False)
+
+
+def test_a_health_check_or_chat_of_a_run_rewritten_into_local_mode_is_refused_on_a_space(runs_dir, tmp_path, monkeypatch, no_worker):
+    from darwin_core.io.runfolder import RunFolder
+    from darwin_core.runs import jobs
+
+    run_id, marker = _tampered_run(runs_dir, tmp_path, monkeypatch)
+    for config in ({"job": "health", "run": run_id}, {"job": "chat", "run": run_id, "prompt": "hi", "models": ["father"]}):
+        with pytest.raises(DarwinError, match="asks for local mode"):
+            jobs.check_local_mode_allowed(RunFolder.create(runs_dir, json.dumps(config), state="queued"))
+    monkeypatch.setenv("DARWIN_LOCAL_MODE", "1")  # the Space's owner turned local mode on: theirs to allow
+    jobs.check_local_mode_allowed(RunFolder(runs_dir / run_id))
+    assert not marker.exists()
+
+
+def test_a_local_mode_config_is_one_sentence_before_any_run_folder_where_the_server_forbids_local_mode(tmp_path, monkeypatch):
+    from darwin_core.runs import queue
+
+    monkeypatch.setenv("SPACE_ID", "darwin-test/darwin")
+    monkeypatch.delenv("DARWIN_LOCAL_MODE", raising=False)
+    runs = tmp_path / "runs"
+    with pytest.raises(DarwinError, match="set local_mode: false"):
+        queue.submit({"father": "demo:father", "mother": "demo:mother"}, runs, start_worker=False)
+    assert not any(p.name == "config.yaml" for p in runs.rglob("*"))

@@ -12,34 +12,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from darwin_core.api import DarwinError
+from darwin_core.api import local_mode_default, on_space  # noqa: F401 — where the app runs, for every tab
 
 LOG = logging.getLogger("darwin.ui")
 
 T = TypeVar("T")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def on_space() -> bool:
-    """True on a Hugging Face Space (the runtime sets SPACE_ID); decides sign-in and the default mode."""
-    return bool(os.environ.get("SPACE_ID"))
-
-
-def local_mode_default() -> bool:
-    """Local mode lets a user name folders on the machine that runs the app.
-
-    Off on a Space (a visitor must not read the server's disk), on everywhere else. DARWIN_LOCAL_MODE=1/0
-    overrides the guess, e.g. to turn local paths off on a self-hosted public server.
-    """
-    value = os.environ.get("DARWIN_LOCAL_MODE", "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    if value:
-        raise DarwinError(f"DARWIN_LOCAL_MODE must be 1 or 0, not {value!r}.")
-    return not on_space()
 
 
 def server_name_default() -> str:

@@ -70,6 +70,32 @@ def job_kind(config: Mapping[str, Any]) -> JobKind:
         raise DarwinError(f"Unknown job kind {value!r}; known kinds are: {', '.join(k.value for k in JobKind)}.") from None
 
 
+def asks_local_mode(config: Mapping[str, Any], runs_dir: Path) -> bool:
+    """Whether executing this run folder's config would read local folders or files: an evolution or a scan by
+    its own `local_mode` (True when absent, as on the CLI); a health check or a chat by the config of the run it
+    reads, whose parents it loads."""
+    if job_kind(config) in (JobKind.HEALTH, JobKind.CHAT):
+        run_dir = runs_dir / check_run_id(str(config.get("run", "")))
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return False  # nothing to read: the job fails on its own, reading nothing local
+    return bool(config.get("local_mode", True))
+
+
+def check_local_mode_allowed(folder: RunFolder) -> None:
+    """Refuse to execute a run that asks for local mode where this process may not grant it (a public Space):
+    the page never writes such a config there, so one found in the runs folder was written by someone else."""
+    from darwin_core.io.environment import LOCAL_MODE_ENV, local_mode_default
+
+    if local_mode_default():
+        return
+    config = yaml.safe_load(folder.config_text()) or {}
+    if isinstance(config, Mapping) and asks_local_mode(config, folder.path.parent):
+        raise DarwinError(f"Run {folder.run_id} asks for local mode (folders and files of this machine), which this "
+                          f"server does not allow ({LOCAL_MODE_ENV} is not 1); it will not run here.")
+
+
 def compute_device() -> str:
     """Where scans and health checks run: the first GPU when there is one, else the CPU."""
     import torch

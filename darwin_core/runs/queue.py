@@ -111,8 +111,12 @@ def _checked_config(config: Any, root: Path, *, strict_hub: bool) -> str:
     the settings, then this machine's side (`darwin_core.evolution.preflight`: device, scan and task files,
     parents and whether they can be bred; Hub parents only with `strict_hub`)."""
     from darwin_core.evolution.preflight import check_before_run
+    from darwin_core.io.environment import LOCAL_MODE_ENV, local_mode_default
 
     parsed = _parse_config(config, root)
+    if parsed.local_mode and not local_mode_default():
+        raise DarwinError(f"This config asks for local mode (folders and files of this machine), which this server "
+                          f"does not allow ({LOCAL_MODE_ENV} is not 1); set local_mode: false.")
     check_before_run(parsed, root, strict_hub=strict_hub)
     return parsed.to_yaml()
 
@@ -189,11 +193,14 @@ def _state(folder: RunFolder) -> str:
 
 
 def _check_trusted_here(folder: RunFolder) -> None:
-    """A run launched as a Hugging Face Job is executed here only with the config the Space sealed (runs/hfjobs.py):
-    its folder is written by the Job, so it is trusted like other runs only as far as it is still the visitor's own."""
+    """Before a run executes or queues here: a run launched as a Hugging Face Job only with the config the Space
+    sealed (runs/hfjobs.py: its folder is written by the Job); and no run's config unlocks local mode where this
+    process does not allow it (runs/jobs.py), whoever wrote the runs folder."""
     from darwin_core.runs.hfjobs import check_trusted_here
+    from darwin_core.runs.jobs import check_local_mode_allowed
 
     check_trusted_here(folder)
+    check_local_mode_allowed(folder)
 
 
 def read_state(folder: RunFolder) -> str:
