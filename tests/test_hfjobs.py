@@ -337,3 +337,73 @@ def test_a_job_that_died_is_settled_by_its_owners_page_with_their_token_and_the_
                and space_page.space_token not in json.dumps(r["headers"]) for r in hub.record.requests)
     queue.resume(run_id, space_env, start_worker=False)
     assert queue.read_state(folder) == "queued"
+
+
+# --------------------------------------------------------------------------------------------- a gated parent
+
+
+def _stand_in(job: dict, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """The Job's evolve run by a local process on a machine of its own: `env` adds what that machine has."""
+    command = job["spec"]["command"]
+    evolve = command[2].split(" && ")[0].split() if command[0] == "bash" else list(command)
+    evolve = [sys.executable, *evolve[1:]]
+    evolve[evolve.index("--nproc-per-node") + 1] = "1"  # this machine stands in for the flavour's GPUs
+    env = {**os.environ, **job["spec"]["environment"], "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(evolve, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _own_machine(read_hub, cache: Path, token: str) -> dict[str, str]:
+    """The environment of a machine that reaches the (local) Hub with an empty cache and `token` as HF_TOKEN."""
+    return {"HF_TOKEN": token, "HF_ENDPOINT": read_hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_CACHE": str(cache)}
+
+
+@pytest.mark.parametrize("job_token, finishes", [("hf_granted", True), ("hf_not_granted", False)],
+                         ids=["with-the-visitors-token", "with-a-token-the-repo-refuses"])
+def test_a_job_breeds_a_gated_parent_it_downloads_with_the_visitors_secret(space_env, read_hub, fixture_pair, tmp_path,
+                                                                         job_token, finishes):
+    from darwin_core.runs.breeding import BreedRequest, check_breed
+
+    father, mother = fixture_pair("llama", related=True)
+    read_hub.add("darwin-test/gated-father", father, gated=True)
+    read_hub.add("darwin-test/open-mother", mother)
+    who = owners.Visitor(session="browser-session-1", user="visitor")
+    request = BreedRequest(father="darwin-test/gated-father", mother="darwin-test/open-mother",
+                           tasks=tuple(TINY["tasks"]), settings={k: TINY[k] for k in (
+                               "genome", "population", "generations", "proxy_items", "topk_full", "seed")})
+    config = check_breed(request, who, runs_dir=space_env, local_mode=False, token="hf_granted").config
+    assert config.father.startswith("darwin-test/gated-father@"), "the page pins the gated parent by its commit"
+    plan = hfjobs.plan_job(config, pair_bytes=2 * GB, seconds_per_candidate=3.0)
+    with FakeHub() as hub:
+        run_id = hfjobs.launch_job(config, space_env, token=job_token, who=who, plan=plan, endpoint=hub.url)
+    (job,) = hub.record.jobs.values()
+    assert job["spec"]["secrets"] == {"HF_TOKEN": job_token}
+    done = _stand_in(job, _own_machine(read_hub, tmp_path / "the-jobs-own-cache", job_token))
+    run = queue.read_run(run_id, space_env)
+    if finishes:
+        assert done.returncode == 0 and run["state"] == "finished", done.stdout[-2000:] + done.stderr[-2000:]
+    else:
+        assert done.returncode != 0 and run["state"] == "failed"
+        assert "is gated" in run["error"] and run["error"] in done.stdout + done.stderr, "the Space shows the Job's sentence"
+    assert f"Bearer {job_token}" in read_hub.auth_seen, "the Job read the gated parent with the visitor's token"
+    assert "Bearer hf_space_owner_secret" not in read_hub.auth_seen
+
+
+def test_the_cli_breeds_a_gated_parent_it_downloads_with_hf_token(read_hub, fixture_pair, tmp_path, monkeypatch):
+    import yaml
+
+    father, mother = fixture_pair("llama", related=True)
+    read_hub.add("darwin-test/gated-father", father, gated=True)
+    read_hub.add("darwin-test/open-mother", mother)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    config = {**TINY, "father": "darwin-test/gated-father", "mother": "darwin-test/open-mother", "generations": 1}
+    (tmp_path / "breed.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           **_own_machine(read_hub, tmp_path / "cache", "hf_granted")}
+    done = subprocess.run([sys.executable, "-m", "darwin_core", "evolve", "breed.yaml", "--runs-dir", "runs"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run,) = queue.list_runs(tmp_path / "runs")
+    assert run["state"] == "finished"
+    assert "Bearer hf_granted" in read_hub.auth_seen and "Bearer hf_space_owner_secret" not in read_hub.auth_seen
+    assert all(b"hf_granted" not in p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file())

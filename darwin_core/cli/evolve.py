@@ -12,6 +12,7 @@ over the ranks, the others serve measurements until it is done (`darwin_core.evo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from darwin_core.errors import DarwinError
@@ -50,14 +51,32 @@ def _cli_evolve(args: argparse.Namespace) -> int:
         print(f"queued run {run_id} in {runs_dir}")
         print(estimate_cost(config, runs_dir, exclude=run_id).sentence(), flush=True)
         return 0
-    folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
+    token = hub_token()
+    folder = _prepare(config, runs_dir, args.run_id, token)
     print(f"run {folder.run_id} in {folder.path}", flush=True)
     print(estimate_cost(config, runs_dir, exclude=folder.run_id).sentence(), flush=True)  # checked, not yet started
     placement = placement_sentence(config, runs_dir)
     if placement:
         print(f"Placement: {placement}", flush=True)
-    state = jobs.execute(folder.path, log=lambda message: print(message, flush=True))
+    state = jobs.execute(folder.path, log=lambda message: print(message, flush=True), token=token)
     return _report_state(folder, state)
+
+
+def _prepare(config: EvolutionConfig, runs_dir, run_id: str | None, token: str | None):
+    """`prepare_foreground`; a refusal inside a Job is also written to the run the Space is showing."""
+    from darwin_core.runs import hfjobs, queue
+
+    try:
+        return queue.prepare_foreground(config, runs_dir, run_id=run_id, token=token)
+    except DarwinError as error:
+        hfjobs.record_refusal_in_job(runs_dir, run_id, str(error))
+        raise
+
+
+def hub_token() -> str | None:
+    """The user's own Hub token for the parents this run downloads (gated or private ones): HF_TOKEN, as the
+    rest of the CLI reads it; a Job gets the visitor's as its HF_TOKEN secret. Passed on, never written."""
+    return os.environ.get("HF_TOKEN") or None
 
 
 def _report_state(folder, state: str) -> int:
@@ -84,10 +103,10 @@ def _evolve_distributed(args: argparse.Namespace, config: EvolutionConfig, envir
             prepared = distributed.receive_from_leader(group)
             if prepared is None:
                 return 2  # rank 0 printed the sentence
-            distributed.serve(lambda: distributed.build_local_problem(config, runs_dir), group)
+            distributed.serve(lambda: distributed.build_local_problem(config, runs_dir, token=hub_token()), group)
             return 0
         try:
-            folder = jobs.prepare_foreground(config, runs_dir, run_id=args.run_id)
+            folder = _prepare(config, runs_dir, args.run_id, hub_token())
         except DarwinError:
             distributed.tell_workers(None, group, environment.world_size)
             raise
@@ -119,7 +138,7 @@ def _execute_on_ranks(folder, group, world_size: int, *, log) -> str:
         return wrapped[-1]
 
     try:
-        return jobs.execute(folder.path, log=log, wrap_problem=wrap)
+        return jobs.execute(folder.path, log=log, wrap_problem=wrap, token=hub_token())
     finally:
         if wrapped:
             wrapped[-1].close()

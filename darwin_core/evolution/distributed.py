@@ -329,8 +329,9 @@ def release_workers(group: Any, world_size: int) -> None:
     DistributedProblem(None, group, world_size).close()
 
 
-def build_local_problem(config: Any, runs_dir: Any) -> Any:
-    """A worker's own copy of rank 0's problem: the same config, parents, tasks and resident child."""
+def build_local_problem(config: Any, runs_dir: Any, *, token: str | None = None) -> Any:
+    """A worker's own copy of rank 0's problem: the same config, parents, tasks and resident child (`token`: the
+    user's Hub token for parents this machine has not cached)."""
     from darwin_core.evolution.problem import ModelProblem
 
-    return ModelProblem(config, runs_dir=runs_dir)
+    return ModelProblem(config, runs_dir=runs_dir, token=token)

@@ -62,11 +62,13 @@ def run_evolution(
     should_stop: Callable[[], bool] | None = None,
     log: Callable[[str], None] | None = None,
     wrap_problem: Callable[[ModelProblem], Problem] | None = None,
+    token: str | None = None,
 ) -> str:
     """Run (or resume) the evolution in `run_dir`; returns "finished" or "cancelled".
 
     `wrap_problem` turns the model problem into the one the search runs (e.g. candidates spread over several
-    devices); the child, its merge and the held-out report still use the ModelProblem itself.
+    devices); the child, its merge and the held-out report still use the ModelProblem itself. `token`: the Hub
+    token for parents this machine has not cached (`problem.resolve_parent`), never written anywhere.
 
     Writes evaluations.jsonl, events.jsonl and a checkpoint after every generation, then best-recipe.yaml,
     child/ and report.json. The caller (jobs.execute) owns status.json's state; a DarwinError is the user's
@@ -78,8 +80,8 @@ def run_evolution(
 
     folder.append_event("loading", father=parent_label(config.father), mother=parent_label(config.mother))
     folder.update_status(phase="loading")
-    config, pairing = fit_to_pairing(config, runs_dir=folder.path.parent, log=log)
-    problem = ModelProblem(config, log=log, runs_dir=folder.path.parent)
+    config, pairing = fit_to_pairing(config, runs_dir=folder.path.parent, log=log, token=token)
+    problem = ModelProblem(config, log=log, runs_dir=folder.path.parent, token=token)
     searched: Problem = wrap_problem(problem) if wrap_problem is not None else problem
     if problem.scan is not None:
         from darwin_core.mri.scan import save_json
@@ -124,18 +126,13 @@ def _write_best_recipe(folder: RunFolder, problem: ModelProblem, outcome: Search
     return best, recipe
 
 
-def _parent_folder(ref: str, config: EvolutionConfig, runs_dir: Path) -> Path:
+def _parent_folder(ref: str, config: EvolutionConfig, runs_dir: Path, token: str | None = None) -> Path:
     """The local folder of a parent (downloaded, weights and headers, when it is not cached yet)."""
-    from darwin_core.parents import hub, resolve_parent_name
-
-    resolved = resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir, check_access=False)
-    if resolved.folder is None:
-        resolved = hub.download(resolved)
-    return Path(resolved.folder)
+    return resolve_parent(ref, local_mode=config.local_mode, runs_dir=runs_dir, token=token)[1]
 
 
 def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
-                   log: Callable[[str], None] | None = None) -> tuple[EvolutionConfig, Any]:
+                   log: Callable[[str], None] | None = None, token: str | None = None) -> tuple[EvolutionConfig, Any]:
     """(the config this pair runs under, the pair's `Pairing`), decided from the parents' headers before any
     weight is loaded, so a setting that cannot work on this pair is one sentence and not a traceback later.
 
@@ -151,7 +148,7 @@ def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
     from darwin_core.merge.pairing import pairing_for_folders
 
     log = log or (lambda message: None)
-    father_dir, mother_dir = (_parent_folder(ref, config, runs_dir) for ref in (config.father, config.mother))
+    father_dir, mother_dir = (_parent_folder(ref, config, runs_dir, token) for ref in (config.father, config.mother))
     source = None if config.tokenizer_source == "father" else config.tokenizer_source  # checked for this pair
     pairing = pairing_for_folders(father_dir, mother_dir, tokenizer_source=source)
     if pairing.mode != PairingMode.NAMES and (config.mri or config.start == "mri"):

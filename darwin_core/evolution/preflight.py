@@ -20,7 +20,8 @@ from darwin_core.errors import DarwinError
 from darwin_core.evolution.config import EvolutionConfig
 
 
-def check_before_run(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> None:
+def check_before_run(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False,
+                     token: str | None = None) -> None:
     """Device, MRI scan file, task files and parents, in that order (cheapest first); one sentence if not."""
     from darwin_core.merge.disk import check_device
 
@@ -30,7 +31,7 @@ def check_before_run(config: EvolutionConfig, runs_dir: Path | None, *, strict_h
     if config.probes and config.local_mode:
         _check_file(config.probes, "probes file")
     check_task_files(config)
-    check_parents(config, runs_dir, strict_hub=strict_hub)
+    check_parents(config, runs_dir, strict_hub=strict_hub, token=token)
 
 
 def _check_file(path: str, what: str) -> Path:
@@ -63,11 +64,13 @@ def check_task_files(config: EvolutionConfig) -> None:
             load_spec(spec, split_seed=config.split_seed)
 
 
-def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False) -> None:
+def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub: bool = False,
+                  token: str | None = None) -> None:
     """Each parent (and the base) named validly, local folders present and holding a model, and the pair
     breedable (`darwin_core.parents.compatibility`), from configs and headers only, before any weight is fetched.
 
-    A Hub parent that does not resolve (not found, offline) is left to the run unless `strict_hub`."""
+    A Hub parent that does not resolve (not found, offline) is left to the run unless `strict_hub`; `token` is the
+    Hub token of the user who will execute the run themself (the CLI's HF_TOKEN), for a gated parent."""
     from darwin_core.parents.compatibility import check_breedable
     from darwin_core.parents.names import Scheme, parse_parent, resolve_parent_name
 
@@ -78,7 +81,8 @@ def check_parents(config: EvolutionConfig, runs_dir: Path | None, *, strict_hub:
     resolved = {}
     for who, ref in named.items():
         try:
-            resolved[who] = resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir, check_access=False)
+            resolved[who] = resolve_parent_name(ref, local_mode=config.local_mode, runs_dir=runs_dir, token=token,
+                                                check_access=False)
         except DarwinError:
             if schemes[who] is not Scheme.HUB or strict_hub:
                 raise

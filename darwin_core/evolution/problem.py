@@ -6,6 +6,7 @@ The loop in search.py only sees the `Problem` protocol; this is its implementati
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,20 +36,22 @@ def speaking(recipe, tokenizer_source: str):
     return replace(recipe, tokenizer_source=TokenizerSource(tokenizer_source))
 
 
-def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None):
+def resolve_parent(ref: str, *, local_mode: bool, runs_dir: str | Path | None = None, token: str | None = None):
     """(ParentRef for the recipe, local folder) of a parent named any way darwin_core.parents knows (demo:, run:,
     a Hub id, a folder in local mode), downloaded (weights, config, tokenizer only) when not cached.
 
     A run's parents were checked when it was submitted (the visitor's access to a gated commit, their right to a
-    `run:` child), so the worker reads a pinned cached commit without asking the Hub again.
+    `run:` child), so the worker reads a pinned cached commit without asking the Hub again. `token` is the Hub
+    token of whoever executes the run where that is the user themself (the CLI's HF_TOKEN, a Job's secret), for
+    a gated or private parent this machine has not cached; None (the worker) asks anonymously.
     """
     from darwin_core.parents import hub
     from darwin_core.parents import resolve_parent_name
     from darwin_core.recipe import ParentRef
 
-    resolved = resolve_parent_name(ref, local_mode=local_mode, runs_dir=runs_dir, check_access=False)
+    resolved = resolve_parent_name(ref, local_mode=local_mode, runs_dir=runs_dir, token=token, check_access=False)
     if resolved.folder is None:
-        resolved = hub.download(resolved)
+        resolved = hub.download(resolved, token=token)
     folder = Path(resolved.folder)
     if resolved.local:
         return ParentRef.of(folder), folder
@@ -59,7 +62,7 @@ class ModelProblem:
     """The real problem: genomes become recipes, recipes are written into the resident child, the child is scored."""
 
     def __init__(self, config: EvolutionConfig, *, log: Callable[[str], None] | None = None,
-                 runs_dir: str | Path | None = None):
+                 runs_dir: str | Path | None = None, token: str | None = None):
         from darwin_core.parents import anatomy
         from darwin_core.evolution.child import ResidentChild
         from darwin_core.genome.spaces import get_space
@@ -70,11 +73,12 @@ class ModelProblem:
         self._runs_dir = runs_dir
         self.method = config.method or default_method(config.genome)
         get_method(self.method)  # unknown method: one sentence now, not after loading the models
-        self.father_ref, self.father_dir = resolve_parent(config.father, local_mode=config.local_mode, runs_dir=runs_dir)
-        self.mother_ref, self.mother_dir = resolve_parent(config.mother, local_mode=config.local_mode, runs_dir=runs_dir)
+        parent = functools.partial(resolve_parent, local_mode=config.local_mode, runs_dir=runs_dir, token=token)
+        self.father_ref, self.father_dir = parent(config.father)
+        self.mother_ref, self.mother_dir = parent(config.mother)
         self.base_ref, self.base_dir = ("father", None)
         if config.base:
-            self.base_ref, self.base_dir = resolve_parent(config.base, local_mode=config.local_mode, runs_dir=runs_dir)
+            self.base_ref, self.base_dir = parent(config.base)
         self.tasks, self.weights = load_tasks(config, runs_dir=runs_dir)
         self.layer_count = anatomy.layer_count(json.loads((self.father_dir / "config.json").read_text(encoding="utf-8")))
         self.space = get_space(config.genome, layer_count=self.layer_count)

@@ -186,7 +186,7 @@ def launch_job(config: Any, runs_dir: str | Path, *, token: str | None, who: Any
         raise DarwinError(f"Running as a Job needs {SECRET_ENV} set as a Space secret (the runs folder is shared with the Job).")
     runs_dir = Path(runs_dir)
     bucket, image = Bucket.from_env(runs_dir, environ), job_image(environ)
-    folder = queue.prepare_foreground(config, runs_dir, run_id=run_id)
+    folder = queue.prepare_foreground(config, runs_dir, run_id=run_id, token=token)
     secret = app_secret(runs_dir)
     record_owner(folder.path, who, secret)
     # Sealed before the Job exists: from here on this machine reads the run as the Job's (see held_remotely).
@@ -289,6 +289,20 @@ def follow_job(run_dir: str | Path, *, token: str | None, endpoint: str | None =
     except (HfHubHTTPError, OSError):
         return False
     return settle_job(folder.path, stage)
+
+
+def record_refusal_in_job(runs_dir: str | Path, run_id: str | None, message: str) -> bool:
+    """Inside a Job, a run its checks refused before it started (a gated parent the token may not read, say)
+    fails in its folder with the sentence, so the Space shows why instead of a run starting for ever. Anywhere
+    else (a CLI run, whose refusal leaves no folder) nothing is written. True if recorded."""
+    if not run_id or os.environ.get(JOB_RUN_ENV) != run_id:
+        return False
+    folder = RunFolder(Path(runs_dir) / run_id)
+    if not folder.path.is_dir() or folder.read_status().get("state") not in (STARTING, RUNNING):
+        return False
+    folder.update_status(state=FAILED, error=message)
+    folder.append_event("failed", error=message)
+    return True
 
 
 def _hub_sentence(error: Exception) -> str:

@@ -249,15 +249,16 @@ def job_result(job_id: str, runs_dir: str | Path | None = None) -> tuple[str, An
 
 
 def execute_folder(folder: RunFolder, *, should_stop: Callable[[], bool], log: Callable[[str], None],
-                   wrap_problem: Callable[[Any], Any] | None = None) -> str:
-    """Do what the run folder's config asks (an evolution, a scan, a health check, a chat); returns the final state."""
+                   wrap_problem: Callable[[Any], Any] | None = None, token: str | None = None) -> str:
+    """Do what the run folder's config asks (an evolution, a scan, a health check, a chat); returns the final state.
+    `token`: the Hub token of the user executing their own evolution (CLI, Job) for parents not cached here."""
     config = yaml.safe_load(folder.config_text()) or {}
     if job_kind(config) is not JobKind.EVOLVE:
         return execute_job(folder, config)
     from darwin_core.evolution.pipeline import EvolutionConfig, run_evolution
 
     return run_evolution(EvolutionConfig.from_yaml(folder.config_text()), folder.path, should_stop=should_stop, log=log,
-                         wrap_problem=wrap_problem)
+                         wrap_problem=wrap_problem, token=token)
 
 
 def execute_job(folder: RunFolder, config: Mapping[str, Any]) -> str:

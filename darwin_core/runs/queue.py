@@ -106,7 +106,7 @@ def _parse_config(config: Any, runs_dir: Path | None = None) -> Any:
     return parsed
 
 
-def _checked_config(config: Any, root: Path, *, strict_hub: bool) -> str:
+def _checked_config(config: Any, root: Path, *, strict_hub: bool, token: str | None = None) -> str:
     """The config's YAML text once everything a run needs has been checked, before any run folder exists:
     the settings, then this machine's side (`darwin_core.evolution.preflight`: device, scan and task files,
     parents and whether they can be bred; Hub parents only with `strict_hub`)."""
@@ -117,7 +117,7 @@ def _checked_config(config: Any, root: Path, *, strict_hub: bool) -> str:
     if parsed.local_mode and not local_mode_default():
         raise DarwinError(f"This config asks for local mode (folders and files of this machine), which this server "
                           f"does not allow ({LOCAL_MODE_ENV} is not 1); set local_mode: false.")
-    check_before_run(parsed, root, strict_hub=strict_hub)
+    check_before_run(parsed, root, strict_hub=strict_hub, token=token)
     return parsed.to_yaml()
 
 
@@ -283,13 +283,15 @@ def read_run(run_id: str, runs_dir: str | Path | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- executing
 
 
-def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_id: str | None = None) -> RunFolder:
+def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_id: str | None = None,
+                       token: str | None = None) -> RunFolder:
     """The folder for a run executed in this process (the CLI): a new one, or an unfinished one with the same
-    config when `run_id` names it (running the same command again resumes it)."""
+    config when `run_id` names it (running the same command again resumes it). `token`: the Hub token of the
+    user who runs it (a gated parent is checked with it); never written."""
     root = runs_dir_default(runs_dir)
     if run_id:
         check_run_id(run_id)  # before the runs folder is made
-    text = _checked_config(config, root, strict_hub=True)  # it runs right away: a Hub parent must resolve now
+    text = _checked_config(config, root, strict_hub=True, token=token)  # it runs right away: a Hub parent must resolve now
     with _queue_lock(root):
         if run_id and (root / check_run_id(run_id) / "config.yaml").is_file():
             folder = RunFolder(root / run_id)
@@ -307,7 +309,7 @@ def prepare_foreground(config: Any, runs_dir: str | Path | None = None, *, run_i
 
 
 def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None,
-            wrap_problem: Callable[[Any], Any] | None = None) -> str:
+            wrap_problem: Callable[[Any], Any] | None = None, token: str | None = None) -> str:
     """Execute (or resume) one run in this process; returns its final state. Never raises for a run failure:
     the failure is written to status.json (one sentence) and error.log (the traceback of a bug)."""
     from darwin_core.runs.jobs import execute_folder
@@ -336,7 +338,7 @@ def execute(run_dir: str | Path, *, log: Callable[[str], None] | None = None,
             folder.append_event("started", pid=os.getpid())
             try:
                 outcome = execute_folder(folder, should_stop=lambda: terminated["flag"] or folder.cancel_requested(), log=log,
-                                         wrap_problem=wrap_problem)
+                                         wrap_problem=wrap_problem, token=token)
             except DarwinError as error:
                 return _fail(folder, str(error))
             except Exception as error:  # noqa: BLE001 — a bug: one sentence in status, the traceback in error.log
