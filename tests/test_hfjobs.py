@@ -389,7 +389,10 @@ def test_a_job_breeds_a_gated_parent_it_downloads_with_the_visitors_secret(space
     assert "Bearer hf_space_owner_secret" not in read_hub.auth_seen
 
 
-def test_the_cli_breeds_a_gated_parent_it_downloads_with_hf_token(read_hub, fixture_pair, tmp_path, monkeypatch):
+@pytest.mark.parametrize("queued", [False, True], ids=["in-the-foreground", "queued-for-the-worker"])
+def test_the_cli_breeds_a_gated_parent_it_downloads_with_hf_token(read_hub, fixture_pair, tmp_path, monkeypatch, queued):
+    from darwin_core.runs.jobs import wait_until_idle
+
     import yaml
 
     father, mother = fixture_pair("llama", related=True)
@@ -400,9 +403,11 @@ def test_the_cli_breeds_a_gated_parent_it_downloads_with_hf_token(read_hub, fixt
     (tmp_path / "breed.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            **_own_machine(read_hub, tmp_path / "cache", "hf_granted")}
-    done = subprocess.run([sys.executable, "-m", "darwin_core", "evolve", "breed.yaml", "--runs-dir", "runs"],
+    done = subprocess.run([sys.executable, "-m", "darwin_core", "evolve", "breed.yaml", "--runs-dir", "runs",
+                           *(["--queue"] if queued else [])],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert wait_until_idle(tmp_path / "runs", timeout=240)
     (run,) = queue.list_runs(tmp_path / "runs")
     assert run["state"] == "finished"
     assert "Bearer hf_granted" in read_hub.auth_seen and "Bearer hf_space_owner_secret" not in read_hub.auth_seen

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from darwin_core.errors import DarwinError
+from darwin_core.io.runfolder import RunFolder
 from darwin_core.evolution.pipeline import EvolutionConfig
 
 
@@ -47,7 +49,7 @@ def _cli_evolve(args: argparse.Namespace) -> int:
             raise DarwinError("--queue hands the run to the background worker; run it without torchrun.")
         return _evolve_distributed(args, config, environment)
     if args.queue:
-        run_id = jobs.submit(config, runs_dir, run_id=args.run_id)
+        run_id = jobs.submit(_pinned(config, runs_dir, hub_token()), runs_dir, run_id=args.run_id)
         print(f"queued run {run_id} in {runs_dir}")
         print(estimate_cost(config, runs_dir, exclude=run_id).sentence(), flush=True)
         return 0
@@ -62,7 +64,7 @@ def _cli_evolve(args: argparse.Namespace) -> int:
     return _report_state(folder, state)
 
 
-def _prepare(config: EvolutionConfig, runs_dir, run_id: str | None, token: str | None):
+def _prepare(config: EvolutionConfig, runs_dir: Path, run_id: str | None, token: str | None) -> RunFolder:
     """`prepare_foreground`; a refusal inside a Job is also written to the run the Space is showing."""
     from darwin_core.runs import hfjobs, queue
 
@@ -71,6 +73,20 @@ def _prepare(config: EvolutionConfig, runs_dir, run_id: str | None, token: str |
     except DarwinError as error:
         hfjobs.record_refusal_in_job(runs_dir, run_id, str(error))
         raise
+
+
+def _pinned(config: EvolutionConfig, runs_dir: Path, token: str | None) -> EvolutionConfig:
+    """The config for the background worker, which asks the Hub with no token: a gated or private parent is
+    downloaded now with the user's and named by its cached commit (`parent_for_job`, as the page does)."""
+    import dataclasses
+
+    from darwin_core.api import parent_for_job
+
+    if token is None:
+        return config
+    names = {role: parent_for_job(getattr(config, role), local_mode=config.local_mode, token=token, runs_dir=runs_dir)[0]
+             for role in ("father", "mother")}
+    return dataclasses.replace(config, **names)
 
 
 def hub_token() -> str | None:
