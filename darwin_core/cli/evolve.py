@@ -113,28 +113,30 @@ def _evolve_distributed(args: argparse.Namespace, config: EvolutionConfig, envir
     from darwin_core.runs import queue as jobs
 
     runs_dir = jobs.runs_dir_default(args.runs_dir)
+    token = hub_token()
     group = distributed.init_group(environment, config.device)
     try:
         if environment.rank != 0:
             prepared = distributed.receive_from_leader(group)
             if prepared is None:
                 return 2  # rank 0 printed the sentence
-            distributed.serve(lambda: distributed.build_local_problem(config, runs_dir, token=hub_token()), group)
+            distributed.serve(lambda: distributed.build_local_problem(config, runs_dir, token=token), group)
             return 0
         try:
-            folder = _prepare(config, runs_dir, args.run_id, hub_token())
+            folder = _prepare(config, runs_dir, args.run_id, token)
         except DarwinError:
             distributed.tell_workers(None, group, environment.world_size)
             raise
         distributed.tell_workers(folder.run_id, group, environment.world_size)
         print(f"run {folder.run_id} in {folder.path} on {environment.world_size} processes", flush=True)
-        state = _execute_on_ranks(folder, group, environment.world_size, log=lambda message: print(message, flush=True))
+        state = _execute_on_ranks(folder, group, environment.world_size, log=lambda message: print(message, flush=True),
+                                  token=token)
         return _report_state(folder, state)
     finally:
         dist.destroy_process_group()
 
 
-def _execute_on_ranks(folder, group, world_size: int, *, log) -> str:
+def _execute_on_ranks(folder, group, world_size: int, *, log, token: str | None = None) -> str:
     """jobs.execute on rank 0 with the pipeline's problem spread over the ranks; the workers are released at the
     end however the run ended (after a lost rank the group is broken and nobody is waited for)."""
     from darwin_core.evolution.distributed import DistributedProblem, release_workers
@@ -154,7 +156,7 @@ def _execute_on_ranks(folder, group, world_size: int, *, log) -> str:
         return wrapped[-1]
 
     try:
-        return jobs.execute(folder.path, log=log, wrap_problem=wrap, token=hub_token())
+        return jobs.execute(folder.path, log=log, wrap_problem=wrap, token=token)
     finally:
         if wrapped:
             wrapped[-1].close()

@@ -126,11 +126,6 @@ def _write_best_recipe(folder: RunFolder, problem: ModelProblem, outcome: Search
     return best, recipe
 
 
-def _parent_folder(ref: str, config: EvolutionConfig, runs_dir: Path, token: str | None = None) -> Path:
-    """The local folder of a parent (downloaded, weights and headers, when it is not cached yet)."""
-    return resolve_parent(ref, local_mode=config.local_mode, runs_dir=runs_dir, token=token)[1]
-
-
 def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
                    log: Callable[[str], None] | None = None, token: str | None = None) -> tuple[EvolutionConfig, Any]:
     """(the config this pair runs under, the pair's `Pairing`), decided from the parents' headers before any
@@ -148,7 +143,8 @@ def fit_to_pairing(config: EvolutionConfig, *, runs_dir: Path,
     from darwin_core.merge.pairing import pairing_for_folders
 
     log = log or (lambda message: None)
-    father_dir, mother_dir = (_parent_folder(ref, config, runs_dir, token) for ref in (config.father, config.mother))
+    father_dir, mother_dir = (resolve_parent(ref, local_mode=config.local_mode, runs_dir=runs_dir, token=token)[1]
+                              for ref in (config.father, config.mother))
     source = None if config.tokenizer_source == "father" else config.tokenizer_source  # checked for this pair
     pairing = pairing_for_folders(father_dir, mother_dir, tokenizer_source=source)
     if pairing.mode != PairingMode.NAMES and (config.mri or config.start == "mri"):

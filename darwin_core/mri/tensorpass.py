@@ -57,7 +57,7 @@ def check_same_tensors(a: TensorReader, b: TensorReader) -> dict[str, str]:
     """The parents' tensors compared for the MRI: names must match, and shapes too, except the vocabulary tensors
     (embedding, output head) of parents whose vocabularies differ in size, which Darwin breeds row by token:
     their rows are no common coordinates, so they are left out of the divergence. Returns name → why left out."""
-    from darwin_core.parents.tokenizers import is_vocabulary_tensor
+    from darwin_core.parents.tokenizers import is_vocabulary_tensor, vocabulary_rows
 
     names_a, names_b = set(a.names), set(b.names)
     if names_a != names_b:
@@ -70,8 +70,9 @@ def check_same_tensors(a: TensorReader, b: TensorReader) -> dict[str, str]:
         shape_a, shape_b = tuple(a.shape(name)), tuple(b.shape(name))
         if shape_a == shape_b:
             continue
-        if is_vocabulary_tensor(name) and len(shape_a) == len(shape_b) and shape_a[1:] == shape_b[1:]:
-            skipped[name] = (f"the vocabularies differ ({shape_a[0]} rows in the father, {shape_b[0]} in the mother), "
+        rows = vocabulary_rows(shape_a, shape_b) if is_vocabulary_tensor(name) else None
+        if rows:
+            skipped[name] = (f"the vocabularies differ ({rows[0]} rows in the father, {rows[1]} in the mother), "
                              "so its rows are not compared")
             continue
         raise DarwinError(f"Tensor {name} has shape {shape_a} in the father and {shape_b} in the mother.")

@@ -239,10 +239,10 @@ def _difference_clause(canonical: str, shapes_a: dict, shapes_b: dict, a: ModelR
 
 
 def _vocab_dims(canonical: str, shapes_a: dict, shapes_b: dict) -> tuple[int, int] | None:
+    from darwin_core.parents.tokenizers import vocabulary_rows
+
     if canonical in shapes_a and canonical in shapes_b:
-        sa, sb = shapes_a[canonical][0], shapes_b[canonical][0]
-        if sa and sb and sa[0] != sb[0] and sa[1:] == sb[1:]:
-            return sa[0], sb[0]
+        return vocabulary_rows(shapes_a[canonical][0], shapes_b[canonical][0])
     return None
 
 

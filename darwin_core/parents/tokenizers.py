@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from darwin_core.errors import DarwinError
@@ -52,6 +53,14 @@ def is_vocabulary_tensor(name: str) -> bool:
     parts = split_name(name)
     return parts.tower == "language" and parts.layer is None and not parts.aux and bool(
         VOCABULARY_TENSORS.match(parts.canonical))
+
+
+def vocabulary_rows(shape_a: Sequence[int], shape_b: Sequence[int]) -> tuple[int, int] | None:
+    """(rows of a, rows of b) when two shapes of a vocabulary tensor differ in their rows only (the vocabularies
+    differ in size, the width is the same), else None."""
+    if shape_a and shape_b and shape_a[0] != shape_b[0] and tuple(shape_a[1:]) == tuple(shape_b[1:]):
+        return int(shape_a[0]), int(shape_b[0])
+    return None
 
 
 class VocabularyRelation(str, Enum):
