@@ -80,23 +80,110 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
                  ("fused, in place", fused_merge_tensors, True)]
         if method == "linear":
             paths.insert(2, ("fused, in place, a launch per tensor", per_tensor, True))
+        timed = []
         for label, merge, in_place in paths:
             times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
-            median = statistics.median(times[1:])  # the first warms up kernels and Triton's compile cache
-            rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * median,
-                         "gb_per_s": least / median / 1e9, "fraction_of_copy": least / median / ceilings["copy_bytes_per_s"],
-                         "fraction_of_4_8tb": least / median / 4.8e12})
+            timed.append((label, statistics.median(times[1:])))  # the first warms up kernels and Triton's compile cache
+        if not pin:
+            timed += _split_times(method, recipes, father, mother, names, targets, device)
+        needed = statistics.median(_least_bytes(r, father, names) for r in recipes[1:])
+        for label, seconds in timed:
+            rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * seconds,
+                         "gb_per_s": least / seconds / 1e9, "fraction_of_copy": least / seconds / ceilings["copy_bytes_per_s"],
+                         "fraction_of_4_8tb": least / seconds / 4.8e12, "recipe_least_bytes": needed,
+                         "recipe_fraction_of_copy": needed / seconds / ceilings["copy_bytes_per_s"]})
         same = 0
         for recipe in recipes[:2]:
             _timed_merge(merge_tensors, recipe, father, mother, names, check, device)
             _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device, True)
             same += all(torch.equal(targets[n].view(torch.uint8) if targets[n].dtype.is_floating_point else targets[n],
                                     check[n].view(torch.uint8) if check[n].dtype.is_floating_point else check[n]) for n in names)
-        for row in rows[-len(paths):]:
+        for row in rows[-len(timed):]:
             row["bytes_identical_recipes"] = f"{same}/2"
     del father, mother, targets, check
     torch.cuda.empty_cache()
     return rows
+
+
+def _least_bytes(recipe, father, names) -> int:
+    """The traffic this recipe's candidate cannot avoid: both parents read and the child written for a merged
+    tensor, one parent read and the child written for a tensor taken whole from a parent."""
+    total = 0
+    for name in names:
+        total += (3 if recipe.plan_for(name).source is None else 2) * father.get(name).nbytes
+    return total
+
+
+def _split_times(method: str, recipes, father, mother, names, targets, device) -> list[tuple[str, float]]:
+    """Where an in-place candidate's time goes: the kernels alone (every tensor in one batch, rows built before the
+    clock starts) and the host alone (`fused_merge_tensors` with launches that do nothing); medians of the recipes
+    after the first. Each kernel's own CUDA time is printed from torch.profiler."""
+    import types
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from darwin_core.merge.methods import fused
+
+    kernels = fused._triton_kernels()
+    launch = kernels.dare_ties_multi_cuda if method == "dare_ties" else kernels.linear_multi_cuda
+    batches = []
+    for recipe in recipes:
+        plans = [(n, recipe.plan_for(n)) for n in names]
+        chosen = [(n, p) for n, p in plans if p.source is None and targets[n].dtype == torch.bfloat16]
+        rows = [fused.dare_row(p.params) if method == "dare_ties" else fused.linear_weights(p.params.ratio) for _, p in chosen]
+        batches.append(([father.get(n) for n, _ in chosen], [mother.get(n) for n, _ in chosen],
+                        [targets[n] for n, _ in chosen], rows))
+
+    def timed(call) -> float:
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        call()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    alone = [timed(lambda b=b: launch(*b)) for b in batches]
+    if method == "dare_ties" and TUNE_SUMS:
+        _tune_sums(batches, launch, timed)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        launch(*batches[-1])
+        torch.cuda.synchronize(device)
+    print(f"-- {method}: kernels of one batch of {len(batches[-1][0])} tensors")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6, max_name_column_width=40))
+    idle = types.SimpleNamespace(linear_multi_cuda=lambda *a: a[2], dare_ties_multi_cuda=lambda *a: a[2],
+                                 linear_cuda=kernels.linear_cuda)
+    real = fused._triton_kernels
+    fused._triton_kernels = lambda: idle
+    try:
+        host = [_timed_merge(fused.fused_merge_tensors, r, father, mother, names, targets, device, True) for r in recipes]
+    finally:
+        fused._triton_kernels = real
+    return [("kernels alone, one batch", statistics.median(alone[1:])),
+            ("host alone, launches idle", statistics.median(host[1:]))]
+
+
+TUNE_SUMS = False  # --tune-sums: time the DARE sums kernel's variants (block, warps, joined trees)
+SUMS_VARIANTS = [(2048, 8, False), (2048, 8, True), (2048, 4, True), (4096, 8, True), (8192, 8, True)]
+
+
+def _tune_sums(batches, launch, timed) -> None:
+    """The DARE kernels of each candidate's batch under each variant of the sums kernel: medians, and whether the
+    child's bytes are those of the first variant (they must be: every variant adds in `pairwise_sum`'s order)."""
+    from darwin_core.merge.methods import _dare_triton
+
+    saved = (_dare_triton.SUMS_BLOCK, _dare_triton.SUMS_WARPS, _dare_triton.SUMS_JOINED)
+    first = None
+    print("| sums block | warps | joined trees | kernels ms | same child bytes |")
+    try:
+        for block, warps, joined in SUMS_VARIANTS:
+            _dare_triton.SUMS_BLOCK, _dare_triton.SUMS_WARPS, _dare_triton.SUMS_JOINED = block, warps, joined
+            times = [timed(lambda b=b: launch(*b)) for b in batches]
+            outs = [t.view(torch.uint8).clone() for t in batches[-1][2]]
+            first = outs if first is None else first
+            same = all(torch.equal(a, b) for a, b in zip(outs, first))
+            print(f"| {block} | {warps} | {joined} | {1e3 * statistics.median(times[1:]):.2f} | {same} |")
+            del outs
+    finally:
+        _dare_triton.SUMS_BLOCK, _dare_triton.SUMS_WARPS, _dare_triton.SUMS_JOINED = saved
 
 
 def _profile(model, tokenizer, items, label: str) -> None:
@@ -208,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scoring", dest="scoring", action="store_false", help="merge rows only")
     parser.add_argument("--no-merge", dest="merge", action="store_false", help="scoring rows only")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the proxy and search scoring")
+    parser.add_argument("--tune-sums", action="store_true", help="time the DARE sums kernel's variants")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    global TUNE_SUMS
+    TUNE_SUMS = args.tune_sums
     device = torch.device("cuda")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -226,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     report["scoring"] = score_bench(father, task, device, ceilings, args.items, args.proxy_items, args.profile) if args.scoring else []
     print(f"ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} TFLOP/s; "
           f"pinned host -> GPU {report['host_link_bytes_per_s'] / 1e9:.1f} GB/s")
-    print("| method | path | parents | ms | GB/s | of copy | of 4.8 TB/s | same bytes |")
+    print("| method | path | parents | ms | GB/s | of copy | of 4.8 TB/s | recipe's least GB | of copy, by them | same bytes |")
     for r in report["merge"]:
         print(f"| {r['method']} | {r['path']} | {r['parents']} | {r['ms']:.1f} | {r['gb_per_s']:.0f} | "
-              f"{100 * r['fraction_of_copy']:.0f}% | {100 * r['fraction_of_4_8tb']:.0f}% | {r.get('bytes_identical_recipes')} |")
+              f"{100 * r['fraction_of_copy']:.0f}% | {100 * r['fraction_of_4_8tb']:.0f}% | {r['recipe_least_bytes'] / 1e9:.2f} | "
+              f"{100 * r['recipe_fraction_of_copy']:.0f}% | {r.get('bytes_identical_recipes')} |")
     print("| path | tokens/forward | items | s | positions run | with a token | positions/s | TFLOP/s | of peak | "
           "of peak, tokens only | first call +s | picks as row 1 |")
     for r in report["scoring"]:

@@ -1,6 +1,7 @@
-"""The multi-tensor linear merge's host side (`fused.py`): chunk and pointer tables, dtype groups, and the batching
-in `fused_merge_tensors` (a run of in-place linear tensors → one launch, names in their order), on the CPU with a
-torch stand-in for the Triton kernels (the kernels' bytes are checked on a GPU in tests/test_gpu.py)."""
+"""The multi-tensor merges' host side (`fused.py`, `fused_tables.py`): chunk and pointer tables, dtype groups, DARE
+rows, and the batching in `fused_merge_tensors` (a run of in-place linear tensors → one launch; DARE-TIES tensors
+batched in place or into fresh ones; names in their order), on the CPU with torch stand-ins for the Triton kernels
+(the kernels' bytes are checked on a GPU in tests/test_gpu.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from darwin_core.merge.methods import fused
+from darwin_core.merge.methods import fused, fused_tables
 from darwin_core.merge.methods.apply import StateDictSource, merge_tensors
+from darwin_core.merge.methods.delta import fixed_order_l1, keep_mask, rescale_l1
+from darwin_core.merge.methods.fused_tables import DareFlag
 
 GENES = [0.4989, 0.1766, 0.9021, 0.6122, 0.9951, 0.9617, 0.5740, 0.5811, 0.5736, 0.4697, 0.4930, 0.8418,
          0.4907, 0.3623]
@@ -43,7 +46,7 @@ def test_the_linear_tables_hold_each_tensors_addresses_weights_and_chunks():
     fathers = [torch.zeros(s, dtype=torch.bfloat16) for s in shapes]
     mothers = [torch.ones(s, dtype=torch.bfloat16) for s in shapes]
     outs = [torch.empty(s, dtype=torch.float32) for s in shapes]
-    weights = [fused._linear_weights(r) for r in (0.3, 1.0, 0.0)]
+    weights = [fused.linear_weights(r) for r in (0.3, 1.0, 0.0)]
     buffer, count = fused.linear_tables(fathers, mothers, outs, weights)
     assert count == 1 + 0 + 2
     rows = buffer[:15].reshape(3, 5)
@@ -84,25 +87,57 @@ def _fake_kernels(launches):
     def linear_cuda(f, m, w0, w1, total, out):
         return out.copy_(_torch_linear(f, m, (2, w0, w1, total)))
 
-    return types.SimpleNamespace(linear_multi_cuda=linear_multi_cuda, linear_cuda=linear_cuda)
+    def dare_ties_multi_cuda(fathers, mothers, outs, rows):
+        assert len({t.dtype for t in fathers}) == len({t.dtype for t in mothers}) == len({t.dtype for t in outs}) == 1
+        launches.append([out.data_ptr() for out in outs])
+        for f, m, out, row in zip(fathers, mothers, outs, rows, strict=True):
+            out.copy_(_torch_dare_ties(f, m, row))
+        return outs
+
+    return types.SimpleNamespace(linear_multi_cuda=linear_multi_cuda, linear_cuda=linear_cuda,
+                                 dare_ties_multi_cuda=dare_ties_multi_cuda)
+
+
+def _torch_dare_ties(f, m, row):
+    """What `_dare_triton`'s kernels compute from a `DareRow`, in torch: the row must carry the whole recipe."""
+    f, m = f.to(torch.float32), m.to(torch.float32)
+    delta = m - f
+    if row.flags & DareFlag.DROP:
+        seed = (row.seed_high << 32) | row.seed_low
+        masked = delta * keep_mask(delta.shape, row.threshold / (1 << 24), seed, "cpu")
+        delta = rescale_l1(delta, masked, fixed_order_l1) if row.flags & DareFlag.RESCALE else masked
+    weight = torch.tensor(row.weight, dtype=torch.float32)
+    delta = delta * weight
+    agree = torch.where(delta >= 0, delta > 0, delta < 0)
+    mixed = delta * agree
+    if row.flags & DareFlag.NORMALIZE:
+        divisor = weight * agree
+        divisor[divisor == 0] = 1
+        mixed = mixed / divisor
+    if row.scale != 1:
+        mixed = mixed * row.scale
+    result = f + mixed
+    if row.flags & DareFlag.BLEND:
+        result = torch.lerp(_torch_linear(f, m, row.linear), result, row.blend)
+    return result
 
 
 @pytest.fixture()
 def cpu_fused(monkeypatch):
     """fused_merge_tensors on CPU tensors: the CUDA checks relaxed, the kernels a torch stand-in."""
     launches: list[list[int]] = []
-    monkeypatch.setattr(fused, "fusable", lambda recipe, device: recipe.method == "linear")
+    monkeypatch.setattr(fused, "fusable", lambda recipe, device: recipe.method in ("linear", "dare_ties"))
     monkeypatch.setattr(fused, "_triton_kernels", lambda: _fake_kernels(launches))
     monkeypatch.setattr(fused, "_fits", lambda f, m, target: f.shape == m.shape and f.is_contiguous() and m.is_contiguous())
     return launches
 
 
-def _setup(fixture_pair, dtype):
+def _setup(fixture_pair, dtype, method="linear"):
     from darwin_core.evolution.child import ResidentTensors
     from darwin_core.genome.spaces import get_space
 
     father_dir, mother_dir = fixture_pair("qwen3", related=True)
-    recipe = get_space("darwin-v6").to_recipe(GENES, father=father_dir, mother=mother_dir, layer_count=4, method="linear",
+    recipe = get_space("darwin-v6").to_recipe(GENES, father=father_dir, mother=mother_dir, layer_count=4, method=method,
                                               frozen_layers=(1,), dtype=dtype)
     father, mother = ResidentTensors(father_dir, "cpu"), ResidentTensors(mother_dir, "cpu")
     reference = dict(merge_tensors(recipe, father, mother, device="cpu"))
@@ -115,25 +150,31 @@ def _setup(fixture_pair, dtype):
     return recipe, father, mother, reference, outputs
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", None])
-def test_runs_of_in_place_linear_tensors_are_one_launch_each_and_yield_the_reference_in_order(cpu_fused, fixture_pair, dtype):
-    recipe, father, mother, reference, outputs = _setup(fixture_pair, dtype)
-    names = list(reference)
-    got = list(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs))
-    assert [name for name, _ in got] == names
+def _check_pairs(got, reference, outputs) -> list[str]:
+    """Every reference pair comes once with the reference's bytes, written in place wherever its output fits;
+    returns the names written in place, in the order they came."""
+    assert sorted(name for name, _ in got) == sorted(reference)
     in_place = []
     for name, tensor in got:
         assert tensor.dtype == reference[name].dtype and torch.equal(tensor.view(torch.uint8), reference[name].view(torch.uint8)), name
-        plan = recipe.plan_for(name)
-        batchable = plan.source is None and name in outputs and outputs[name].shape == reference[name].shape
-        assert (tensor is outputs[name]) if batchable else (tensor is not outputs.get(name)), name
-        in_place.append(batchable)
-    runs = [k for k, b in enumerate(in_place) if b and (k == 0 or not in_place[k - 1])]
-    assert len(runs) >= 3  # the frozen layer and the missing outputs split the tensors into several runs
-    assert len(cpu_fused) == len(runs)
-    assert sum(len(launch) for launch in cpu_fused) == sum(in_place)
-    ptrs = [outputs[name].data_ptr() for name, b in zip(names, in_place) if b]
-    assert [p for launch in cpu_fused for p in launch] == ptrs  # launched in the tensors' order
+        fits = name in outputs and outputs[name].shape == reference[name].shape
+        assert (tensor is outputs.get(name)) == fits, name
+        if fits:
+            in_place.append(name)
+    return in_place
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", None])
+def test_in_place_linear_tensors_and_whole_parent_copies_are_batched_and_every_reference_pair_comes_once(cpu_fused,
+                                                                                                        fixture_pair, dtype):
+    recipe, father, mother, reference, outputs = _setup(fixture_pair, dtype)
+    got = list(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs))
+    in_place = _check_pairs(got, reference, outputs)
+    assert any(recipe.plan_for(name).source == "father" for name in in_place)  # the frozen layer's copies too
+    assert len(cpu_fused) == -(-len(in_place) // fused.MULTI_FLUSH_TENSORS)  # one launch per full batch
+    assert [p for launch in cpu_fused for p in launch] == [outputs[name].data_ptr() for name in in_place]
+    names = list(reference)
+    assert sorted(in_place, key=names.index) == in_place  # launched in the tensors' order
 
 
 def test_without_the_multi_tensor_path_nothing_is_batched_and_the_bytes_are_the_same(cpu_fused, fixture_pair, monkeypatch):
@@ -160,7 +201,44 @@ def test_a_batch_launches_once_it_holds_enough_tensors_so_the_gpu_works_while_th
     recipe, father, mother, reference, outputs = _setup(fixture_pair, "bfloat16")
     monkeypatch.setattr(fused, "MULTI_FLUSH_TENSORS", 2)
     got = list(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs))
-    assert [name for name, _ in got] == list(reference)
-    assert all(torch.equal(t.view(torch.uint8), reference[name].view(torch.uint8)) for name, t in got)
+    in_place = _check_pairs(got, reference, outputs)
     assert cpu_fused and max(len(launch) for launch in cpu_fused) == 2
-    assert sum(len(launch) for launch in cpu_fused) == sum(1 for name, t in got if t is outputs.get(name))
+    assert sum(len(launch) for launch in cpu_fused) == len(in_place)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", None])
+def test_dare_ties_tensors_are_batched_in_place_or_into_fresh_tensors_and_every_reference_pair_comes_once(cpu_fused,
+                                                                                                        fixture_pair, dtype):
+    recipe, father, mother, reference, outputs = _setup(fixture_pair, dtype, method="dare_ties")
+    assert any(recipe.plan_for(name).params.density_mother < 1 for name in reference)  # the masks and rescale are used
+    got = list(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs))
+    in_place = _check_pairs(got, reference, outputs)
+    merged = [name for name in reference if recipe.plan_for(name).source is None]
+    copied = [name for name in in_place if recipe.plan_for(name).source is not None]
+    assert copied and sum(len(launch) for launch in cpu_fused) == len(merged) + len(copied)  # fresh outputs batched too
+
+
+def test_a_dare_row_carries_density_seed_weight_and_options_and_the_tables_hold_them():
+    from darwin_core.merge.methods.registry import TensorParams
+
+    plain = fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=0.6, mask_seeds=(1, (7 << 32) | 9)))
+    assert plain.flags == DareFlag.DROP | DareFlag.RESCALE and (plain.seed_low, plain.seed_high) == (9, 7)
+    assert plain.threshold == int(0.6 * (1 << 24)) and plain.weight == float(np.float32(0.3)) and plain.blend == 1.0
+    whole = fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=1.0, normalize=True, scale=0.5,
+                                               weight_signs=(1.0, -1.0)), blend=0.25)
+    assert whole.flags == DareFlag.NORMALIZE | DareFlag.BLEND and whole.threshold == 1 << 24
+    assert whole.weight == float(np.float32(-0.3)) and whole.scale == 0.5 and whole.blend == 0.25
+    assert fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=0.5, rescale=False)).flags == DareFlag.DROP
+
+    shapes = [(3, 5), (0,), (fused.MULTI_CHUNK + 1,)]
+    tensors = [[torch.zeros(s, dtype=torch.bfloat16) for s in shapes] for _ in range(3)]
+    buffer, chunks, blocks = fused_tables.dare_tables(*tensors, [plain, whole, plain])
+    width = fused_tables.INT_ROW + fused_tables.FLOAT_ROW // 2
+    ints = buffer[:3 * fused_tables.INT_ROW].reshape(3, fused_tables.INT_ROW)
+    assert chunks == 1 + 0 + 2 and blocks == 1 + 0 + (fused.MULTI_CHUNK // fused_tables.BLOCK + 1)
+    assert ints[:, 0].tolist() == [t.data_ptr() for t in tensors[0]] and ints[:, 2].tolist() == [t.data_ptr() for t in tensors[2]]
+    assert ints[:, 3].tolist() == [15, 0, fused.MULTI_CHUNK + 1] and ints[:, 4].tolist() == [0, 1, 1]  # first blocks
+    assert ints[1, 5:10].tolist() == [whole.seed_low, whole.seed_high, 1 << 24, int(whole.flags), 2]
+    floats = buffer[3 * fused_tables.INT_ROW:3 * width].view(np.float32).reshape(3, fused_tables.FLOAT_ROW)
+    assert floats[1, :6].tolist() == [np.float32(-0.3), 0.5, *whole.linear[1:], 0.25]
+    assert buffer[3 * width:].view(np.int32)[:6].reshape(-1, 2).tolist() == [[0, 0], [2, 0], [2, 1]]

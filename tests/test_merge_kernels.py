@@ -414,3 +414,36 @@ def test_genome_spaces_breed_with_the_new_methods_at_any_density_they_propose(na
     ancestor = StateDictSource({n: father.get(n) * 0.9 for n in NAMES})
     child = dict(merge_tensors(recipe, father, mother, base=ancestor if base != "father" else None))
     assert set(child) == set(NAMES) and all(torch.isfinite(t).all() for t in child.values())
+
+
+@pytest.mark.parametrize("block", [2, 8, 2048])
+def test_the_pairwise_sum_is_the_tree_of_its_aligned_blocks_sums_which_the_gpu_kernels_add(block):
+    """`delta.pairwise_sum` = the same tree over the sums of aligned power-of-two blocks (zeros past the end), at
+    any block size and over more blocks than one level of them: the decomposition `_dare_triton` computes."""
+    from darwin_core.merge.methods.delta import pairwise_sum
+
+    generator = torch.Generator().manual_seed(4)
+    for n in (1, 2, 3, block - 1, block, block + 1, 5 * block + 3, block * block + 7, 100_003):
+        values = torch.rand(n, generator=generator) * 10.0 ** torch.randint(-6, 3, (n,), generator=generator)
+
+        def blocked(x):
+            if x.numel() <= block:
+                return pairwise_sum(torch.nn.functional.pad(x, (0, block - x.numel())))
+            padded = torch.nn.functional.pad(x, (0, -x.numel() % block)).reshape(-1, block)
+            return blocked(torch.stack([pairwise_sum(row) for row in padded]))
+
+        total = pairwise_sum(values)
+        assert total.dtype == torch.float32 and total.shape == ()
+        assert torch.equal(blocked(values), total), n
+        assert torch.isclose(total, values.double().sum().float(), rtol=1e-5), n
+    assert pairwise_sum(torch.zeros(0)).item() == 0.0
+
+
+def test_dares_rescale_adds_its_l1_sums_in_the_fixed_order():
+    from darwin_core.merge.methods.delta import dare_drop, keep_mask, pairwise_sum
+
+    generator = torch.Generator().manual_seed(9)
+    delta = torch.randn(100_003, generator=generator) * 0.003
+    masked = delta * keep_mask(delta.shape, 0.4, 77, "cpu")
+    expected = masked * (pairwise_sum(delta.abs()) / pairwise_sum(masked.abs()))
+    assert torch.equal(dare_drop(delta, 0.4, True, 77), expected)

@@ -38,7 +38,9 @@ computed with int64 arithmetic that never overflows); the element is kept when u
 With the same densities, mergekit's and Darwin's DARE children therefore differ where their masks differ;
 with density 1 (no drop) they agree to float rounding, and so do all deterministic methods (tested).
 Rescaling after DARE follows mergekit: the kept entries are scaled to restore the delta's L1 norm
-(`rescale`, default on for DARE), not the paper's 1/density; both have the same expectation.
+(`rescale`, default on for DARE), not the paper's 1/density; both have the same expectation. The two L1 sums
+are added in one fixed order (`pairwise_sum`) rather than torch's, so the factor has the same bits on a CPU,
+on a GPU and in the fused kernels; mergekit's factor (torch's order) differs from it by float rounding.
 TIES' magnitude pruning keeps k = max(1, int(density·numel)) entries of largest |delta|; mergekit breaks
 ties among equal magnitudes by an unstable argsort, we keep the earliest ones (deterministic on every device).
 """
@@ -54,10 +56,52 @@ from darwin_core.merge.methods.registry import MergeMethod, TensorParams, regist
 RESCALE_EPS = 1e-7
 
 
-def rescale_l1(delta: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-    """`masked` scaled so its L1 norm matches `delta`'s (mergekit's RescaleNorm.l1), unless either is ~0."""
-    before = delta.abs().sum()
-    after = masked.abs().sum()
+def pairwise_sum(values: torch.Tensor) -> torch.Tensor:
+    """Σ values (float32, none negative) in one fixed order: the values zero-padded to a power of two, then
+    adjacent pairs added, level by level, down to one (a 0-dim tensor).
+
+    torch's own `sum` adds in an order of its implementation (another on a CPU, on a GPU, per tensor size), so a
+    fused kernel cannot give its bits; this order is a definition that every device and kernel repeats exactly:
+    each addition is one IEEE operation, and the tree over any aligned power-of-two block is a subtree of it, so a
+    GPU kernel sums its blocks and then the blocks' sums (`_dare_triton`) and gets the same bits."""
+    x = values.reshape(-1)
+    n = x.numel()
+    whole = n - n % PAIRWISE_BLOCK
+    sums = []
+    if whole:  # aligned blocks, a level at a time over all of them: a view, no padded copy of the tensor
+        blocks = x[:whole].view(-1, PAIRWISE_BLOCK)
+        while blocks.shape[1] > 1:
+            blocks = blocks[:, 0::2] + blocks[:, 1::2]
+        sums.append(blocks.reshape(-1))
+    if whole < n:  # the last, partial block, zero-padded
+        sums.append(_pairwise_levels(torch.nn.functional.pad(x[whole:], (0, PAIRWISE_BLOCK - (n - whole)))))
+    if not sums:
+        return x.new_zeros(())
+    return _pairwise_levels(torch.cat(sums) if len(sums) > 1 else sums[0])[0]
+
+
+PAIRWISE_BLOCK = 1 << 16  # how `pairwise_sum` splits the work (any power of two gives the same bits)
+
+
+def _pairwise_levels(x: torch.Tensor) -> torch.Tensor:
+    """Adjacent pairs added level by level (an odd level padded with a zero) down to one value, shape (1,)."""
+    while x.numel() > 1:
+        if x.numel() % 2:
+            x = torch.nn.functional.pad(x, (0, 1))
+        x = x[0::2] + x[1::2]
+    return x
+
+
+def l1_sum(values: torch.Tensor) -> torch.Tensor:
+    return values.abs().sum()
+
+
+def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, total: Callable[[torch.Tensor], torch.Tensor] = l1_sum
+               ) -> torch.Tensor:
+    """`masked` scaled so its L1 norm matches `delta`'s (mergekit's RescaleNorm.l1), unless either is ~0;
+    `total` sums the magnitudes (`l1_sum`: torch's order, as mergekit; DARE passes its fixed order)."""
+    before = total(delta)
+    after = total(masked)
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return masked
     return masked * (before / after)
@@ -149,7 +193,13 @@ def dare_drop(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> 
     if density >= 1:
         return delta
     masked = delta * keep_mask(delta.shape, density, seed, delta.device)
-    return rescale_l1(delta, masked) if rescale else masked
+    return rescale_l1(delta, masked, fixed_order_l1) if rescale else masked
+
+
+def fixed_order_l1(values: torch.Tensor) -> torch.Tensor:
+    """The L1 norm summed in `pairwise_sum`'s order: DARE's rescale then has the same bits on a CPU, through
+    torch on a GPU and in the fused kernels (which cannot repeat torch's own order)."""
+    return pairwise_sum(values.abs())
 
 
 Sparsifier = Callable[[torch.Tensor, float, bool, TensorParams, int], torch.Tensor]

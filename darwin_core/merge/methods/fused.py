@@ -1,52 +1,62 @@
-"""The candidate merge in one pass per tensor on a GPU: `fused_merge_tensors`, a drop-in for `merge_tensors`.
+"""The candidate merge on a GPU in a few launches per candidate: `fused_merge_tensors`, a drop-in for `merge_tensors`.
 
 `merge_tensors` runs each kernel as a chain of float32 torch operations and then casts the result to the
 child's dtype: for a linear bf16 merge about 40 bytes of memory traffic per element and a dozen launches per
 tensor, where reading both parents and writing the child needs 6. Here the tensors the evolution merges most
-(linear; DARE-TIES and TIES-free DARE with the father as base, the darwin-v6 default) go through one Triton
-kernel each (`_fused_triton`) that reads both parents in their dtype, computes in float32 in the reference's
-order and writes the child's dtype. Everything else (other methods, a common ancestor, blends with
-`method_weight`, CPU tensors, float64, machines without Triton) is the reference `merge_tensors`, tensor by
-tensor, so the yielded (name, tensor) pairs are always the reference's, byte for byte (`tests/test_gpu.py`).
+(linear; DARE-TIES with the father as base, the darwin-v6 default, blended with linear by a method weight or not)
+go through Triton kernels that read the parents in their dtype, compute in float32 in the reference's order and
+write the child's dtype; everything else (other methods, a common ancestor, CPU tensors, float64, machines
+without Triton) is the reference `merge_tensors`, tensor by tensor. The yielded (name, tensor) pairs are the
+reference's, byte for byte (`tests/test_gpu.py`); a batched tensor comes when its batch is launched, so the order
+of the pairs may differ from the names'.
 
-Linear tensors written in place (`outputs`) are batched: each run of consecutive ones is one multi-tensor launch
-per dtype triple (`LinearBatch`, `_fused_triton.linear_multi_cuda`), same bytes, without a launch and its Python
-per tensor (a 4B candidate on an H200: 11.8 ms instead of 17.6 ms with a launch per tensor, docs/benchmarks.md).
+Tensors are batched (`TensorBatch`): one multi-tensor launch per dtype triple for the linear tensors and the
+whole-parent copies written in place (`outputs`; `_fused_triton.linear_multi_cuda`, whose copy mode reads one
+parent) and three for the DARE-TIES tensors (`_dare_triton`, in place or into fresh tensors), without a launch
+and its Python per tensor; a batch launches every MULTI_FLUSH_TENSORS tensors, so the GPU merges while the host
+plans the next ones.
 
-DARE's L1 rescale needs two sums over the whole task vector; they are computed with the reference's own torch
-reductions (so the factor has the same bits) but without its host synchronisation.
+DARE's L1 rescale needs two sums over the whole task vector before any element is written; the reference adds them
+in a fixed order (`delta.pairwise_sum`) that the kernels repeat, so the factor has the same bits and no host
+synchronisation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from darwin_core.merge.methods.apply import _fetch, _names_of, merge_tensors, paired_plan
-from darwin_core.merge.methods.delta import _M32, _MASK_BITS, RESCALE_EPS, keep_mask
+from darwin_core.merge.methods.fused_tables import (MULTI_CHUNK, chunk_table, dare_row, linear_tables,  # noqa: F401
+                                                   linear_weights)
 from darwin_core.merge.methods.registry import Method, get_method
 
 FUSED_METHODS = (Method.LINEAR, Method.DARE_TIES)
-# DARE's rescale sums read |delta| and |delta·keep| written by one kernel (False: built by torch operations, as
-# the reference does; the bench compares the two and tests/test_gpu.py checks the bytes either way).
-FUSED_MAGNITUDES = True
-# Linear tensors written in place (`outputs`) go through one multi-tensor launch per run of consecutive ones
-# (False: one launch per tensor, as before; the bench compares the two, tests/test_gpu.py checks the bytes).
+# Linear tensors and whole-parent copies written in place (`outputs`) go through multi-tensor launches (False: a
+# launch per linear tensor, copies by the reference; the bench compares the two, tests/test_gpu.py checks the
+# bytes). DARE-TIES tensors are always batched.
 MULTI_TENSOR_LINEAR = True
-MULTI_CHUNK = 2048 * 16  # elements per program of the multi-tensor kernel (a multiple of its BLOCK)
 MULTI_COPIED_BYTES = 256 << 20  # parents a batch holds as device copies (host-streamed parents) before it flushes
 MULTI_FLUSH_TENSORS = 48  # tensors per launch at most: the launch overlaps the host's planning of the next ones
 
 
 def _triton_kernels():
+    """The kernels' namespace (linear_cuda, linear_multi_cuda, dare_ties_multi_cuda), None without Triton."""
     try:
-        from darwin_core.merge.methods import _fused_triton
+        from darwin_core.merge.methods import _dare_triton, _fused_triton
     except ImportError:
         return None
-    return _fused_triton
+    return _Kernels(_fused_triton.linear_cuda, _fused_triton.linear_multi_cuda, _dare_triton.dare_ties_multi_cuda)
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    linear_cuda: Callable[..., torch.Tensor]
+    linear_multi_cuda: Callable[..., list[torch.Tensor]]
+    dare_ties_multi_cuda: Callable[..., list[torch.Tensor]]
 
 
 def fusable(recipe: Any, device: torch.device) -> bool:
@@ -78,32 +88,79 @@ def fused_merge_tensors(
         yield from merge_tensors(recipe, father, mother, names, device=device, base=base, pairing=pairing)
         return
     kernels = _triton_kernels()
-    out_dtype = recipe.torch_dtype
-    blend = recipe.method_weight if recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear else None
-    batch = None
-    if MULTI_TENSOR_LINEAR and outputs is not None and recipe.method == Method.LINEAR:
-        batch = LinearBatch(kernels, resident=_resident(father, device) and _resident(mother, device))
+    resident = _resident(father, device) and _resident(mother, device)
+    batch = _batch_for(recipe, kernels, outputs, resident)
+    copies = None  # tensors taken whole from a parent, written in place by the linear kernel's copy mode
+    if outputs is not None and MULTI_TENSOR_LINEAR:
+        copies = batch if recipe.method == Method.LINEAR else TensorBatch(kernels.linear_multi_cuda, resident=resident)
     for name in names:
         plan, mother_name = paired_plan(recipe, name, pairing)
-        merged = None
+        into = None if outputs is None else outputs.get(name)
         if plan.source is None and mother_name is not None:
-            f = _fetch(father, name, device, "father")
-            m = _fetch(mother, mother_name, device, "mother")
-            into = None if outputs is None else outputs.get(name)
-            target = out_dtype or f.dtype
-            if batch is not None and _fits(f, m, target) and _fits_into(into, f, target) and _aligned(f, m, into):
-                batch.add(name, f, m, into, _linear_weights(plan.params.ratio))
-                if batch.full():
-                    yield from batch.flush()
-                continue
-            merged = _fused_one(kernels, recipe.method, f, m, plan.params, target, blend, into)
-        if batch is not None:
-            yield from batch.flush()
+            added, merged = _merge_one(kernels, recipe, plan, batch, father, mother, name, mother_name, device, into)
+        elif copies is not None and into is not None and plan.source in ("father", "mother") and mother_name is not None:
+            added, merged = _copy_one(copies, recipe, plan, father, mother, name, mother_name, device, into), None
+        else:
+            added, merged = None, None
+        if added is not None:
+            if added.full():
+                yield from added.flush()
+            continue
         if merged is None:
             merged = next(iter(merge_tensors(recipe, father, mother, [name], device=device, base=base, pairing=pairing)))[1]
         yield name, merged
-    if batch is not None:
-        yield from batch.flush()
+    for open_batch in {id(b): b for b in (batch, copies) if b is not None}.values():
+        yield from open_batch.flush()
+
+
+def _merge_one(kernels, recipe, plan, batch: TensorBatch | None, father, mother, name: str, mother_name: str,
+               device: torch.device, into: torch.Tensor | None) -> tuple[TensorBatch | None, torch.Tensor | None]:
+    """A merged tensor: added to `batch` (returned) when the kernels take it, else merged by the per-tensor
+    linear kernel (returned second), else (None, None): the reference's."""
+    f = _fetch(father, name, device, "father")
+    m = _fetch(mother, mother_name, device, "mother")
+    target = recipe.torch_dtype or f.dtype
+    batched = batch is not None and _fits(f, m, target) and _aligned(f, m)
+    in_place = _fits_into(into, f, target) and _aligned(into)
+    if batched and recipe.method == Method.DARE_TIES:
+        blends = recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear
+        blend = recipe.method_weight if blends else None
+        batch.add(name, f, m, into if in_place else None, dare_row(plan.params, blend), target)
+        return batch, None
+    if batched and in_place:
+        batch.add(name, f, m, into, linear_weights(plan.params.ratio), target)
+        return batch, None
+    return None, _fused_linear(kernels, recipe.method, f, m, plan.params.ratio, target, into)
+
+
+def _copy_one(copies: TensorBatch, recipe, plan, father, mother, name: str, mother_name: str, device: torch.device,
+              into: torch.Tensor) -> TensorBatch | None:
+    """A tensor the recipe takes whole from one parent, written into `into` by the copy mode of the linear kernel
+    (`merge_tensors`' `f.to(target)` / `m.to(target)`: the same bytes); None where the reference must do it."""
+    out_dtype = recipe.torch_dtype
+    if plan.source == "father":
+        source = _fetch(father, name, device, "father")
+        target = source.dtype if plan.keep_dtype or out_dtype is None else out_dtype
+    else:
+        dtype_of = getattr(father, "dtype", None)
+        father_dtype = dtype_of(name) if callable(dtype_of) else _fetch(father, name, device, "father").dtype
+        source = _fetch(mother, mother_name, device, "mother")
+        target = out_dtype or father_dtype
+    if not (source.is_floating_point() and _fits(source, source, target) and _fits_into(into, source, target)
+            and _aligned(source, into)):
+        return None
+    copies.add(name, source, source, into, linear_weights(0.0), target)
+    return copies
+
+
+def _batch_for(recipe: Any, kernels: Any, outputs: Mapping[str, torch.Tensor] | None, resident: bool
+               ) -> TensorBatch | None:
+    """The batch this recipe's tensors go through: DARE-TIES always, linear when written in place."""
+    if recipe.method == Method.DARE_TIES:
+        return TensorBatch(kernels.dare_ties_multi_cuda, resident=resident)
+    if MULTI_TENSOR_LINEAR and outputs is not None and recipe.method == Method.LINEAR:
+        return TensorBatch(kernels.linear_multi_cuda, resident=resident)
+    return None
 
 
 def _resident(source: Any, device: torch.device) -> bool:
@@ -120,71 +177,41 @@ def dtype_groups(keys: Iterable[Any]) -> list[list[int]]:
     return list(groups.values())
 
 
-class LinearBatch:
-    """Consecutive linear tensors written in place, merged by one multi-tensor launch per dtype triple.
+class TensorBatch:
+    """Consecutive tensors merged by one multi-tensor launch per dtype triple: `launch(fathers, mothers, outs, rows)`
+    (`linear_multi_cuda` with `linear_weights` rows, `dare_ties_multi_cuda` with `dare_row` rows).
 
     `flush` launches and yields the (name, output) pairs in the order they were added. Parents that the sources
-    copied to the device (host-streamed ones) are held until the flush, so a batch of copies is bounded."""
+    copied to the device (host-streamed ones) and fresh outputs are held until the flush, so a batch of them is
+    bounded."""
 
-    def __init__(self, kernels: Any, *, resident: bool, copied_limit: int | None = None):
-        self.kernels, self.resident = kernels, resident
+    def __init__(self, launch: Callable[..., Any], *, resident: bool, copied_limit: int | None = None):
+        self.launch, self.resident = launch, resident
         self.copied_limit = MULTI_COPIED_BYTES if copied_limit is None else copied_limit
-        self.items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, float, float, float]]] = []
+        self.items: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, Any]] = []
         self.copied = 0
 
-    def add(self, name: str, f: torch.Tensor, m: torch.Tensor, into: torch.Tensor,
-            weights: tuple[int, float, float, float]) -> None:
-        self.items.append((name, f, m, into, weights))
+    def add(self, name: str, f: torch.Tensor, m: torch.Tensor, into: torch.Tensor | None, row: Any,
+            target: torch.dtype) -> None:
+        """Merge `name` at the next flush into `into` (None: a fresh tensor of dtype `target`)."""
+        if into is None:
+            into = torch.empty(f.shape, dtype=target, device=f.device)
+            self.copied += into.numel() * into.element_size()
+        self.items.append((name, f, m, into, row))
         if not self.resident:
             self.copied += f.numel() * f.element_size() + m.numel() * m.element_size()
 
     def full(self) -> bool:
         """A batch launches once it holds MULTI_FLUSH_TENSORS tensors (so the GPU merges while the host plans the
-        next ones) or, with copied parents, MULTI_COPIED_BYTES of copies."""
-        return len(self.items) >= MULTI_FLUSH_TENSORS or (not self.resident and self.copied >= self.copied_limit)
+        next ones) or MULTI_COPIED_BYTES of copies and fresh outputs."""
+        return len(self.items) >= MULTI_FLUSH_TENSORS or self.copied >= self.copied_limit
 
     def flush(self) -> Iterator[tuple[str, torch.Tensor]]:
         items, self.items, self.copied = self.items, [], 0
         for group in dtype_groups((f.dtype, m.dtype, into.dtype) for _, f, m, into, _ in items):
-            self.kernels.linear_multi_cuda([items[k][1] for k in group], [items[k][2] for k in group],
-                                           [items[k][3] for k in group], [items[k][4] for k in group])
+            self.launch(*([items[k][part] for k in group] for part in (1, 2, 3, 4)))
         for name, _, _, into, _ in items:
             yield name, into
-
-
-def linear_tables(fathers, mothers, outs, weights) -> tuple[np.ndarray, int]:
-    """The multi-tensor linear kernel's tables in one int64 host buffer, and its chunk count: per tensor an
-    int64 row (father, mother, out address, numel, mode), then per tensor a float32 row (w0, w1, total, 0),
-    then `chunk_table`'s int32 rows (padded to a whole int64)."""
-    count = len(outs)
-    numels = [out.numel() for out in outs]
-    chunks = chunk_table(numels)
-    buffer = np.zeros(count * 7 + (chunks.size + 1) // 2, dtype=np.int64)
-    rows = buffer[:count * 5].reshape(count, 5)
-    rows[:, 0] = [f.data_ptr() for f in fathers]
-    rows[:, 1] = [m.data_ptr() for m in mothers]
-    rows[:, 2] = [out.data_ptr() for out in outs]
-    rows[:, 3] = numels
-    rows[:, 4] = [mode for mode, _, _, _ in weights]
-    floats = buffer[count * 5:count * 7].view(np.float32).reshape(count, 4)
-    floats[:, :3] = np.asarray([w[1:] for w in weights], dtype=np.float32).reshape(count, 3)
-    buffer[count * 7:].view(np.int32)[:chunks.size] = chunks.reshape(-1)
-    return buffer, len(chunks)
-
-
-def chunk_table(numels: Iterable[int], chunk: int | None = None) -> np.ndarray:
-    """int32 rows (tensor index, chunk number): chunk k of tensor i is its elements [k·chunk, (k+1)·chunk), so
-    every element of every tensor is in exactly one chunk (`chunk` elements, MULTI_CHUNK), tensors in order, an
-    empty tensor in none."""
-    chunk = MULTI_CHUNK if chunk is None else chunk
-    numels = np.asarray(list(numels), dtype=np.int64).reshape(-1)
-    counts = -(-numels // chunk)
-    firsts = np.cumsum(counts) - counts
-    owner = np.repeat(np.arange(len(numels), dtype=np.int32), counts)
-    table = np.empty((len(owner), 2), dtype=np.int32)
-    table[:, 0] = owner
-    table[:, 1] = np.arange(len(owner), dtype=np.int64) - np.repeat(firsts, counts)
-    return table
 
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -203,64 +230,33 @@ def _fits_into(into: torch.Tensor | None, f: torch.Tensor, target: torch.dtype) 
 
 
 def _aligned(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor starts on a 16-byte boundary (the multi-tensor kernel's vector accesses assume it)."""
+    """Whether every tensor starts on a 16-byte boundary (the multi-tensor kernels' vector accesses assume it)."""
     return all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def _fused_one(kernels, method: str, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
-               blend: float | None = None, into: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The child's tensor by the fused kernel (written into `into` when it has the result's dtype, shape and
-    device and is contiguous), or None where the reference must do it (odd dtypes or shapes)."""
-    if not _fits(f, m, target):
+def _fused_linear(kernels, method: str, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype,
+                  into: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A linear tensor by the per-tensor kernel (into `into` when it fits), or None where the reference must do it
+    (another method, odd dtypes or shapes)."""
+    if method != Method.LINEAR or not _fits(f, m, target):
         return None
     if not _fits_into(into, f, target):
         into = None
-    if method == Method.LINEAR:
-        return _linear(kernels, f, m, params.ratio, target, into)
-    return _dare_ties(kernels, f, m, params, target, blend, into)
-
-
-def _linear_weights(ratio: float) -> tuple[int, float, float, float]:
-    """(mode, w0, w1, total) of `linear.linear` at `ratio`: mode 0/1 = the father's/mother's values exactly,
-    2 = the weighted sum, whose weights and divisor are float32 as the reference's tensors are."""
-    w0, w1 = np.float32(1.0 - ratio), np.float32(ratio)
-    return (0 if ratio == 0.0 else 1 if ratio == 1.0 else 2), float(w0), float(w1), float(np.float32(w0 + w1))
+    return _linear(kernels, f, m, ratio, target, into)
 
 
 def _linear(kernels, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype,
             into: torch.Tensor | None = None) -> torch.Tensor:
-    mode, w0, w1, total = _linear_weights(ratio)
+    mode, w0, w1, total = linear_weights(ratio)
     if mode < 2:
         return (f if mode == 0 else m).to(torch.float32).to(target)
     out = torch.empty(f.shape, dtype=target, device=f.device) if into is None else into
     return kernels.linear_cuda(f, m, w0, w1, total, out)
 
 
-def _dare_ties(kernels, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
-               blend: float | None = None, into: torch.Tensor | None = None) -> torch.Tensor:
-    """DARE-TIES with the father as base: only the mother has a task vector (`delta.task_vector_merge`);
-    `blend` (the recipe's method weight < 1) lerps from the linear merge, as `merge_tensors` does."""
-    method = get_method(Method.DARE_TIES)
-    normalize = method.default_normalize if params.normalize is None else params.normalize
-    rescale = method.default_rescale if params.rescale is None else params.rescale
-    weight = params.weight_signs[1] * params.ratio
-    density, seed = params.density_mother, params.mask_seeds[1]
-    drop, factor = None, None
-    if density < 1:
-        drop = (seed & _M32, (seed >> 32) & _M32, int(density * (1 << _MASK_BITS)), _MASK_BITS)
-        if rescale:  # the reference's sums, bit for bit; its `if` on them becomes a where (no host sync)
-            if FUSED_MAGNITUDES:  # the summed tensors in one pass, then the same torch sums
-                whole, kept = kernels.dare_magnitudes_cuda(f, m, drop)
-                before, after = whole.sum(), kept.sum()
-                del whole, kept
-            else:
-                delta = m.to(torch.float32) - f.to(torch.float32)
-                before = delta.abs().sum()
-                after = (delta * keep_mask(delta.shape, density, seed, delta.device)).abs().sum()
-                del delta
-            skip = (before < RESCALE_EPS) | (after < RESCALE_EPS)
-            factor = torch.where(skip, torch.ones_like(before), before / after).reshape(1)
-    out = torch.empty(f.shape, dtype=target, device=f.device) if into is None else into
-    return kernels.dare_ties_cuda(f, m, out, factor=factor, drop=drop, weight=float(np.float32(weight)),
-                                  normalize=normalize, scale=float(params.scale),
-                                  blend=None if blend is None else (float(blend), *_linear_weights(params.ratio)))
+def dare_ties_one(kernels, f: torch.Tensor, m: torch.Tensor, params, target: torch.dtype,
+                  blend: float | None = None) -> torch.Tensor:
+    """One DARE-TIES tensor through the batched kernels (a batch of one, into a fresh tensor of dtype `target`)."""
+    out = torch.empty(f.shape, dtype=target, device=f.device)
+    kernels.dare_ties_multi_cuda([f], [m], [out], [dare_row(params, blend)])
+    return out

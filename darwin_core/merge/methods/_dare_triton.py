@@ -1,0 +1,260 @@
+"""DARE-TIES with the father as base for many tensors at once on a GPU: three launches per batch, whatever its size.
+
+1. `_dare_sums_kernel`: per block of BLOCK elements of every tensor that rescales, the `pairwise_sum` of |Δ| and of
+   |Δ·keep| (Δ = float(m) − float(f)), written as two float32 partials per block (1/1024 of the parents' bytes);
+2. `_dare_factor_kernel`: per tensor, the same tree over its blocks' partials (a block's tree is a subtree of the
+   whole one, so the two sums have `delta.fixed_order_l1`'s bits) and the rescale factor before / after (1 where
+   either is below RESCALE_EPS, as `delta.rescale_l1`);
+3. `_dare_merge_kernel`: the child, element by element in `delta.task_vector_merge`'s order of float32 operations
+   (drop, rescale, weight, sign election, normalize, scale, base + mixed, and `merge_tensors`' lerp from linear
+   when the recipe's method weight is below 1), in the child's dtype.
+
+So a candidate reads both parents twice and writes the child once (10 bytes per bf16 element; the rescale is a
+whole-tensor reduction that every element needs before it can be written), instead of the ~26 bytes and three
+launches plus torch's reductions per tensor of the per-tensor path it replaces. The tables (`fused_tables.dare_tables`)
+travel in one pinned copy. Launched with `enable_fp_fusion=False`: every step is rounded on its own, as the
+reference's torch kernels are (`_fused_triton` says why).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from darwin_core.merge.methods._fused_triton import BLOCK, PIECES, _upload
+from darwin_core.merge.methods._mask_triton import _keep
+from darwin_core.merge.methods.delta import _MASK_BITS, RESCALE_EPS
+from darwin_core.merge.methods.fused_tables import FLOAT_ROW, INT_ROW, MULTI_CHUNK, DareFlag, dare_tables
+
+LEVELS = BLOCK.bit_length() - 1  # adjacent-pair additions from BLOCK values down to one
+SHIFT = 32 - _MASK_BITS
+
+
+@triton.jit
+def _tree(x, LEVELS: tl.constexpr):
+    # delta.pairwise_sum on one power-of-two block: adjacent pairs added, level by level, to a [1] tensor
+    for _ in tl.static_range(LEVELS):
+        left, right = tl.split(tl.reshape(x, [x.shape[0] // 2, 2]))
+        x = left + right
+    return x
+
+
+@triton.jit
+def _tree_pair(a, b, LEVELS: tl.constexpr):
+    # `_tree` of a and of b side by side ([2, N] → [2, 1]): one layout change per level for both sums
+    z = tl.permute(tl.join(a, b), (1, 0))
+    for _ in tl.static_range(LEVELS):
+        left, right = tl.split(tl.reshape(z, [2, z.shape[1] // 2, 2]))
+        z = left + right
+    return z
+
+
+@triton.jit
+def _sum_block(f_ptr, m_ptr, partials, stride, block, index, inside, seed_low, seed_high, threshold,
+               LEVELS: tl.constexpr, SHIFT: tl.constexpr, TAIL: tl.constexpr, JOINED: tl.constexpr):
+    # one block's two partials (|Δ| at partials[block], |Δ·keep| at partials[stride + block]); inside: the tail's
+    # mask (outside it Δ = 0, as the reference's zero padding), None for a whole block, whose 16-byte aligned
+    # accesses stay vectorised
+    f = tl.load(tl.multiple_of(f_ptr + index, 16), mask=inside).to(tl.float32)
+    m = tl.load(tl.multiple_of(m_ptr + index, 16), mask=inside).to(tl.float32)
+    delta = m - f
+    if TAIL:
+        delta = tl.where(inside, delta, 0.0)
+    kept = tl.abs(delta * _keep(index, seed_low, seed_high, threshold, SHIFT))
+    if JOINED:
+        at = tl.arange(0, 2)[:, None] * stride + tl.arange(0, 1)[None, :]
+        tl.store(partials + block + at, _tree_pair(tl.abs(delta), kept, LEVELS))
+    else:
+        at = tl.arange(0, 1)
+        tl.store(partials + block + at, _tree(tl.abs(delta), LEVELS))
+        tl.store(partials + stride + block + at, _tree(kept, LEVELS))
+
+
+@triton.jit
+def _dare_sums_kernel(tensors, chunks, partials, stride, f_witness, m_witness, INT_ROW: tl.constexpr,
+                      BLOCK: tl.constexpr, PIECES: tl.constexpr, LEVELS: tl.constexpr, SHIFT: tl.constexpr,
+                      RESCALE: tl.constexpr, JOINED: tl.constexpr):
+    # one program = PIECES blocks of BLOCK elements of one tensor (chunks: int32 rows (tensor row, chunk number));
+    # tensors: int64 rows (father, mother, out address, numel, first block, seed low, seed high, threshold, flags,
+    # linear mode)
+    chunk = tl.program_id(0).to(tl.int64)
+    row = tensors + INT_ROW * tl.load(chunks + 2 * chunk).to(tl.int64)
+    flags = tl.load(row + 8)
+    if (flags & RESCALE) != 0:
+        f_ptr = tl.load(row).to(tl.pointer_type(f_witness.dtype.element_ty))
+        m_ptr = tl.load(row + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
+        n = tl.load(row + 3)
+        first_block = tl.load(row + 4)
+        seed_low = tl.load(row + 5).to(tl.uint32)
+        seed_high = tl.load(row + 6).to(tl.uint32)
+        threshold = tl.load(row + 7).to(tl.int32)
+        offsets = tl.arange(0, BLOCK).to(tl.int64)
+        chunk_first = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * PIECES
+        for piece in range(PIECES):
+            block = chunk_first + piece
+            start = block * BLOCK
+            if start + BLOCK <= n:
+                _sum_block(f_ptr, m_ptr, partials, stride, first_block + block, start + offsets, None, seed_low,
+                           seed_high, threshold, LEVELS, SHIFT, False, JOINED)
+            elif start < n:
+                index = start + offsets
+                _sum_block(f_ptr, m_ptr, partials, stride, first_block + block, index, index < n, seed_low,
+                           seed_high, threshold, LEVELS, SHIFT, True, JOINED)
+
+
+@triton.jit
+def _reduce_in_place(ptr, count, BLOCK: tl.constexpr, LEVELS: tl.constexpr):
+    # the tree over count ≥ 1 partials: each level sums aligned groups of BLOCK (zeros past the end) into the
+    # group's index, which no later group of the level reads; the barrier orders the levels
+    offsets = tl.arange(0, BLOCK)
+    while count > 1:
+        for group in range(0, tl.cdiv(count, BLOCK)):
+            index = group * BLOCK + offsets
+            x = tl.load(ptr + index, mask=index < count, other=0.0)
+            tl.store(ptr + group + tl.arange(0, 1), _tree(x, LEVELS))
+        tl.debug_barrier()
+        count = tl.cdiv(count, BLOCK)
+    return tl.load(ptr + tl.arange(0, 1))
+
+
+@triton.jit
+def _dare_factor_kernel(tensors, partials, stride, factors, INT_ROW: tl.constexpr, SUMS_BLOCK: tl.constexpr,
+                        GROUP: tl.constexpr, LEVELS: tl.constexpr, RESCALE: tl.constexpr, EPS: tl.constexpr):
+    # one program per tensor: factors[t] = before / after, or 1 (no rescale, an empty tensor, a sum below EPS);
+    # its partials: one per SUMS_BLOCK elements, reduced in groups of GROUP
+    t = tl.program_id(0).to(tl.int64)
+    n = tl.load(tensors + INT_ROW * t + 3)
+    first_block = tl.load(tensors + INT_ROW * t + 4)
+    flags = tl.load(tensors + INT_ROW * t + 8)
+    factor = tl.full([1], 1.0, tl.float32)
+    if ((flags & RESCALE) != 0) & (n > 0):
+        blocks = tl.cdiv(n, SUMS_BLOCK)
+        before = _reduce_in_place(partials + first_block, blocks, GROUP, LEVELS)
+        after = _reduce_in_place(partials + stride + first_block, blocks, GROUP, LEVELS)
+        factor = tl.where((before < EPS) | (after < EPS), factor, tl.math.div_rn(before, after))
+    tl.store(factors + t + tl.arange(0, 1), factor)
+
+
+@triton.jit
+def _linear_part(f, m, mode, w0, w1, total):
+    # linear.linear: the father (mode 0), the mother (1), or zeros.addcmul_(f, w0).addcmul_(m, w1).div_(total)
+    if mode == 0:
+        r = f
+    elif mode == 1:
+        r = m
+    else:
+        r = tl.math.div_rn(tl.fma(m, w1, tl.fma(f, w0, 0.0)), total)
+    return r
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    # torch.lerp(start, end, weight) on CUDA: nvcc contracts both branches of at::lerp into one FMA
+    diff = end - start
+    if tl.abs(weight) < 0.5:
+        r = tl.fma(tl.zeros_like(diff) + weight, diff, start)
+    else:
+        r = tl.fma(-diff, 1.0 - weight, end)
+    return r
+
+
+@triton.jit
+def _merge_block(f_ptr, m_ptr, out_ptr, index, inside, seed_low, seed_high, threshold, flags, mode, factor, weight,
+                 scale, w0, w1, total, blend, SHIFT: tl.constexpr, DROP: tl.constexpr, RESCALE: tl.constexpr,
+                 NORMALIZE: tl.constexpr, BLEND: tl.constexpr):
+    # delta.task_vector_merge for the mother's task vector alone (the father is the base), step by step
+    f = tl.load(tl.multiple_of(f_ptr + index, 16), mask=inside).to(tl.float32)
+    m = tl.load(tl.multiple_of(m_ptr + index, 16), mask=inside).to(tl.float32)
+    delta = m - f
+    if (flags & DROP) != 0:  # dare_drop: delta * keep_mask, then (rescale) * (before / after)
+        delta = delta * _keep(index, seed_low, seed_high, threshold, SHIFT)
+        if (flags & RESCALE) != 0:
+            delta = delta * factor
+    delta = delta * weight
+    agree = tl.where(delta >= 0, delta > 0, delta < 0).to(tl.float32)  # one task vector: its own sign elects
+    mixed = delta * agree
+    if (flags & NORMALIZE) != 0:
+        divisor = weight * agree
+        divisor = tl.where(divisor == 0, 1.0, divisor)
+        mixed = tl.math.div_rn(mixed, divisor)
+    if scale != 1.0:
+        mixed = mixed * scale
+    result = f + mixed
+    if (flags & BLEND) != 0:  # merge_tensors: torch.lerp(linear(f, m), result, method_weight)
+        result = _lerp(_linear_part(f, m, mode, w0, w1, total), result, blend)
+    tl.store(tl.multiple_of(out_ptr + index, 16), result.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _dare_merge_kernel(tensors, floats, chunks, factors, f_witness, m_witness, out_witness, INT_ROW: tl.constexpr,
+                       FLOAT_ROW: tl.constexpr, BLOCK: tl.constexpr, PIECES: tl.constexpr, SHIFT: tl.constexpr,
+                       DROP: tl.constexpr, RESCALE: tl.constexpr, NORMALIZE: tl.constexpr, BLEND: tl.constexpr):
+    # one program = PIECES blocks of one tensor; floats: float32 rows (weight, scale, w0, w1, total, method weight)
+    chunk = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunks + 2 * chunk).to(tl.int64)
+    start = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * (BLOCK * PIECES)
+    row = tensors + INT_ROW * t
+    f_ptr = tl.load(row).to(tl.pointer_type(f_witness.dtype.element_ty))
+    m_ptr = tl.load(row + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
+    out_ptr = tl.load(row + 2).to(tl.pointer_type(out_witness.dtype.element_ty))
+    n = tl.load(row + 3)
+    seed_low = tl.load(row + 5).to(tl.uint32)
+    seed_high = tl.load(row + 6).to(tl.uint32)
+    threshold = tl.load(row + 7).to(tl.int32)
+    flags = tl.load(row + 8)
+    mode = tl.load(row + 9)
+    weight = tl.load(floats + FLOAT_ROW * t)
+    scale = tl.load(floats + FLOAT_ROW * t + 1)
+    w0 = tl.load(floats + FLOAT_ROW * t + 2)
+    w1 = tl.load(floats + FLOAT_ROW * t + 3)
+    total = tl.load(floats + FLOAT_ROW * t + 4)
+    blend = tl.load(floats + FLOAT_ROW * t + 5)
+    factor = tl.load(factors + t)
+    offsets = tl.arange(0, BLOCK).to(tl.int64)
+    for piece in range(PIECES):
+        first = start + piece * BLOCK
+        if first + BLOCK <= n:
+            _merge_block(f_ptr, m_ptr, out_ptr, first + offsets, None, seed_low, seed_high, threshold, flags, mode,
+                         factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE, BLEND)
+        elif first < n:
+            index = first + offsets
+            _merge_block(f_ptr, m_ptr, out_ptr, index, index < n, seed_low, seed_high, threshold, flags, mode,
+                         factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE, BLEND)
+
+
+SUMS_BLOCK = 2048  # elements summed per block by the sums kernel (a power of two dividing MULTI_CHUNK)
+SUMS_WARPS = 8
+SUMS_JOINED = True  # both trees in one [2, N] tensor (one layout change per level) or one after the other
+
+
+def dare_ties_multi_cuda(fathers, mothers, outs, rows) -> list[torch.Tensor]:
+    """outs[i] ← DARE-TIES of mothers[i]'s task vector on fathers[i] with rows[i] (a `fused_tables.DareRow`).
+
+    Contiguous, 16-byte aligned CUDA tensors on one device, of one dtype per list (`fused.TensorBatch` groups them)."""
+    if not outs:
+        return list(outs)
+    buffer, chunk_count, block_count = dare_tables(fathers, mothers, outs, rows, sums_block=SUMS_BLOCK)
+    count, device = len(outs), outs[0].device
+    rescale, stride = int(DareFlag.RESCALE), max(block_count, 1)
+    with torch.cuda.device(device):
+        table = _upload(buffer, device)
+        ints, floats = table[:count * INT_ROW], table[count * INT_ROW:count * (INT_ROW + FLOAT_ROW // 2)]
+        chunks = table[count * (INT_ROW + FLOAT_ROW // 2):].view(torch.int32)
+        factors = torch.empty(count, dtype=torch.float32, device=device)
+        partials = torch.empty(2 * stride, dtype=torch.float32, device=device)
+        if chunk_count and any(row.flags & DareFlag.RESCALE for row in rows):
+            _dare_sums_kernel[(chunk_count,)](ints, chunks, partials, stride, fathers[0], mothers[0], INT_ROW=INT_ROW,
+                                              BLOCK=SUMS_BLOCK, PIECES=MULTI_CHUNK // SUMS_BLOCK,
+                                              LEVELS=SUMS_BLOCK.bit_length() - 1, SHIFT=SHIFT, RESCALE=rescale,
+                                              JOINED=SUMS_JOINED, num_warps=SUMS_WARPS, enable_fp_fusion=False)
+        _dare_factor_kernel[(count,)](ints, partials, stride, factors, INT_ROW=INT_ROW, SUMS_BLOCK=SUMS_BLOCK,
+                                      GROUP=BLOCK, LEVELS=LEVELS, RESCALE=rescale, EPS=RESCALE_EPS, num_warps=8,
+                                      enable_fp_fusion=False)
+        if chunk_count:
+            _dare_merge_kernel[(chunk_count,)](ints, floats.view(torch.float32), chunks, factors, fathers[0],
+                                               mothers[0], outs[0], INT_ROW=INT_ROW, FLOAT_ROW=FLOAT_ROW, BLOCK=BLOCK,
+                                               PIECES=PIECES, SHIFT=SHIFT, DROP=int(DareFlag.DROP), RESCALE=rescale,
+                                               NORMALIZE=int(DareFlag.NORMALIZE), BLEND=int(DareFlag.BLEND),
+                                               num_warps=8, enable_fp_fusion=False)
+    return list(outs)

@@ -1,0 +1,137 @@
+"""The host side of the multi-tensor merge kernels: the tables that tell one launch which tensors to merge how.
+
+Pure numpy, so the layout is tested on any machine (`tests/test_fused_multi.py`); the kernels that read these
+tables (`_fused_triton`, `_dare_triton`) run only on CUDA devices with Triton.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from darwin_core.merge.methods.delta import _M32, _MASK_BITS
+from darwin_core.merge.methods.registry import Method, TensorParams, get_method
+
+BLOCK = 2048  # elements per block of the kernels (a power of two: DARE's sums are trees over blocks)
+MULTI_CHUNK = BLOCK * 16  # elements per program of the multi-tensor kernels (a multiple of BLOCK)
+INT_ROW = 10  # int64 per tensor in a DARE table: father, mother, out, numel, first block, seed low/high, threshold, flags, linear mode
+FLOAT_ROW = 8  # float32 per tensor in a DARE table: weight, scale, w0, w1, total, method weight, 2 unused
+
+
+def chunk_table(numels: Iterable[int], chunk: int | None = None) -> np.ndarray:
+    """int32 rows (tensor index, chunk number): chunk k of tensor i is its elements [k·chunk, (k+1)·chunk), so
+    every element of every tensor is in exactly one chunk (`chunk` elements, MULTI_CHUNK), tensors in order, an
+    empty tensor in none."""
+    chunk = MULTI_CHUNK if chunk is None else chunk
+    numels = np.asarray(list(numels), dtype=np.int64).reshape(-1)
+    counts = -(-numels // chunk)
+    firsts = np.cumsum(counts) - counts
+    owner = np.repeat(np.arange(len(numels), dtype=np.int32), counts)
+    table = np.empty((len(owner), 2), dtype=np.int32)
+    table[:, 0] = owner
+    table[:, 1] = np.arange(len(owner), dtype=np.int64) - np.repeat(firsts, counts)
+    return table
+
+
+def _with_chunks(head: np.ndarray, numels: list[int]) -> tuple[np.ndarray, int]:
+    """`head` (int64 rows) followed by `chunk_table(numels)`'s int32 rows padded to a whole int64; the chunk count."""
+    chunks = chunk_table(numels)
+    buffer = np.zeros(head.size + (chunks.size + 1) // 2, dtype=np.int64)
+    buffer[:head.size] = head.reshape(-1)
+    buffer[head.size:].view(np.int32)[:chunks.size] = chunks.reshape(-1)
+    return buffer, len(chunks)
+
+
+def linear_tables(fathers, mothers, outs, weights) -> tuple[np.ndarray, int]:
+    """The multi-tensor linear kernel's tables in one int64 host buffer, and its chunk count: per tensor an
+    int64 row (father, mother, out address, numel, mode), then per tensor a float32 row (w0, w1, total, 0),
+    then `chunk_table`'s int32 rows (padded to a whole int64)."""
+    count = len(outs)
+    numels = [out.numel() for out in outs]
+    head = np.zeros(count * 7, dtype=np.int64)
+    rows = head[:count * 5].reshape(count, 5)
+    rows[:, 0] = [f.data_ptr() for f in fathers]
+    rows[:, 1] = [m.data_ptr() for m in mothers]
+    rows[:, 2] = [out.data_ptr() for out in outs]
+    rows[:, 3] = numels
+    rows[:, 4] = [mode for mode, _, _, _ in weights]
+    floats = head[count * 5:].view(np.float32).reshape(count, 4)
+    floats[:, :3] = np.asarray([w[1:] for w in weights], dtype=np.float32).reshape(count, 3)
+    return _with_chunks(head, numels)
+
+
+def linear_weights(ratio: float) -> tuple[int, float, float, float]:
+    """(mode, w0, w1, total) of `linear.linear` at `ratio`: mode 0/1 = the father's/mother's values exactly,
+    2 = the weighted sum, whose weights and divisor are float32 as the reference's tensors are."""
+    w0, w1 = np.float32(1.0 - ratio), np.float32(ratio)
+    return (0 if ratio == 0.0 else 1 if ratio == 1.0 else 2), float(w0), float(w1), float(np.float32(w0 + w1))
+
+
+class DareFlag(enum.IntFlag):
+    """What a DARE-TIES tensor's row asks of the kernels."""
+
+    DROP = 1  # density < 1: entries dropped by the keep mask
+    RESCALE = 2  # dropped and rescaled to the task vector's L1 norm (the sums pass runs for it)
+    NORMALIZE = 4  # divided by the agreeing weight
+    BLEND = 8  # lerped from the linear merge by the recipe's method weight
+
+
+@dataclass(frozen=True)
+class DareRow:
+    """One tensor's DARE-TIES with the father as base, as the fused kernels read it (`dare_row` builds it)."""
+
+    flags: DareFlag
+    seed_low: int = 0
+    seed_high: int = 0
+    threshold: int = 1 << _MASK_BITS
+    weight: float = 0.0
+    scale: float = 1.0
+    linear: tuple[int, float, float, float] = (2, 0.5, 0.5, 1.0)
+    blend: float = 1.0
+
+
+def dare_row(params: TensorParams, blend: float | None = None) -> DareRow:
+    """The row of `delta.task_vector_merge` for the mother's task vector alone (`dare_ties`, base = father):
+    weight = sign·ratio in float32, the mother's density and mask seed; `blend` (a method weight < 1) lerps the
+    result from the linear merge at the same ratio, as `merge_tensors` does."""
+    method = get_method(Method.DARE_TIES)
+    normalize = method.default_normalize if params.normalize is None else params.normalize
+    rescale = method.default_rescale if params.rescale is None else params.rescale
+    density, seed = params.density_mother, params.mask_seeds[1]
+    flags = DareFlag(0)
+    if density < 1:
+        flags |= DareFlag.DROP | (DareFlag.RESCALE if rescale else DareFlag(0))
+    if normalize:
+        flags |= DareFlag.NORMALIZE
+    if blend is not None:
+        flags |= DareFlag.BLEND
+    return DareRow(
+        flags=flags, seed_low=seed & _M32, seed_high=(seed >> 32) & _M32,
+        threshold=int(density * (1 << _MASK_BITS)) if density < 1 else 1 << _MASK_BITS,
+        weight=float(np.float32(params.weight_signs[1] * params.ratio)), scale=float(params.scale),
+        linear=linear_weights(params.ratio), blend=1.0 if blend is None else float(blend))
+
+
+def dare_tables(fathers, mothers, outs, rows: list[DareRow], sums_block: int = BLOCK) -> tuple[np.ndarray, int, int]:
+    """The DARE-TIES kernels' tables in one int64 host buffer, its chunk count and the number of blocks of
+    `sums_block` elements of all tensors (the partial sums' length): per tensor an int64 row (INT_ROW: father,
+    mother, out address, numel, its first block, seed low, seed high, threshold, flags, linear mode), then per
+    tensor a float32 row (FLOAT_ROW: weight, scale, w0, w1, total, method weight, 0, 0), then `chunk_table`'s rows."""
+    count = len(outs)
+    numels = [out.numel() for out in outs]
+    blocks = [-(-n // sums_block) for n in numels]
+    head = np.zeros(count * (INT_ROW + FLOAT_ROW // 2), dtype=np.int64)
+    ints = head[:count * INT_ROW].reshape(count, INT_ROW)
+    ints[:, 0] = [f.data_ptr() for f in fathers]
+    ints[:, 1] = [m.data_ptr() for m in mothers]
+    ints[:, 2] = [out.data_ptr() for out in outs]
+    ints[:, 3] = numels
+    ints[:, 4] = np.cumsum(blocks) - blocks if count else []
+    ints[:, 5:10] = [(r.seed_low, r.seed_high, r.threshold, int(r.flags), r.linear[0]) for r in rows] or np.zeros((0, 5))
+    floats = head[count * INT_ROW:].view(np.float32).reshape(count, FLOAT_ROW)
+    floats[:, :6] = np.asarray([(r.weight, r.scale, *r.linear[1:], r.blend) for r in rows], dtype=np.float32).reshape(count, 6)
+    buffer, chunk_count = _with_chunks(head, numels)
+    return buffer, chunk_count, int(sum(blocks))
