@@ -77,25 +77,20 @@ def _torch_linear(f, m, weights):
 
 
 def _fake_kernels(launches):
-    def linear_multi_cuda(fathers, mothers, outs, weights):
-        assert len({t.dtype for t in fathers}) == len({t.dtype for t in mothers}) == len({t.dtype for t in outs}) == 1
-        launches.append([out.data_ptr() for out in outs])
-        for f, m, out, w in zip(fathers, mothers, outs, weights, strict=True):
-            out.copy_(_torch_linear(f, m, w))
-        return outs
+    def multi(per_tensor):
+        def launch(fathers, mothers, outs, rows):
+            assert len({t.dtype for t in fathers}) == len({t.dtype for t in mothers}) == len({t.dtype for t in outs}) == 1
+            launches.append([out.data_ptr() for out in outs])
+            for f, m, out, row in zip(fathers, mothers, outs, rows, strict=True):
+                out.copy_(per_tensor(f, m, row))
+            return outs
+        return launch
 
     def linear_cuda(f, m, w0, w1, total, out):
         return out.copy_(_torch_linear(f, m, (2, w0, w1, total)))
 
-    def dare_ties_multi_cuda(fathers, mothers, outs, rows):
-        assert len({t.dtype for t in fathers}) == len({t.dtype for t in mothers}) == len({t.dtype for t in outs}) == 1
-        launches.append([out.data_ptr() for out in outs])
-        for f, m, out, row in zip(fathers, mothers, outs, rows, strict=True):
-            out.copy_(_torch_dare_ties(f, m, row))
-        return outs
-
-    return types.SimpleNamespace(linear_multi_cuda=linear_multi_cuda, linear_cuda=linear_cuda,
-                                 dare_ties_multi_cuda=dare_ties_multi_cuda)
+    return types.SimpleNamespace(linear_multi_cuda=multi(_torch_linear), linear_cuda=linear_cuda,
+                                 dare_ties_multi_cuda=multi(_torch_dare_ties))
 
 
 def _torch_dare_ties(f, m, row):

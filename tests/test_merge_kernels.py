@@ -447,3 +447,19 @@ def test_dares_rescale_adds_its_l1_sums_in_the_fixed_order():
     masked = delta * keep_mask(delta.shape, 0.4, 77, "cpu")
     expected = masked * (pairwise_sum(delta.abs()) / pairwise_sum(masked.abs()))
     assert torch.equal(dare_drop(delta, 0.4, True, 77), expected)
+
+
+def test_the_pairwise_sum_is_the_level_by_level_definition_across_its_work_blocks():
+    from darwin_core.merge.methods.delta import PAIRWISE_BLOCK, pairwise_sum
+
+    def by_definition(x):
+        while x.numel() > 1:
+            if x.numel() % 2:
+                x = torch.cat((x, x.new_zeros(1)))
+            x = x[0::2] + x[1::2]
+        return x[0]
+
+    generator = torch.Generator().manual_seed(12)
+    for n in (PAIRWISE_BLOCK - 1, PAIRWISE_BLOCK, PAIRWISE_BLOCK + 1, 3 * PAIRWISE_BLOCK + 5, 4 * PAIRWISE_BLOCK):
+        values = torch.rand(n, generator=generator) ** 8
+        assert torch.equal(pairwise_sum(values), by_definition(values)), n

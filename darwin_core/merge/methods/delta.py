@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 
 from darwin_core.merge.methods.registry import MergeMethod, TensorParams, register, work_dtype
@@ -66,28 +67,33 @@ def pairwise_sum(values: torch.Tensor) -> torch.Tensor:
     GPU kernel sums its blocks and then the blocks' sums (`_dare_triton`) and gets the same bits."""
     x = values.reshape(-1)
     n = x.numel()
+    if n <= PAIRWISE_BLOCK:  # one small block, padded to a power of two
+        size = 1 << max(n - 1, 0).bit_length()
+        if x.device.type == "cpu":  # numpy's float32 additions are the same IEEE additions, at less per call
+            padded = np.zeros(size, dtype=x.numpy().dtype)
+            padded[:n] = x.numpy()
+            return torch.from_numpy(_pairwise_levels(padded)).reshape(())
+        return _pairwise_levels(torch.nn.functional.pad(x, (0, size - n)))[0]
     whole = n - n % PAIRWISE_BLOCK
-    sums = []
-    if whole:  # aligned blocks, a level at a time over all of them: a view, no padded copy of the tensor
-        blocks = x[:whole].view(-1, PAIRWISE_BLOCK)
-        while blocks.shape[1] > 1:
-            blocks = blocks[:, 0::2] + blocks[:, 1::2]
-        sums.append(blocks.reshape(-1))
+    blocks = x[:whole].view(-1, PAIRWISE_BLOCK)  # aligned blocks, a level at a time over all of them: a view
+    while blocks.shape[1] > 1:
+        blocks = blocks[:, 0::2] + blocks[:, 1::2]
+    sums = blocks.reshape(-1)
     if whole < n:  # the last, partial block, zero-padded
-        sums.append(_pairwise_levels(torch.nn.functional.pad(x[whole:], (0, PAIRWISE_BLOCK - (n - whole)))))
-    if not sums:
-        return x.new_zeros(())
-    return _pairwise_levels(torch.cat(sums) if len(sums) > 1 else sums[0])[0]
+        tail = torch.nn.functional.pad(x[whole:], (0, PAIRWISE_BLOCK - (n - whole)))
+        sums = torch.cat((sums, pairwise_sum(tail).reshape(1)))
+    return _pairwise_levels(sums)[0]
 
 
 PAIRWISE_BLOCK = 1 << 16  # how `pairwise_sum` splits the work (any power of two gives the same bits)
 
 
-def _pairwise_levels(x: torch.Tensor) -> torch.Tensor:
-    """Adjacent pairs added level by level (an odd level padded with a zero) down to one value, shape (1,)."""
-    while x.numel() > 1:
-        if x.numel() % 2:
-            x = torch.nn.functional.pad(x, (0, 1))
+def _pairwise_levels(x):
+    """Adjacent pairs added level by level (an odd level padded with a zero) down to one value, shape (1,);
+    `x` a 1-D torch tensor or numpy array."""
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = np.append(x, x.dtype.type(0)) if isinstance(x, np.ndarray) else torch.nn.functional.pad(x, (0, 1))
         x = x[0::2] + x[1::2]
     return x
 
