@@ -52,7 +52,8 @@ def _timed_merge(merge, recipe, father, mother, names, targets, device, in_place
     return time.perf_counter() - t0
 
 
-def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilings: dict, pin: bool, count: int) -> list[dict]:
+def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilings: dict, pin: bool, count: int,
+                tune_sums: bool = False) -> list[dict]:
     """Reference and fused candidate merges into a resident child's worth of tensors, compared byte for byte."""
     from darwin_core.evolution.child import ResidentTensors
     from darwin_core.merge.methods.apply import merge_tensors
@@ -85,7 +86,7 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
             times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
             timed.append((label, statistics.median(times[1:])))  # the first warms up kernels and Triton's compile cache
         if not pin:
-            timed += _split_times(method, recipes, father, mother, names, targets, device)
+            timed += _split_times(method, recipes, father, mother, names, targets, device, tune_sums)
         needed = statistics.median(_least_bytes(r, father, names) for r in recipes[1:])
         for label, seconds in timed:
             rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * seconds,
@@ -114,7 +115,8 @@ def _least_bytes(recipe, father, names) -> int:
     return total
 
 
-def _split_times(method: str, recipes, father, mother, names, targets, device) -> list[tuple[str, float]]:
+def _split_times(method: str, recipes, father, mother, names, targets, device, tune_sums: bool = False
+                 ) -> list[tuple[str, float]]:
     """Where an in-place candidate's time goes: the kernels alone (every tensor in one batch, rows built before the
     clock starts) and the host alone (`fused_merge_tensors` with launches that do nothing); medians of the recipes
     after the first. Each kernel's own CUDA time is printed from torch.profiler."""
@@ -142,7 +144,7 @@ def _split_times(method: str, recipes, father, mother, names, targets, device) -
         return time.perf_counter() - t0
 
     alone = [timed(lambda b=b: launch(*b)) for b in batches]
-    if method == "dare_ties" and TUNE_SUMS:
+    if method == "dare_ties" and tune_sums:
         _tune_sums(batches, launch, timed)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         launch(*batches[-1])
@@ -161,8 +163,8 @@ def _split_times(method: str, recipes, father, mother, names, targets, device) -
             ("host alone, launches idle", statistics.median(host[1:]))]
 
 
-TUNE_SUMS = False  # --tune-sums: time the DARE sums kernel's variants (block, warps, joined trees)
-SUMS_VARIANTS = [(2048, 8, False), (2048, 8, True), (2048, 4, True), (4096, 8, True), (8192, 8, True)]
+SUMS_VARIANTS = [  # --tune-sums: (sums block, warps, joined trees)
+    (2048, 8, False), (2048, 8, True), (2048, 4, True), (4096, 8, True), (8192, 8, True)]
 
 
 def _tune_sums(batches, launch, timed) -> None:
@@ -298,8 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-sums", action="store_true", help="time the DARE sums kernel's variants")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    global TUNE_SUMS
-    TUNE_SUMS = args.tune_sums
     device = torch.device("cuda")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     father, mother, params, size = write_pair(args.shape, work, device)
     task = write_task(work / f"mc-{2 * args.items}-200.jsonl", 2 * args.items, 200)
     report = {"shape": args.shape, "parameters": params, "model_bytes": size, "ceilings": ceilings,
-              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates) if args.merge else []}
+              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates, args.tune_sums) if args.merge else []}
     if args.host:
         report["merge"] += merge_bench(father, mother, device, ceilings, True, max(2, args.candidates // 2))
     from darwin_core.evolution.placement import measure_host_link

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from darwin_core.merge.methods._fused_triton import BLOCK, PIECES, _upload
+from darwin_core.merge.methods._fused_triton import BLOCK, PIECES, _lerp, _linear_part, _upload
 from darwin_core.merge.methods._mask_triton import _keep
 from darwin_core.merge.methods.delta import _MASK_BITS, RESCALE_EPS
 from darwin_core.merge.methods.fused_tables import FLOAT_ROW, INT_ROW, MULTI_CHUNK, DareFlag, dare_tables
@@ -134,29 +134,6 @@ def _dare_factor_kernel(tensors, partials, stride, factors, INT_ROW: tl.constexp
         after = _reduce_in_place(partials + stride + first_block, blocks, GROUP, LEVELS)
         factor = tl.where((before < EPS) | (after < EPS), factor, tl.math.div_rn(before, after))
     tl.store(factors + t + tl.arange(0, 1), factor)
-
-
-@triton.jit
-def _linear_part(f, m, mode, w0, w1, total):
-    # linear.linear: the father (mode 0), the mother (1), or zeros.addcmul_(f, w0).addcmul_(m, w1).div_(total)
-    if mode == 0:
-        r = f
-    elif mode == 1:
-        r = m
-    else:
-        r = tl.math.div_rn(tl.fma(m, w1, tl.fma(f, w0, 0.0)), total)
-    return r
-
-
-@triton.jit
-def _lerp(start, end, weight):
-    # torch.lerp(start, end, weight) on CUDA: nvcc contracts both branches of at::lerp into one FMA
-    diff = end - start
-    if tl.abs(weight) < 0.5:
-        r = tl.fma(tl.zeros_like(diff) + weight, diff, start)
-    else:
-        r = tl.fma(-diff, 1.0 - weight, end)
-    return r
 
 
 @triton.jit

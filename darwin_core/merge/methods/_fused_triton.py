@@ -4,8 +4,8 @@ Each kernel repeats, element by element and in the same order, the float32 opera
 (`linear.linear`; DARE-TIES is `_dare_triton`), so the child's bytes are the reference's: `tests/test_gpu.py`
 compares them. What changes is the traffic: the reference writes and reads a float32 temporary per operation
 (about 40 bytes per element for linear); these read each parent once and write the child once (6 bytes per bf16
-element). Imported only for CUDA tensors and only when Triton is
-installed (`darwin_core.merge.methods.fused` falls back to the reference otherwise).
+element). Imported only for CUDA tensors and only when Triton is installed (`darwin_core.merge.methods.fused`
+falls back to the reference otherwise).
 
 Rounding: PyTorch's CUDA `addcmul` computes `a + alpha·b·c`, which nvcc contracts into one fused multiply-add,
 so the linear kernel uses `tl.fma` for those two steps; every other step of the references is a kernel of its
@@ -53,9 +53,32 @@ def linear_cuda(father: torch.Tensor, mother: torch.Tensor, w0: float, w1: float
 
 
 @triton.jit
+def _linear_part(f, m, mode, w0, w1, total):
+    # linear.linear: the father (mode 0), the mother (1), or zeros.addcmul_(f, w0).addcmul_(m, w1).div_(total)
+    if mode == 0:
+        r = f
+    elif mode == 1:
+        r = m
+    else:
+        r = tl.math.div_rn(tl.fma(m, w1, tl.fma(f, w0, 0.0)), total)
+    return r
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    # torch.lerp(start, end, weight) on CUDA: nvcc contracts both branches of at::lerp into one FMA
+    diff = end - start
+    if tl.abs(weight) < 0.5:
+        r = tl.fma(tl.zeros_like(diff) + weight, diff, start)
+    else:
+        r = tl.fma(-diff, 1.0 - weight, end)
+    return r
+
+
+@triton.jit
 def _linear_piece(f_ptr, m_ptr, out_ptr, index, inside, mode, w0, w1, total):
-    # `_dare_triton._linear_part` on one block, the mode known only at run time (a copy reads one parent); inside: the tail's
-    # mask, None for a whole block. The 16-byte alignment hints are true (the caller batches only 16-byte aligned
+    # `_linear_part` on one block, reading only the parent a copy needs (mode 0/1); inside: the tail's mask, None
+    # for a whole block. The 16-byte alignment hints are true (the caller batches only 16-byte aligned
     # tensors, blocks start at multiples of BLOCK): without them pointers read from a table get scalar accesses
     f_at = tl.multiple_of(f_ptr + index, 16)
     m_at = tl.multiple_of(m_ptr + index, 16)

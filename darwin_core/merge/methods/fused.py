@@ -127,10 +127,12 @@ def _merge_one(kernels, recipe, plan, batch: TensorBatch | None, father, mother,
         blend = recipe.method_weight if blends else None
         batch.add(name, f, m, into if in_place else None, dare_row(plan.params, blend), target)
         return batch, None
+    if recipe.method != Method.LINEAR:
+        return None, None
     if batched and in_place:
         batch.add(name, f, m, into, linear_weights(plan.params.ratio), target)
         return batch, None
-    return None, _fused_linear(kernels, recipe.method, f, m, plan.params.ratio, target, into)
+    return None, _fused_linear(kernels, f, m, plan.params.ratio, target, into)
 
 
 def _copy_one(copies: TensorBatch, recipe, plan, father, mother, name: str, mother_name: str, device: torch.device,
@@ -199,7 +201,9 @@ class TensorBatch:
             self.copied += into.numel() * into.element_size()
         self.items.append((name, f, m, into, row))
         if not self.resident:
-            self.copied += f.numel() * f.element_size() + m.numel() * m.element_size()
+            self.copied += f.numel() * f.element_size()
+            if m is not f:  # a whole-parent copy passes its one source as both parents
+                self.copied += m.numel() * m.element_size()
 
     def full(self) -> bool:
         """A batch launches once it holds MULTI_FLUSH_TENSORS tensors (so the GPU merges while the host plans the
@@ -234,11 +238,11 @@ def _aligned(*tensors: torch.Tensor) -> bool:
     return all(t.data_ptr() % 16 == 0 for t in tensors)
 
 
-def _fused_linear(kernels, method: str, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype,
+def _fused_linear(kernels, f: torch.Tensor, m: torch.Tensor, ratio: float, target: torch.dtype,
                   into: torch.Tensor | None = None) -> torch.Tensor | None:
     """A linear tensor by the per-tensor kernel (into `into` when it fits), or None where the reference must do it
-    (another method, odd dtypes or shapes)."""
-    if method != Method.LINEAR or not _fits(f, m, target):
+    (odd dtypes or shapes)."""
+    if not _fits(f, m, target):
         return None
     if not _fits_into(into, f, target):
         into = None
