@@ -53,7 +53,7 @@ def _timed_merge(merge, recipe, father, mother, names, targets, device, in_place
 
 
 def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilings: dict, pin: bool, count: int,
-                tune_sums: bool = False) -> list[dict]:
+                tune_sums: bool = False, methods: tuple[str, ...] = ("linear", "dare_ties")) -> list[dict]:
     """Reference and fused candidate merges into a resident child's worth of tensors, compared byte for byte."""
     from darwin_core.evolution.child import ResidentTensors
     from darwin_core.merge.methods.apply import merge_tensors
@@ -75,7 +75,7 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
     layers = json.loads((father_dir / "config.json").read_text())["num_hidden_layers"]
     least = 3 * father.total_bytes
     rows = []
-    for method in ("linear", "dare_ties"):
+    for method in methods:
         recipes = _recipes(father_dir, mother_dir, layers, method, count + 1)
         paths = [("reference", merge_tensors, False), ("fused", fused_merge_tensors, False),
                  ("fused, in place", fused_merge_tensors, True)]
@@ -85,9 +85,13 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
         for label, merge, in_place in paths:
             times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
             timed.append((label, statistics.median(times[1:])))  # the first warms up kernels and Triton's compile cache
+            print(f"{method}, {label}: {1e3 * timed[-1][1]:.1f} ms", flush=True)  # before the table, should a limit stop the run
         if not pin:
-            timed += _split_times(method, recipes, father, mother, names, targets, device, tune_sums)
+            split = _split_times(method, recipes, father, mother, names, targets, device, tune_sums)
+            timed += split
+            print("; ".join(f"{method}, {label}: {1e3 * seconds:.1f} ms" for label, seconds in split), flush=True)
         needed = statistics.median(_least_bytes(r, father, names) for r in recipes[1:])
+        print(f"{method}: the recipes' own least bytes {needed / 1e9:.2f} GB (every tensor blended: {least / 1e9:.2f} GB)", flush=True)
         for label, seconds in timed:
             rows.append({"method": method, "path": label, "parents": "pinned host" if pin else "GPU", "ms": 1e3 * seconds,
                          "gb_per_s": least / seconds / 1e9, "fraction_of_copy": least / seconds / ceilings["copy_bytes_per_s"],
@@ -151,6 +155,8 @@ def _split_times(method: str, recipes, father, mother, names, targets, device, t
         torch.cuda.synchronize(device)
     print(f"-- {method}: kernels of one batch of {len(batches[-1][0])} tensors")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6, max_name_column_width=40))
+    busy = _profile_candidate(method, recipes[-1], father, mother, names, targets, device)
+    variants = _flush_variants(recipes, father, mother, names, targets, device)
     idle = types.SimpleNamespace(linear_multi_cuda=lambda *a: a[2], dare_ties_multi_cuda=lambda *a: a[2],
                                  linear_cuda=kernels.linear_cuda)
     real = fused._triton_kernels
@@ -160,7 +166,53 @@ def _split_times(method: str, recipes, father, mother, names, targets, device, t
     finally:
         fused._triton_kernels = real
     return [("kernels alone, one batch", statistics.median(alone[1:])),
-            ("host alone, launches idle", statistics.median(host[1:]))]
+            ("host alone, launches idle", statistics.median(host[1:])),
+            ("GPU busy in one in-place candidate (profiler)", busy)] + variants
+
+
+FLUSH_VARIANTS = (24, 96, 192)  # tensors per multi-tensor launch, against fused.MULTI_FLUSH_TENSORS
+
+
+def _flush_variants(recipes, father, mother, names, targets, device) -> list[tuple[str, float]]:
+    """The in-place candidate with other batch sizes (fewer launches, less overlap), then the host's own profile
+    (cProfile, by own time) of one candidate at the default size: where the host's time goes when it, not the
+    GPU, bounds the candidate."""
+    import cProfile
+    import pstats
+
+    from darwin_core.merge.methods import fused
+
+    saved, timed = fused.MULTI_FLUSH_TENSORS, []
+    try:
+        for size in FLUSH_VARIANTS:
+            fused.MULTI_FLUSH_TENSORS = size
+            times = [_timed_merge(fused.fused_merge_tensors, r, father, mother, names, targets, device, True) for r in recipes]
+            timed.append((f"fused, in place, launches of {size} tensors", statistics.median(times[1:])))
+    finally:
+        fused.MULTI_FLUSH_TENSORS = saved
+    profiler = cProfile.Profile()
+    profiler.runcall(_timed_merge, fused.fused_merge_tensors, recipes[-1], father, mother, names, targets, device, True)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(18)
+    return timed
+
+
+def _profile_candidate(method: str, recipe, father, mother, names, targets, device) -> float:
+    """One whole in-place fused candidate under torch.profiler: the top rows by host time (a host that waits for
+    the GPU shows as cudaEventSynchronize) and by GPU time; returns the seconds the GPU was busy with kernels and
+    copies (the candidate's floor with the host fully hidden)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from darwin_core.merge.methods.fused import fused_merge_tensors
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _timed_merge(fused_merge_tensors, recipe, father, mother, names, targets, device, True)
+    events = prof.key_averages()
+    print(f"-- {method}: one in-place candidate, by host time and by GPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=40))
+    print(events.table(sort_by="self_cuda_time_total", row_limit=8, max_name_column_width=40))
+    gpu_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events
+                 if str(getattr(e, "device_type", "")).endswith("CUDA"))
+    return gpu_us / 1e6
 
 
 SUMS_VARIANTS = [  # --tune-sums: (sums block, warps, joined trees)
@@ -298,16 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-merge", dest="merge", action="store_false", help="scoring rows only")
     parser.add_argument("--profile", action="store_true", help="torch.profiler tables of the proxy and search scoring")
     parser.add_argument("--tune-sums", action="store_true", help="time the DARE sums kernel's variants")
+    parser.add_argument("--methods", default="linear,dare_ties", help="merge methods to time, comma-separated")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     ceilings = measured_ceilings(device)
+    print(f"ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 {ceilings['bf16_flops'] / 1e12:.0f} TFLOP/s", flush=True)
     father, mother, params, size = write_pair(args.shape, work, device)
     task = write_task(work / f"mc-{2 * args.items}-200.jsonl", 2 * args.items, 200)
     report = {"shape": args.shape, "parameters": params, "model_bytes": size, "ceilings": ceilings,
-              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates, args.tune_sums) if args.merge else []}
+              "merge": merge_bench(father, mother, device, ceilings, False, args.candidates, args.tune_sums,
+                                   tuple(args.methods.split(","))) if args.merge else []}
     if args.host:
         report["merge"] += merge_bench(father, mother, device, ceilings, True, max(2, args.candidates // 2))
     from darwin_core.evolution.placement import measure_host_link

@@ -41,6 +41,7 @@ FUSED_METHODS = (Method.LINEAR, Method.DARE_TIES)
 MULTI_TENSOR_LINEAR = True
 MULTI_COPIED_BYTES = 256 << 20  # parents a batch holds as device copies (host-streamed parents) before it flushes
 MULTI_FLUSH_TENSORS = 48  # tensors per launch at most: the launch overlaps the host's planning of the next ones
+_COPY_WEIGHTS = linear_weights(0.0)  # the linear kernel's copy mode (a whole-parent tensor), built once
 
 
 def _triton_kernels():
@@ -151,7 +152,7 @@ def _copy_one(copies: TensorBatch, recipe, plan, father, mother, name: str, moth
     if not (source.is_floating_point() and _fits(source, source, target) and _fits_into(into, source, target)
             and _aligned(source, into)):
         return None
-    copies.add(name, source, source, into, linear_weights(0.0), target)
+    copies.add(name, source, source, into, _COPY_WEIGHTS, target)
     return copies
 
 
