@@ -13,7 +13,8 @@ So a candidate reads both parents twice and writes the child once (10 bytes per 
 whole-tensor reduction that every element needs before it can be written), instead of the ~26 bytes and three
 launches plus torch's reductions per tensor of the per-tensor path it replaces. The tables (`fused_tables.dare_tables`)
 travel in one pinned copy. Launched with `enable_fp_fusion=False`: every step is rounded on its own, as the
-reference's torch kernels are (`_fused_triton` says why).
+reference's torch kernels are (`_fused_triton` says why). `stride` varies with the batch and is not specialised
+on (Triton would compile a variant per divisibility class of it in the middle of a breeding).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _sum_block(f_ptr, m_ptr, partials, stride, block, index, inside, seed_low, s
         tl.store(partials + stride + block + at, _tree(kept, LEVELS))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride"])
 def _dare_sums_kernel(tensors, chunks, partials, stride, f_witness, m_witness, INT_ROW: tl.constexpr,
                       BLOCK: tl.constexpr, PIECES: tl.constexpr, LEVELS: tl.constexpr, SHIFT: tl.constexpr,
                       RESCALE: tl.constexpr, JOINED: tl.constexpr):
@@ -118,7 +119,7 @@ def _reduce_in_place(ptr, count, BLOCK: tl.constexpr, LEVELS: tl.constexpr):
     return tl.load(ptr + tl.arange(0, 1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride"])
 def _dare_factor_kernel(tensors, partials, stride, factors, INT_ROW: tl.constexpr, SUMS_BLOCK: tl.constexpr,
                         GROUP: tl.constexpr, LEVELS: tl.constexpr, RESCALE: tl.constexpr, EPS: tl.constexpr):
     # one program per tensor: factors[t] = before / after, or 1 (no rescale, an empty tensor, a sum below EPS);

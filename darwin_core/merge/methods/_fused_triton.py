@@ -93,12 +93,14 @@ def _linear_piece(f_ptr, m_ptr, out_ptr, index, inside, mode, w0, w1, total):
     tl.store(tl.multiple_of(out_ptr + index, 16), r.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["weights", "chunks"])
 def _linear_multi_kernel(tensors, weights, chunks, f_witness, m_witness, out_witness, BLOCK: tl.constexpr,
                          PIECES: tl.constexpr):
     # one program = PIECES blocks of one tensor; tensors: int64 rows (father, mother, out address, numel, mode),
     # weights: float32 rows (w0, w1, total, unused), chunks: int32 rows (tensor row, chunk number in it); the
-    # witnesses are the first tensors of each list, for the element types the addresses point to
+    # witnesses are the first tensors of each list, for the element types the addresses point to; the weights' and
+    # chunks' slices of the table are 16-byte aligned for an even tensor count only, and are read a scalar at a
+    # time: not specialised on alignment, so a batch's parity does not compile a second variant
     chunk = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * chunk).to(tl.int64)
     start = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * (BLOCK * PIECES)
