@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -158,6 +159,25 @@ def test_a_jobs_run_reads_as_starting_here_not_interrupted_and_cannot_be_resumed
     assert hfjobs.settle_job(folder.path, "ERROR") and queue.read_state(folder) == "failed"
     assert "resume" in folder.read_status()["error"]
     queue.resume(run_id, space_env, start_worker=False)  # the config is the one the Space sealed: it may run here
+    assert queue.read_state(folder) == "queued"
+
+
+def test_a_job_the_hub_no_longer_knows_settles_its_run_and_a_hub_that_cannot_answer_changes_nothing(space_env):
+    with FakeHub() as hub:
+        run_id, _ = _launch(hub, space_env)
+        folder = RunFolder(space_env / run_id)
+        (job_id,) = hub.record.jobs
+        assert not hfjobs.follow_job(folder.path, token=TOKEN, endpoint=hub.url)  # scheduling: nothing to settle
+        hub.forget_job(job_id)
+        with socket.socket() as probe:  # a port nothing listens on: the Hub cannot be reached
+            probe.bind(("127.0.0.1", 0))
+            unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        assert not hfjobs.follow_job(folder.path, token=TOKEN, endpoint=unreachable), "an unreachable Hub settled the run"
+        assert queue.read_state(folder) == "starting"
+        assert hfjobs.follow_job(folder.path, token=TOKEN, endpoint=hub.url)  # a Hub that answers 404 for the Job
+    assert queue.read_state(folder) == "failed"
+    assert "no longer knows" in folder.read_status()["error"] and "resume" in folder.read_status()["error"]
+    queue.resume(run_id, space_env, start_worker=False)
     assert queue.read_state(folder) == "queued"
 
 

@@ -380,10 +380,17 @@ def hub_errors(repo_id: str, revision: str | None = None, token: str | None = No
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DarwinError(f"The disk is full while downloading {repo_id}.") from None
         raise
-    except Exception as error:  # httpx/httpx2 transport errors do not subclass ConnectionError
-        if type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore"):
+    except Exception as error:
+        if is_transport_error(error):
             raise DarwinError(f"The Hub could not be reached for {repo_id} ({type(error).__name__}).") from None
         raise
+
+
+def is_transport_error(error: BaseException) -> bool:
+    """Whether `error` says the Hub could not be reached (refused, reset, timed out): huggingface_hub 2's
+    transport, httpx2, raises its own errors, which subclass neither ConnectionError nor OSError."""
+    return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__module__.split(".")[0] in (
+        "httpx", "httpx2", "httpcore", "httpcore2")
 
 
 # ------------------------------------------------------------------------------------------------------------

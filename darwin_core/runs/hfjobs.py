@@ -32,7 +32,8 @@ from darwin_core.io.runfolder import FAILED, RUNNING, STARTING, RunFolder
 BUCKET_ENV = "DARWIN_RUNS_BUCKET"  # "owner/bucket" (optionally "owner/bucket/prefix"): the bucket the runs folder is
 IMAGE_ENV = "DARWIN_JOB_IMAGE"  # the image a Job runs; default: this Space's own (hf.co/spaces/<SPACE_ID>)
 JOB_RUN_ENV = "DARWIN_HF_JOB_RUN"  # set in the Job's environment: the run id this process is the Job of
-ENDED_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")  # the Hub's stages of a Job that no longer runs
+JOB_GONE = "GONE"  # not a Hub stage: the Hub answers 404 for the Job (deleted, or no longer kept)
+ENDED_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED", JOB_GONE)  # stages of a Job that no longer runs
 MEMORY_MARGIN = 1.25  # activations, the evaluator's batches and allocator slack above parents + resident child
 TIMEOUT_MARGIN = 1.5
 TIMEOUT_FLOOR_SECONDS = 30 * 60
@@ -268,7 +269,8 @@ def settle_job(run_dir: str | Path, stage: str | None) -> bool:
     job = status.get("hf_job")
     if not job or job.get("ended") or stage not in ENDED_STAGES or status.get("state") not in (STARTING, RUNNING):
         return False
-    message = f"The Hugging Face Job ended ({stage}) before the run did; resume the run to continue from its last checkpoint."
+    ended = "The Hub no longer knows the run's Hugging Face Job" if stage == JOB_GONE else f"The Hugging Face Job ended ({stage})"
+    message = f"{ended} before the run finished; resume the run to continue from its last checkpoint."
     folder.update_status(state=FAILED, error=message, hf_job={**job, "ended": stage})
     folder.append_event("hf_job_ended", stage=stage)
     return True
@@ -278,16 +280,25 @@ def follow_job(run_dir: str | Path, *, token: str | None, endpoint: str | None =
     """Ask the Hub how a run's Job stands and settle the run when the Job ended without finishing it: a Job that
     timed out or crashed writes nothing more, so without this the page would show the run running for ever and
     its owner could not resume it. Only runs the Hub may still hold ask (`held_remotely`); the token is the
-    visitor's, the Job being on their account. A Hub that cannot answer now changes nothing. True if settled."""
+    visitor's, the Job being on their account. A Job the Hub answers 404 for (deleted, or past its retention)
+    will never write again: the run is settled too. A Hub that cannot answer now changes nothing. True if settled."""
     from huggingface_hub.errors import HfHubHTTPError
+
+    from darwin_core.parents.hub import is_transport_error
 
     folder = RunFolder(run_dir)
     if not held_remotely(folder) or folder.read_status().get("state") not in (STARTING, RUNNING):
         return False
     try:
         stage = job_stage(folder.path, token=token, endpoint=endpoint)
-    except (HfHubHTTPError, OSError):
-        return False
+    except HfHubHTTPError as error:
+        if getattr(error.response, "status_code", None) != 404:
+            return False
+        stage = JOB_GONE
+    except Exception as error:
+        if isinstance(error, OSError) or is_transport_error(error):
+            return False
+        raise
     return settle_job(folder.path, stage)
 
 

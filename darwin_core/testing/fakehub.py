@@ -223,6 +223,11 @@ class FakeHub:
         with self._lock:
             self.record.jobs[job_id]["stage"] = stage
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop a recorded job, as the Hub does with a deleted one or one past its retention: it answers 404."""
+        with self._lock:
+            del self.record.jobs[job_id]
+
     def everything_seen(self) -> bytes:
         """All request lines, headers and bodies, for scanning (e.g. that a token appears only in auth headers)."""
         chunks = []
