@@ -359,6 +359,35 @@ def test_a_job_that_died_is_settled_by_its_owners_page_with_their_token_and_the_
     assert queue.read_state(folder) == "queued"
 
 
+def test_the_runs_list_settles_its_visitors_dead_job_with_their_token_and_asks_nothing_for_another(space_env, space_page, monkeypatch):
+    import gradio as gr
+    from huggingface_hub import constants
+
+    from ui.views import STATE_TEXT
+
+    launch_job, listing = space_page.handler("evolve_launch_job"), space_page.handler("runs_list")
+    mine = {"session": "visitor-session-" + "y" * 16}
+    stranger = gr.OAuthToken(token="hf_anotherVisitorsOwnToken987654321", scope="openid profile", expires_at=space_page.oauth.expires_at)
+    stranger_profile = gr.OAuthProfile({"name": "S", "preferred_username": "stranger", "profile": "", "picture": ""})
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        state, _ = launch_job(mine, *space_page.form(4), job_launch_auto(), "", space_page.profile, space_page.oauth)
+        run_id = state["run_id"]
+        (job_id,) = hub.record.jobs
+        hub.set_job_stage(job_id, "ERROR")
+        asked = len(hub.record.requests)
+        table, _, _, _ = listing({"session": "stranger-session-" + "z" * 16}, 0.0, stranger_profile, stranger)
+        assert queue.read_state(RunFolder(space_env / run_id)) == "starting" and len(hub.record.requests) == asked
+        _, _, _, checked = listing(state, time.time(), space_page.profile, space_page.oauth)  # asked a moment ago
+        assert len(hub.record.requests) == asked and checked > 0
+        table, _, error, checked = listing(state, 0.0, space_page.profile, space_page.oauth)
+    assert queue.read_state(RunFolder(space_env / run_id)) == "failed" and error == ""
+    row = table[table["run"] == run_id].iloc[0]
+    assert row["state"] != STATE_TEXT["starting"] and row["state"] == STATE_TEXT["failed"]
+    assert len(hub.record.requests) == asked + 1 and checked > 0
+    assert all(space_page.space_token not in json.dumps(r["headers"]) for r in hub.record.requests)
+
+
 # --------------------------------------------------------------------------------------------- a gated parent
 
 

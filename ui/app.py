@@ -77,7 +77,7 @@ def build_demo(*, runs_dir: str | Path | None = None, local_mode: bool | None = 
                 publish.build_publish_tab(demo, state, runs_dir=runs_dir, local_mode=local_mode, zoo_dir=zoo_dir,
                                               tab=tab)
             with gr.Tab("Runs", id="runs") as tab:
-                runs.build_runs_tab(demo, state, runs_dir=runs_dir, tab=tab)
+                runs.build_runs_tab(demo, state, runs_dir=runs_dir, tab=tab, local_mode=local_mode)
     return demo
 
 

@@ -17,6 +17,7 @@ from darwin_core.api import local_mode_default, on_space  # noqa: F401 — where
 LOG = logging.getLogger("darwin.ui")
 
 T = TypeVar("T")
+JOB_CHECK_SECONDS = 30.0  # how often a page (Evolve, Runs) asks the Hub how a run's Job stands, with the visitor's token
 
 
 def server_name_default() -> str:

@@ -33,6 +33,7 @@ BUCKET_ENV = "DARWIN_RUNS_BUCKET"  # "owner/bucket" (optionally "owner/bucket/pr
 IMAGE_ENV = "DARWIN_JOB_IMAGE"  # the image a Job runs; default: this Space's own (hf.co/spaces/<SPACE_ID>)
 JOB_RUN_ENV = "DARWIN_HF_JOB_RUN"  # set in the Job's environment: the run id this process is the Job of
 JOB_GONE = "GONE"  # not a Hub stage: the Hub answers 404 for the Job (deleted, or no longer kept)
+JOBS_ASKED_PER_LISTING = 3  # the Runs tab asks the Hub about at most this many of the visitor's Job runs per listing
 ENDED_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED", JOB_GONE)  # stages of a Job that no longer runs
 MEMORY_MARGIN = 1.25  # activations, the evaluator's batches and allocator slack above parents + resident child
 TIMEOUT_MARGIN = 1.5

@@ -26,10 +26,9 @@ from darwin_core.api import DarwinError
 from darwin_core.api import CANCELLED
 from ui import job_launch, session
 from ui.views import render_run, signature
-from ui.common import chosen_ref, guarded
+from ui.common import JOB_CHECK_SECONDS, chosen_ref, guarded
 
 POLL_SECONDS = 2.0
-JOB_CHECK_SECONDS = 30.0  # how often a page asks the Hub how its run's Job stands (one call, the visitor's token)
 DEMO_HEADERS = ["task", "what it asks", "weight", "items"]
 EXTRA_HEADERS = ["source", "name", "weight", "items"]
 SETTING_NAMES = ["demo_tasks", "extra_tasks", "uploads", "upload_weight", "genome", "method", "population", "sigma0",

@@ -7,6 +7,7 @@ curve and held-out report show here. Anyone can open and watch any run; managing
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pandas as pd
 from darwin_core import api
 from darwin_core.api import DarwinError
 from ui import run_plots, session
-from ui.common import guarded
+from ui.common import JOB_CHECK_SECONDS, guarded
 from ui.views import HELDOUT_HEADERS, STATE_TEXT, heldout_table, public_parent_name, report_markdown, run_error
 
 RUN_HEADERS = ["run", "state", "father", "mother", "generation", "best fitness", "created"]
@@ -59,8 +60,10 @@ def open_run(run_id: str, runs_dir: Path) -> dict[str, Any]:
 
 
 def build_runs_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir: str | Path,
-                   tab: gr.Tab | None = None) -> dict[str, Any]:
-    """Lay out the Runs tab; `tab` (its gr.Tab) refreshes the list whenever the tab is selected."""
+                   tab: gr.Tab | None = None, local_mode: bool = True) -> dict[str, Any]:
+    """Lay out the Runs tab; `tab` (its gr.Tab) refreshes the list whenever the tab is selected. Listing also asks
+    the Hub, at most every JOB_CHECK_SECONDS per page and with the visitor's token, how their newest Job runs
+    stand (`api.follow_hf_jobs`), so a Job that died is listed as failed without its Evolve tab open."""
     runs_dir = Path(runs_dir)
     gr.Markdown(
         "Every run — started here or with `python -m darwin_core evolve` — is a folder in the runs folder "
@@ -78,19 +81,28 @@ def build_runs_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir:
     report = gr.Markdown(elem_id="runs-report")
     heldout = gr.Dataframe(headers=HELDOUT_HEADERS, interactive=False, label="Held-out results", elem_id="runs-heldout", wrap=True)
 
-    def list_runs(state):
+    jobs_checked = gr.State(0.0)
+
+    def list_runs(state, checked, token, user):
+        if time.time() - (checked or 0.0) >= JOB_CHECK_SECONDS:
+            who = session.visitor(state, user)
+            guarded(lambda: api.follow_hf_jobs(who, runs_dir=runs_dir, token=token, local_mode=local_mode),
+                    "asking the Hub about your runs' Jobs")
+            checked = time.time()
         found, message = guarded(lambda: runs_table(runs_dir), "listing runs")
         if found is None:
-            return gr.skip(), gr.skip(), message
+            return gr.skip(), gr.skip(), message, checked
         frame, ids = found
         current, _ = guarded(lambda: session.current_run(state), "reading the page's run")
-        return frame, gr.Dropdown(choices=ids, value=current if current in ids else (ids[0] if ids else None)), ""
+        return frame, gr.Dropdown(choices=ids, value=current if current in ids else (ids[0] if ids else None)), "", checked
 
-    refresh.click(list_runs, inputs=[session_state], outputs=[table, picker, error], api_name="runs_list",
+    listing = session.with_token(list_runs, ["state", "checked"])
+    inputs, outputs = [session_state, jobs_checked], [table, picker, error, jobs_checked]
+    refresh.click(listing, inputs=inputs, outputs=outputs, api_name="runs_list",
                   api_description="Every run in the runs folder with its state and best fitness.")
-    demo.load(list_runs, inputs=[session_state], outputs=[table, picker, error], api_visibility="private")
+    demo.load(listing, inputs=inputs, outputs=outputs, api_visibility="private")
     if tab is not None:
-        tab.select(list_runs, inputs=[session_state], outputs=[table, picker, error], api_visibility="private")
+        tab.select(listing, inputs=inputs, outputs=outputs, api_visibility="private")
 
     def on_open(state, run_id):
         def work():
