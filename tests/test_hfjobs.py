@@ -7,6 +7,7 @@ The Hub is the local server of darwin_core.testing.fakehub, which records job re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -248,6 +249,9 @@ def _page_handler(demo, api_name: str):
     return fn
 
 
+STRANGER_TOKEN = "hf_anotherVisitorsOwnToken987654321"
+
+
 @dataclasses.dataclass
 class SpacePage:
     """The app as a Space serves it (OAuth on, the Space's own HF_TOKEN set) and a signed-in visitor's identity."""
@@ -259,6 +263,27 @@ class SpacePage:
 
     def handler(self, api_name: str):
         return _page_handler(self.demo, api_name)
+
+    @contextlib.contextmanager
+    def launched_job(self, monkeypatch, marker: str):
+        """The signed-in visitor launches the form's Job from the Evolve tab on a local Hub, which stays up inside
+        the block: yields (the Hub, their page state, the launch message, the job id)."""
+        from huggingface_hub import constants
+
+        with FakeHub() as hub:
+            monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+            state, message = self.handler("evolve_launch_job")({"session": "visitor-session-" + marker * 16},
+                                                               *self.form(4), job_launch_auto(), "", self.profile, self.oauth)
+            (job_id,) = hub.record.jobs
+            yield hub, state, message, job_id
+
+    def stranger(self) -> tuple[dict, object, object]:
+        """Another signed-in visitor: their page state, profile and own OAuth token."""
+        import gradio as gr
+
+        token = gr.OAuthToken(token=STRANGER_TOKEN, scope="openid profile", expires_at=self.oauth.expires_at)
+        profile = gr.OAuthProfile({"name": "S", "preferred_username": "stranger", "profile": "", "picture": ""})
+        return {"session": "stranger-session-" + "z" * 16}, profile, token
 
     @staticmethod
     def form(population: int) -> list:
@@ -327,25 +352,16 @@ def job_launch_auto() -> str:
 
 
 def test_a_job_that_died_is_settled_by_its_owners_page_with_their_token_and_the_run_can_be_resumed(space_env, space_page, monkeypatch):
-    import gradio as gr
-    from huggingface_hub import constants
-
-    launch_job, poll = space_page.handler("evolve_launch_job"), space_page.handler("poll_core")
-    mine = {"session": "visitor-session-" + "x" * 16}
-    stranger_token = "hf_anotherVisitorsOwnToken987654321"
-    stranger = gr.OAuthToken(token=stranger_token, scope="openid profile", expires_at=space_page.oauth.expires_at)
-    stranger_profile = gr.OAuthProfile({"name": "S", "preferred_username": "stranger", "profile": "", "picture": ""})
-    with FakeHub() as hub:
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        state, message = launch_job(mine, *space_page.form(4), job_launch_auto(), "", space_page.profile, space_page.oauth)
+    poll = space_page.handler("poll_core")
+    stranger_state, stranger_profile, stranger = space_page.stranger()
+    with space_page.launched_job(monkeypatch, "x") as (hub, state, message, job_id):
         run_id = state["run_id"]
-        (job_id,) = hub.record.jobs
         folder = RunFolder(space_env / run_id)
         poll(state, None, 0.0, space_page.profile, space_page.oauth)  # the Job is scheduling: nothing to settle
         assert queue.read_state(folder) == "starting"
         hub.set_job_stage(job_id, "ERROR")
         asked = len(hub.record.requests)
-        outputs = poll({"session": "stranger-session-" + "z" * 16, "run_id": run_id}, None, 0.0, stranger_profile, stranger)
+        outputs = poll({**stranger_state, "run_id": run_id}, None, 0.0, stranger_profile, stranger)
         assert queue.read_state(folder) == "starting" and len(hub.record.requests) == asked, "a stranger's poll asked the Hub"
         recent = poll(state, None, time.time(), space_page.profile, space_page.oauth)  # checked a moment ago: not again
         assert queue.read_state(folder) == "starting" and len(hub.record.requests) == asked
@@ -353,30 +369,22 @@ def test_a_job_that_died_is_settled_by_its_owners_page_with_their_token_and_the_
     assert queue.read_state(folder) == "failed"
     assert "Job ended (ERROR)" in outputs[1] and "resume" in outputs[1], outputs[1]
     assert outputs[-1] > 0 and recent[-1] > 0
-    assert all(stranger_token.encode() not in r["body"] and stranger_token not in json.dumps(r["headers"])
+    assert all(STRANGER_TOKEN.encode() not in r["body"] and STRANGER_TOKEN not in json.dumps(r["headers"])
                and space_page.space_token not in json.dumps(r["headers"]) for r in hub.record.requests)
     queue.resume(run_id, space_env, start_worker=False)
     assert queue.read_state(folder) == "queued"
 
 
 def test_the_runs_list_settles_its_visitors_dead_job_with_their_token_and_asks_nothing_for_another(space_env, space_page, monkeypatch):
-    import gradio as gr
-    from huggingface_hub import constants
-
     from ui.views import STATE_TEXT
 
-    launch_job, listing = space_page.handler("evolve_launch_job"), space_page.handler("runs_list")
-    mine = {"session": "visitor-session-" + "y" * 16}
-    stranger = gr.OAuthToken(token="hf_anotherVisitorsOwnToken987654321", scope="openid profile", expires_at=space_page.oauth.expires_at)
-    stranger_profile = gr.OAuthProfile({"name": "S", "preferred_username": "stranger", "profile": "", "picture": ""})
-    with FakeHub() as hub:
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        state, _ = launch_job(mine, *space_page.form(4), job_launch_auto(), "", space_page.profile, space_page.oauth)
+    listing = space_page.handler("runs_list")
+    stranger_state, stranger_profile, stranger = space_page.stranger()
+    with space_page.launched_job(monkeypatch, "y") as (hub, state, _, job_id):
         run_id = state["run_id"]
-        (job_id,) = hub.record.jobs
         hub.set_job_stage(job_id, "ERROR")
         asked = len(hub.record.requests)
-        table, _, _, _ = listing({"session": "stranger-session-" + "z" * 16}, 0.0, stranger_profile, stranger)
+        table, _, _, _ = listing(stranger_state, 0.0, stranger_profile, stranger)
         assert queue.read_state(RunFolder(space_env / run_id)) == "starting" and len(hub.record.requests) == asked
         _, _, _, checked = listing(state, time.time(), space_page.profile, space_page.oauth)  # asked a moment ago
         assert len(hub.record.requests) == asked and checked > 0
