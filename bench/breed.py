@@ -10,7 +10,9 @@ parents' dtype to --workdir, with a multiple-choice task file (ARC-like: ~200-ch
 whole search split, MRI on, held-out report); the CLI's own entry point (`darwin_core.cli.main.main(["evolve",
 ...])`) runs it in this process, so the VRAM cap applies to it. Phases come from events.jsonl timestamps and the
 log lines: load, MRI, baselines, search, merge to disk, report. Per candidate: merge and scoring seconds and the
-tokens scored, from the "evaluated" events (when the run records them).
+tokens scored, from the "evaluated" events (when the run records them), with the merges' spread (median, p90,
+max, the merges above 5× the median) and every Triton kernel compiled during the run (`TritonCompiles`): a
+compile inside the search is paid inside a candidate's merge.
 
 Roofline: scoring at 2·parameters·positions FLOP against the bf16 matrix rate (measured here on an 8192³
 product, and the 990 TFLOP/s datasheet figure); a candidate merge moves at least 3 × the model's bytes (read
@@ -43,8 +45,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.breed_parts import (  # noqa: E402
-    BF16_DATASHEET_FLOPS, HBM_DATASHEET_BYTES, FedPositions, measured_ceilings, phases_of, projection, write_pair,
-    write_task,
+    BF16_DATASHEET_FLOPS, HBM_DATASHEET_BYTES, FedPositions, TritonCompiles, measured_ceilings, merge_spread, phases_of,
+    projection, write_pair, write_task,
 )
 
 def config_yaml(args: argparse.Namespace, father: Path, mother: Path, task: Path) -> str:
@@ -120,7 +122,7 @@ def run_breeding(args: argparse.Namespace, father: Path, mother: Path, task: Pat
 
 
 def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int, ceilings: dict,
-              meter: FedPositions) -> dict:
+              meter: FedPositions, compiles: TritonCompiles) -> dict:
     """Phases, per-candidate costs and the roofline fractions of one finished run."""
     folder: Path = run["folder"]
     events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line.strip()]
@@ -148,6 +150,7 @@ def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int
         tokens = sum(e.get("tokens_scored") or 0 for e in timed)
         out["per_candidate_s"] = {"merge": merge / len(timed), "scoring": scoring / len(timed),
                                   "total": (merge + scoring) / len(timed)}
+        out["merge_spread"] = merge_spread([e["merge_seconds"] for e in timed])
         out["merge_gb_per_s"] = 3 * model_bytes / (merge / len(timed)) / 1e9 if merge else None
         out["merge_fraction_of_copy"] = (3 * model_bytes / (merge / len(timed))) / ceilings["copy_bytes_per_s"] if merge else None
         out["merge_fraction_of_datasheet"] = (3 * model_bytes / (merge / len(timed))) / HBM_DATASHEET_BYTES if merge else None
@@ -157,6 +160,7 @@ def summarize(args: argparse.Namespace, run: dict, params: int, model_bytes: int
                               "fraction_of_measured_peak": flops / ceilings["bf16_flops"],
                               "fraction_of_datasheet": flops / BF16_DATASHEET_FLOPS}
     out["computed"] = meter.summary(params, ceilings)
+    out["triton_compiles"] = compiles.summary(run["start"])
     return out
 
 
@@ -174,6 +178,12 @@ def print_summary(s: dict) -> None:
         print(f"per candidate evaluation: merge {p['merge'] * 1e3:.1f} ms + scoring {p['scoring'] * 1e3:.1f} ms = {p['total'] * 1e3:.1f} ms")
         print(f"merge: {s['merge_gb_per_s']:.0f} GB/s = {100 * s['merge_fraction_of_copy']:.0f}% of the measured copy "
               f"bandwidth ({s['ceilings']['copy_bytes_per_s'] / 1e9:.0f} GB/s), {100 * s['merge_fraction_of_datasheet']:.0f}% of 4.8 TB/s")
+        m = s["merge_spread"]
+        print(f"merge spread: median {m['median_ms']:.1f} ms, p90 {m['p90_ms']:.1f}, max {m['max_ms']:.1f}; "
+              f"{m['above_5x_median']} merges above 5x the median took {m['above_5x_median_excess_s']:.1f} s beyond it")
+    t = s["triton_compiles"]
+    print(f"Triton compiles during the run: {t['count']} ({t['seconds']:.1f} s), by kernel {t['by_kernel']}; "
+          f"the first at {t['first_s_after_start']} s after the start")
     computed = s.get("computed") or {}
     if computed.get("candidates"):
         c = computed["candidates"]
@@ -235,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference_merge:
         use_reference_merge()
     meter = FedPositions().install()
+    compiles = TritonCompiles().install()
     run_id = args.run_id or f"breed-{args.shape}-{args.candidates}" + ("-capped" if args.vram_cap_gb else "")
     run = run_breeding(args, father, mother, task, run_id)
-    summary = summarize(args, run, params, model_bytes, ceilings, meter)
+    summary = summarize(args, run, params, model_bytes, ceilings, meter, compiles)
     shutil.rmtree(run["folder"] / "child", ignore_errors=True)  # the disk is small; the timing is recorded
     if "host_link_bytes_per_s" in ceilings:
         summary["projection"] = projection(summary, ceilings["host_link_bytes_per_s"])

@@ -216,6 +216,59 @@ class FedPositions:
         return out
 
 
+class TritonCompiles:
+    """Every Triton kernel compiled in this process while installed (`triton.knobs.runtime`'s JIT hooks, called
+    before and after each compile that the in-memory kernel cache misses, from Triton's disk cache or not): when,
+    which kernel, how long. A breeding that compiles in its search pays for it inside the candidates' merges."""
+
+    def __init__(self):
+        self.compiles: list[dict] = []
+        self._started: list[float] = []  # one per compile under way (Triton hands each hook a fresh fn object)
+
+    def install(self) -> "TritonCompiles":
+        try:
+            from triton import knobs
+        except ImportError:  # no Triton (a CPU machine): nothing compiles
+            return self
+        knobs.runtime.jit_cache_hook = self._before
+        knobs.runtime.jit_post_compile_hook = self._after
+        return self
+
+    def _before(self, **hook) -> bool:
+        self._started.append(time.perf_counter())
+        return False  # a true answer would skip the compile
+
+    def _after(self, **hook) -> bool:
+        fn = hook.get("fn")
+        started = self._started.pop() if self._started else None
+        self.compiles.append({"kernel": getattr(fn, "name", str(fn)), "at": time.time(),
+                              "seconds": time.perf_counter() - started if started is not None else float("nan")})
+        return False
+
+    def summary(self, start: float) -> dict:
+        """Compiles after `start` (a time.time()): their count and seconds, by kernel."""
+        after = [c for c in self.compiles if c["at"] >= start]
+        by_kernel: dict[str, list[float]] = {}
+        for c in after:
+            by_kernel.setdefault(c["kernel"], []).append(c["seconds"])
+        return {"count": len(after), "seconds": sum(c["seconds"] for c in after),
+                "by_kernel": {k: {"count": len(v), "seconds": sum(v)} for k, v in sorted(by_kernel.items())},
+                "first_s_after_start": [round(c["at"] - start, 1) for c in after[:12]]}
+
+
+def merge_spread(seconds: list[float]) -> dict:
+    """The candidate merges' distribution: median, 90th percentile, max, and the merges above 5× the median
+    with the seconds they took beyond it (where a mean far above the median comes from)."""
+    ordered = sorted(seconds)
+    if not ordered:
+        return {}
+    median = ordered[len(ordered) // 2]
+    slow = [s for s in ordered if s > 5 * median]
+    return {"median_ms": 1e3 * median, "p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))],
+            "max_ms": 1e3 * ordered[-1], "above_5x_median": len(slow),
+            "above_5x_median_excess_s": sum(s - median for s in slow)}
+
+
 # The seeds' big parents, for the host-streamed projection: (label, parameters, active parameters per token).
 PROJECTED = (("27B dense", 27e9, 27e9), ("35B-A3B MoE", 35e9, 3e9))
 
