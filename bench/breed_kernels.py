@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -37,6 +38,9 @@ def _recipes(father: Path, mother: Path, layers: int, method: str, count: int):
     refs = ParentRef.of(father), ParentRef.of(mother)
     return [space.to_recipe([lo + (hi - lo) * rng.random() for lo, hi in zip(low, high)], father=refs[0], mother=refs[1],
                             layer_count=layers, method=method, seed=0) for _ in range(count)]
+
+
+FRESH_PLANS = "fused, in place, each recipe planned inside the timing (as in a breeding)"
 
 
 def _timed_merge(merge, recipe, father, mother, names, targets, device, in_place: bool = False) -> float:
@@ -78,12 +82,15 @@ def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilin
     for method in methods:
         recipes = _recipes(father_dir, mother_dir, layers, method, count + 1)
         paths = [("reference", merge_tensors, False), ("fused", fused_merge_tensors, False),
-                 ("fused, in place", fused_merge_tensors, True)]
+                 ("fused, in place", fused_merge_tensors, True), (FRESH_PLANS, fused_merge_tensors, True)]
         if method == "linear":
             paths.insert(2, ("fused, in place, a launch per tensor", per_tensor, True))
         timed = []
         for label, merge, in_place in paths:
-            times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in recipes]
+            # a recipe memoises its tensors' plans: the rows after the first reuse them, a breeding's new recipe
+            # does not (FRESH_PLANS: copies with an empty memo, planned inside the timing)
+            timing = [dataclasses.replace(r) for r in recipes] if label == FRESH_PLANS else recipes
+            times = [_timed_merge(merge, r, father, mother, names, targets, device, in_place) for r in timing]
             timed.append((label, statistics.median(times[1:])))  # the first warms up kernels and Triton's compile cache
             print(f"{method}, {label}: {1e3 * timed[-1][1]:.1f} ms", flush=True)  # before the table, should a limit stop the run
         if not pin:
