@@ -43,17 +43,26 @@ def _recipes(father: Path, mother: Path, layers: int, method: str, count: int):
 FRESH_PLANS = "fused, in place, each recipe planned inside the timing (as in a breeding)"
 
 
+def _timed(call, device) -> float:
+    """Seconds of `call()` from an idle GPU until the GPU has finished what it queued."""
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    call()
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _timed_merge(merge, recipe, father, mother, names, targets, device, in_place: bool = False) -> float:
     """One candidate merged into `targets` (the child's tensors); `in_place`: the fused kernels write into them
     (`outputs=`, what ResidentChild.load_recipe does), so only tensors yielded elsewhere are copied."""
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
     extra = {"outputs": targets} if in_place else {}
-    for name, tensor in merge(recipe, father, mother, names, device=device, **extra):
-        if tensor.data_ptr() != targets[name].data_ptr():
-            targets[name].copy_(tensor)
-    torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+
+    def candidate() -> None:
+        for name, tensor in merge(recipe, father, mother, names, device=device, **extra):
+            if tensor.data_ptr() != targets[name].data_ptr():
+                targets[name].copy_(tensor)
+
+    return _timed(candidate, device)
 
 
 def merge_bench(father_dir: Path, mother_dir: Path, device: torch.device, ceilings: dict, pin: bool, count: int,
@@ -147,16 +156,9 @@ def _split_times(method: str, recipes, father, mother, names, targets, device, t
         batches.append(([father.get(n) for n, _ in chosen], [mother.get(n) for n, _ in chosen],
                         [targets[n] for n, _ in chosen], rows))
 
-    def timed(call) -> float:
-        torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        call()
-        torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    alone = [timed(lambda b=b: launch(*b)) for b in batches]
+    alone = [_timed(lambda b=b: launch(*b), device) for b in batches]
     if method == "dare_ties" and tune_sums:
-        _tune_sums(batches, launch, timed)
+        _tune_sums(batches, launch, device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         launch(*batches[-1])
         torch.cuda.synchronize(device)
@@ -226,7 +228,7 @@ SUMS_VARIANTS = [  # --tune-sums: (sums block, warps, joined trees)
     (2048, 8, False), (2048, 8, True), (2048, 4, True), (4096, 8, True), (8192, 8, True)]
 
 
-def _tune_sums(batches, launch, timed) -> None:
+def _tune_sums(batches, launch, device) -> None:
     """The DARE kernels of each candidate's batch under each variant of the sums kernel: medians, and whether the
     child's bytes are those of the first variant (they must be: every variant adds in `pairwise_sum`'s order)."""
     from darwin_core.merge.methods import _dare_triton
@@ -237,7 +239,7 @@ def _tune_sums(batches, launch, timed) -> None:
     try:
         for block, warps, joined in SUMS_VARIANTS:
             _dare_triton.SUMS_BLOCK, _dare_triton.SUMS_WARPS, _dare_triton.SUMS_JOINED = block, warps, joined
-            times = [timed(lambda b=b: launch(*b)) for b in batches]
+            times = [_timed(lambda b=b: launch(*b), device) for b in batches]
             outs = [t.view(torch.uint8).clone() for t in batches[-1][2]]
             first = outs if first is None else first
             same = all(torch.equal(a, b) for a, b in zip(outs, first))

@@ -179,17 +179,19 @@ def follow_hf_jobs(who: Any, *, runs_dir: str | Path, token: str | None, local_m
     """For the Runs tab's list: `follow_hf_job` for this visitor's newest Job runs that still read as starting or
     running, at most `hfjobs.JOBS_ASKED_PER_LISTING` Hub calls, so a Job that died shows as failed in the list too
     and not only on its owner's Evolve tab. Signed out, the Hub is not asked. Returns how many runs were settled."""
-    from darwin_core.io.runfolder import RunFolder
+    from darwin_core.io.runfolder import RUNNING, STARTING, RunFolder
     from darwin_core.runs import hfjobs, owners, queue
 
     if not token:
         return 0
     runs_dir, asked, settled = Path(runs_dir), 0, 0
     secret = owners.app_secret(runs_dir)
-    for run in queue.list_runs(runs_dir):  # newest first
+    for run in queue.list_runs(runs_dir):  # newest first; a run listed as ended needs no second read
         run_dir = runs_dir / run["run_id"]
         if asked >= hfjobs.JOBS_ASKED_PER_LISTING:
             break
+        if run.get("state") not in (STARTING, RUNNING):
+            continue
         if hfjobs.held_remotely(RunFolder(run_dir)) and owners.is_owner(run_dir, who, secret, local_mode=local_mode):
             asked += 1
             settled += hfjobs.follow_job(run_dir, token=token)
