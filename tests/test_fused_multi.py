@@ -217,22 +217,22 @@ def test_a_dare_row_carries_density_seed_weight_and_options_and_the_tables_hold_
     from darwin_core.merge.methods.registry import TensorParams
 
     plain = fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=0.6, mask_seeds=(1, (7 << 32) | 9)))
-    assert plain.flags == DareFlag.DROP | DareFlag.RESCALE and (plain.seed_low, plain.seed_high) == (9, 7)
+    assert plain.flags == DareFlag.TASK_VECTOR | DareFlag.DROP | DareFlag.RESCALE and (plain.seed_low, plain.seed_high) == (9, 7)
     assert plain.threshold == int(0.6 * (1 << 24)) and plain.weight == float(np.float32(0.3)) and plain.blend == 1.0
     whole = fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=1.0, normalize=True, scale=0.5,
                                                weight_signs=(1.0, -1.0)), blend=0.25)
-    assert whole.flags == DareFlag.NORMALIZE | DareFlag.BLEND and whole.threshold == 1 << 24
+    assert whole.flags == DareFlag.TASK_VECTOR | DareFlag.NORMALIZE | DareFlag.BLEND and whole.threshold == 1 << 24
     assert whole.weight == float(np.float32(-0.3)) and whole.scale == 0.5 and whole.blend == 0.25
-    assert fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=0.5, rescale=False)).flags == DareFlag.DROP
+    assert fused_tables.dare_row(TensorParams(ratio=0.3, density_mother=0.5, rescale=False)).flags == DareFlag.TASK_VECTOR | DareFlag.DROP
 
     shapes = [(3, 5), (0,), (fused.MULTI_CHUNK + 1,)]
     tensors = [[torch.zeros(s, dtype=torch.bfloat16) for s in shapes] for _ in range(3)]
-    buffer, chunks, blocks = fused_tables.dare_tables(*tensors, [plain, whole, plain])
+    buffer, chunks = fused_tables.dare_tables(*tensors, [plain, whole, plain])
     width = fused_tables.INT_ROW + fused_tables.FLOAT_ROW // 2
     ints = buffer[:3 * fused_tables.INT_ROW].reshape(3, fused_tables.INT_ROW)
-    assert chunks == 1 + 0 + 2 and blocks == 1 + 0 + (fused.MULTI_CHUNK // fused_tables.BLOCK + 1)
+    assert chunks == 1 + 0 + 2
     assert ints[:, 0].tolist() == [t.data_ptr() for t in tensors[0]] and ints[:, 2].tolist() == [t.data_ptr() for t in tensors[2]]
-    assert ints[:, 3].tolist() == [15, 0, fused.MULTI_CHUNK + 1] and ints[:, 4].tolist() == [0, 1, 1]  # first blocks
+    assert ints[:, 3].tolist() == [15, 0, fused.MULTI_CHUNK + 1] and ints[:, 4].tolist() == [0, 1, 1]  # first chunks
     assert ints[1, 5:10].tolist() == [whole.seed_low, whole.seed_high, 1 << 24, int(whole.flags), 2]
     floats = buffer[3 * fused_tables.INT_ROW:3 * width].view(np.float32).reshape(3, fused_tables.FLOAT_ROW)
     assert floats[1, :6].tolist() == [np.float32(-0.3), 0.5, *whole.linear[1:], 0.25]

@@ -11,6 +11,7 @@ for step in "$@"; do
     env) { nvidia-smi; python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__, torch.cuda.get_device_name())"; free -g; df -h /tmp; } > $OUT/env.txt 2>&1 ;;
     tests) timeout ${T_TESTS:-240} python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tail -60 > $OUT/gpu_tests.log ;;
     kernels) timeout ${T_KERNELS:-220} python3 bench/breed_kernels.py --shape 4b --workdir $W ${KERNEL_ARGS:---profile} --json $OUT/kernels.json 2>&1 | quiet > $OUT/kernels.log ;;
+    host) timeout ${T_HOST:-200} python3 bench/merge_host.py ${HOST_ARGS} 2>&1 | quiet > $OUT/merge_host.log ;;
     breed*) n=${step#breed}; eval "args=\$BREED_$n"; timeout ${T_BREED:-300} python3 bench/breed.py --shape 4b --workdir $W $args --json $OUT/breed$n.json 2>&1 | quiet > $OUT/breed$n.log ;;
   esac
   echo "step $step: rc ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s"

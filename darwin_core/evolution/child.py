@@ -43,6 +43,7 @@ from darwin_core.parents.compatibility import PairingMode
 # bytes, a third of its traffic); False makes every merge the reference `merge_tensors` (bench/breed.py's
 # --reference-merge, and the GPU tests' unfused side).
 FUSED_MERGE = True
+MERGE_SLICES = 4  # a fused candidate through a resident layout is planned and launched in this many slices
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -243,6 +244,7 @@ class ResidentChild:
         self.current: str | None = "father"  # what the child's weights hold now (a recipe hash or a parent)
         self._held: dict[str, tuple] = {}  # per checkpoint tensor: the plan its values came from (`_tensor_key`)
         self.last_rewritten = 0  # tensors the last `load_recipe` merged and wrote (the rest were unchanged)
+        self._layouts: dict[tuple, object] = {}  # fused_layout.ResidentLayout per (pairing, write plan, child dtype)
 
     def _placement(self, folders: list[Path], parents: str):
         """Where the parents' tensors live (`evolution.placement`): measured free memory decides under "auto"
@@ -256,8 +258,7 @@ class ResidentChild:
     def write(self, items: Iterable[tuple[str, torch.Tensor]], label: str | None = None, *,
               names: Iterable[str] | None = None) -> int:
         """Overwrite the child's parameters with `items`; every checkpoint tensor (or each of `names`, a partial
-        rewrite whose other tensors already hold the new values) must come exactly once."""
-        expected = set(self.names) if names is None else set(names)
+        rewrite whose other tensors already hold the new values, read once the items are consumed) must come exactly once."""
         seen: set[str] = set()
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
@@ -269,6 +270,7 @@ class ResidentChild:
         self._held = {}
         self.model, self.tokenizer = self._child_model, self._child_tokenizer
         written = self.plan.write(counted())
+        expected = set(self.names) if names is None else set(names)  # read after the items: they may fill it
         if seen != expected:
             missing = sorted(expected - seen)[:3]
             raise DarwinError(f"The merge did not produce every tensor of the model (missing e.g. {', '.join(missing)}).")
@@ -356,29 +358,54 @@ class ResidentChild:
         label = "recipe:" + recipe.recipe_hash
         if self.current == label:
             return
-        keys = {name: _tensor_key(recipe, name, pairing.names) for name in self.names}
-        changed = self._changed_names(keys)
         merge = self._merge_function()
-        extra = {}
-        if merge is not apply_merge_tensors():
-            extra["outputs"] = {name: self.plan.targets[self.plan.direct[name]] for name in changed if name in self.plan.direct}
         father, mother = aligned_sources(pairing, self.father, self.mother)  # rows by token under a vocabulary plan
+        layout = None
+        if merge is not apply_merge_tensors() and father is self.father and self.placement.parents_on == ParentsOn.ACCELERATOR:
+            layout = self._layout(pairing, recipe.torch_dtype)
+        held, keys, changed = self._held, {}, []
+
+        def merged() -> Iterator[tuple[str, torch.Tensor]]:
+            # slice by slice, so the GPU merges one slice while the host plans the next (`MERGE_SLICES`)
+            for part in _slices(self.names, MERGE_SLICES if layout is not None and not self.plan.groups else 1):
+                part_keys = {name: _tensor_key(recipe, name, pairing.names) for name in part}
+                keys.update(part_keys)
+                part_changed = self._changed_names(part_keys, held, part)
+                changed.extend(part_changed)
+                extra = {}
+                if merge is not apply_merge_tensors():
+                    extra["outputs"] = {name: self.plan.targets[self.plan.direct[name]] for name in part_changed
+                                        if name in self.plan.direct}
+                if layout is not None:
+                    extra["layout"] = layout
+                yield from merge(recipe, father, mother, part_changed, device=self.device, base=self.base,
+                                 pairing=pairing.names, **extra)
+
         self.current = None  # from here on the child's weights may be half written
-        items = merge(recipe, father, mother, changed, device=self.device, base=self.base,
-                      pairing=pairing.names, **extra)
-        self.write(items, label=label, names=changed)
+        self.write(merged(), label=label, names=changed)
         self._held = keys
         self.last_rewritten = len(changed)
 
-    def _changed_names(self, keys: dict[str, tuple]) -> list[str]:
-        """The tensors whose plan differs from what the child holds, in storage order; a tensor written through a
-        converter group (MoE experts fused on load) brings its whole group, which is written as one."""
-        changed = {name for name in self.names if self._held.get(name) != keys[name]}
+    def _layout(self, pairing, out_dtype):
+        """The fused kernels' tables for resident parents and this write plan's tensors, made at first use."""
+        from darwin_core.merge.methods.fused import ResidentLayout
+
+        key = (id(pairing), id(self.plan), out_dtype)
+        if key not in self._layouts:
+            outputs = {name: self.plan.targets[self.plan.direct[name]] for name in self.names if name in self.plan.direct}
+            self._layouts[key] = ResidentLayout(self.father, self.mother, outputs, pairing.names, out_dtype, self.device)
+        return self._layouts[key]
+
+    def _changed_names(self, keys: dict[str, tuple], held: dict[str, tuple], names: list[str]) -> list[str]:
+        """Those of `names` whose plan (`keys`) differs from what the child holds (`held`), in storage order; a
+        tensor written through a converter group (MoE experts fused on load) brings its whole group, which is
+        written as one (`names` then holds every tensor: groups are not sliced)."""
+        changed = {name for name in names if held.get(name) != keys[name]}
         for name in list(changed):
             group = self.plan.group_of.get(name)
             if group is not None:
                 changed.update(member for member, _ in self.plan.groups[group].members)
-        return [name for name in self.names if name in changed]
+        return [name for name in names if name in changed]
 
     def _merge_function(self):
         """`fused_merge_tensors` on a CUDA device (it hands what it cannot fuse to `merge_tensors`), else the
@@ -390,6 +417,16 @@ class ResidentChild:
 
             return fused_merge_tensors
         return apply.merge_tensors
+
+
+def _slices(names: list[str], count: int) -> list[list[str]]:
+    """`names` cut into `count` runs in order, each twice the one before: the first is small, so the GPU starts
+    soon, and each next one is planned while the GPU merges the one before (about as long, as planning a tensor
+    takes about half as long as the GPU's merge of it at the seeds' sizes: bench/merge_host.py)."""
+    count = max(1, min(count, len(names)))
+    weights = [1 << k for k in range(count)]
+    ends = [round(len(names) * sum(weights[:k + 1]) / sum(weights)) for k in range(count)]
+    return [names[start:end] for start, end in zip([0] + ends[:-1], ends)] if names else [[]]
 
 
 def apply_merge_tensors():

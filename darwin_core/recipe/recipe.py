@@ -365,25 +365,37 @@ class Recipe:
     def _plan_for(self, name: str) -> TensorPlan:
         role = classify(name)
         ratio = self._ratio(name, role)
+        source = self._source(role, ratio)
         densities = self.densities.lookup(name, role.layer, role.role)
-        seeds = {"mask_seeds": (self.mask_seed(name, "father"), self.mask_seed(name, "mother"))} if self._reads_mask_seeds else {}
-        params = TensorParams(
-            ratio=ratio, density_father=densities[0], density_mother=densities[1],
-            normalize=self.normalize, rescale=self.rescale, scale=self.scale, **seeds,
-            weight_signs=(-1.0 if self.negate == "father" else 1.0, -1.0 if self.negate == "mother" else 1.0),
-            **{option: getattr(self, option) for option in METHOD_OPTIONS if getattr(self, option) is not None},
-        )
-        if role.tower != "language":
-            return TensorPlan("father", replace(params, ratio=0.0), keep_dtype=True)
-        if role.layer is not None and role.layer in self.frozen_layers:
-            return TensorPlan("father", params)
+        # the masks' seeds only where a kernel reads them: a copied tensor has none (its bytes are a parent's), and
+        # the father's task vector is zero when he is the base (`delta.task_vector_merge` masks only the mother's)
+        seeds = {}
+        if source is None and self._reads_mask_seeds:
+            father_seed = self.mask_seed(name, "father") if self.base != "father" else 0
+            seeds = {"mask_seeds": (father_seed, self.mask_seed(name, "mother"))}
+        params = TensorParams(ratio=0.0 if role.tower != "language" else ratio, density_father=densities[0],
+                              density_mother=densities[1], **seeds, **self._param_constants)
+        return TensorPlan(source, params, keep_dtype=role.tower != "language")
+
+    def _source(self, role, ratio: float) -> str | None:
+        """Which parent's tensor is taken whole (None: merged): non-language towers and frozen layers the
+        father's, ratios outside the transplant thresholds the nearer parent's."""
+        if role.tower != "language" or (role.layer is not None and role.layer in self.frozen_layers):
+            return "father"
         if self.transplant is not None:
             low, high = self.transplant
             if ratio < low:
-                return TensorPlan("father", params)
+                return "father"
             if ratio > high:
-                return TensorPlan("mother", params)
-        return TensorPlan(None, params)
+                return "mother"
+        return None
+
+    @cached_property
+    def _param_constants(self) -> dict[str, Any]:
+        """The TensorParams fields every tensor of this recipe shares (made once, not once per tensor)."""
+        return {"normalize": self.normalize, "rescale": self.rescale, "scale": self.scale,
+                "weight_signs": (-1.0 if self.negate == "father" else 1.0, -1.0 if self.negate == "mother" else 1.0),
+                **{option: getattr(self, option) for option in METHOD_OPTIONS if getattr(self, option) is not None}}
 
     @cached_property
     def _reads_mask_seeds(self) -> bool:

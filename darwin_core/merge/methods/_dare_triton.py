@@ -23,10 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from darwin_core.merge.methods._fused_triton import BLOCK, PIECES, _lerp, _linear_part, _upload
+from darwin_core.merge.methods._fused_triton import BLOCK, PIECES, _lerp, _linear_part, _linear_piece, _upload
 from darwin_core.merge.methods._mask_triton import _keep
 from darwin_core.merge.methods.delta import _MASK_BITS, RESCALE_EPS
-from darwin_core.merge.methods.fused_tables import FLOAT_ROW, INT_ROW, MULTI_CHUNK, DareFlag, dare_tables
+from darwin_core.merge.methods.fused_tables import (FLOAT_ROW, INT_ROW, MULTI_CHUNK, SCRATCH_PIECES, SKIP_MODE,
+                                                   DareFlag, RowKinds, dare_tables, scratch_size)
 
 LEVELS = BLOCK.bit_length() - 1  # adjacent-pair additions from BLOCK values down to one
 SHIFT = 32 - _MASK_BITS
@@ -72,13 +73,15 @@ def _sum_block(f_ptr, m_ptr, partials, stride, block, index, inside, seed_low, s
         tl.store(partials + stride + block + at, _tree(kept, LEVELS))
 
 
-@triton.jit(do_not_specialize=["stride"])
-def _dare_sums_kernel(tensors, chunks, partials, stride, f_witness, m_witness, INT_ROW: tl.constexpr,
-                      BLOCK: tl.constexpr, PIECES: tl.constexpr, LEVELS: tl.constexpr, SHIFT: tl.constexpr,
-                      RESCALE: tl.constexpr, JOINED: tl.constexpr):
-    # one program = PIECES blocks of BLOCK elements of one tensor (chunks: int32 rows (tensor row, chunk number));
-    # tensors: int64 rows (father, mother, out address, numel, first block, seed low, seed high, threshold, flags,
-    # linear mode)
+@triton.jit(do_not_specialize=["stride", "chunk_stride"])
+def _dare_sums_kernel(tensors, chunks, partials, stride, chunk_partials, chunk_stride, f_witness, m_witness,
+                      INT_ROW: tl.constexpr, BLOCK: tl.constexpr, PIECES: tl.constexpr, LEVELS: tl.constexpr,
+                      PIECE_LEVELS: tl.constexpr, SHIFT: tl.constexpr, RESCALE: tl.constexpr, JOINED: tl.constexpr):
+    # one program = one chunk of PIECES blocks of BLOCK elements of one tensor (chunks: int32 rows (tensor row,
+    # chunk number)); tensors: int64 rows (father, mother, out address, numel, its first chunk, seed low, seed high,
+    # threshold, flags, linear mode). Each block's two sums go to partials (PIECES slots per chunk, zeros past the
+    # tensor's end, as the reference's padding), then the chunk's tree over them to chunk_partials: an aligned
+    # subtree of the tensor's, so the factor kernel reduces one value per chunk instead of one per block
     chunk = tl.program_id(0).to(tl.int64)
     row = tensors + INT_ROW * tl.load(chunks + 2 * chunk).to(tl.int64)
     flags = tl.load(row + 8)
@@ -86,22 +89,30 @@ def _dare_sums_kernel(tensors, chunks, partials, stride, f_witness, m_witness, I
         f_ptr = tl.load(row).to(tl.pointer_type(f_witness.dtype.element_ty))
         m_ptr = tl.load(row + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
         n = tl.load(row + 3)
-        first_block = tl.load(row + 4)
+        number = tl.load(chunks + 2 * chunk + 1).to(tl.int64)
+        slot = tl.load(row + 4) + number  # this chunk's index among all chunks of the table
         seed_low = tl.load(row + 5).to(tl.uint32)
         seed_high = tl.load(row + 6).to(tl.uint32)
         threshold = tl.load(row + 7).to(tl.int32)
         offsets = tl.arange(0, BLOCK).to(tl.int64)
-        chunk_first = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * PIECES
+        zero = tl.zeros([1], tl.float32)
         for piece in range(PIECES):
-            block = chunk_first + piece
-            start = block * BLOCK
+            start = (number * PIECES + piece) * BLOCK
+            at = slot * PIECES + piece
             if start + BLOCK <= n:
-                _sum_block(f_ptr, m_ptr, partials, stride, first_block + block, start + offsets, None, seed_low,
-                           seed_high, threshold, LEVELS, SHIFT, False, JOINED)
+                _sum_block(f_ptr, m_ptr, partials, stride, at, start + offsets, None, seed_low, seed_high, threshold,
+                           LEVELS, SHIFT, False, JOINED)
             elif start < n:
                 index = start + offsets
-                _sum_block(f_ptr, m_ptr, partials, stride, first_block + block, index, index < n, seed_low,
-                           seed_high, threshold, LEVELS, SHIFT, True, JOINED)
+                _sum_block(f_ptr, m_ptr, partials, stride, at, index, index < n, seed_low, seed_high, threshold,
+                           LEVELS, SHIFT, True, JOINED)
+            else:
+                tl.store(partials + at + tl.arange(0, 1), zero)
+                tl.store(partials + stride + at + tl.arange(0, 1), zero)
+        tl.debug_barrier()  # the blocks' sums, stored by this program's threads, read back by all of them
+        leaves = slot * PIECES + tl.arange(0, PIECES)
+        both = _tree_pair(tl.load(partials + leaves), tl.load(partials + stride + leaves), PIECE_LEVELS)
+        tl.store(chunk_partials + slot + tl.arange(0, 2)[:, None] * chunk_stride + tl.arange(0, 1)[None, :], both)
 
 
 @triton.jit
@@ -119,20 +130,20 @@ def _reduce_in_place(ptr, count, BLOCK: tl.constexpr, LEVELS: tl.constexpr):
     return tl.load(ptr + tl.arange(0, 1))
 
 
-@triton.jit(do_not_specialize=["stride"])
-def _dare_factor_kernel(tensors, partials, stride, factors, INT_ROW: tl.constexpr, SUMS_BLOCK: tl.constexpr,
+@triton.jit(do_not_specialize=["chunk_stride"])
+def _dare_factor_kernel(tensors, chunk_partials, chunk_stride, factors, INT_ROW: tl.constexpr, CHUNK: tl.constexpr,
                         GROUP: tl.constexpr, LEVELS: tl.constexpr, RESCALE: tl.constexpr, EPS: tl.constexpr):
     # one program per tensor: factors[t] = before / after, or 1 (no rescale, an empty tensor, a sum below EPS);
-    # its partials: one per SUMS_BLOCK elements, reduced in groups of GROUP
+    # its chunk partials: one per CHUNK elements from its first chunk on, reduced in groups of GROUP
     t = tl.program_id(0).to(tl.int64)
     n = tl.load(tensors + INT_ROW * t + 3)
-    first_block = tl.load(tensors + INT_ROW * t + 4)
+    first_chunk = tl.load(tensors + INT_ROW * t + 4)
     flags = tl.load(tensors + INT_ROW * t + 8)
     factor = tl.full([1], 1.0, tl.float32)
     if ((flags & RESCALE) != 0) & (n > 0):
-        blocks = tl.cdiv(n, SUMS_BLOCK)
-        before = _reduce_in_place(partials + first_block, blocks, GROUP, LEVELS)
-        after = _reduce_in_place(partials + stride + first_block, blocks, GROUP, LEVELS)
+        count = tl.cdiv(n, CHUNK)
+        before = _reduce_in_place(chunk_partials + first_chunk, count, GROUP, LEVELS)
+        after = _reduce_in_place(chunk_partials + chunk_stride + first_chunk, count, GROUP, LEVELS)
         factor = tl.where((before < EPS) | (after < EPS), factor, tl.math.div_rn(before, after))
     tl.store(factors + t + tl.arange(0, 1), factor)
 
@@ -167,38 +178,55 @@ def _merge_block(f_ptr, m_ptr, out_ptr, index, inside, seed_low, seed_high, thre
 @triton.jit
 def _dare_merge_kernel(tensors, floats, chunks, factors, f_witness, m_witness, out_witness, INT_ROW: tl.constexpr,
                        FLOAT_ROW: tl.constexpr, BLOCK: tl.constexpr, PIECES: tl.constexpr, SHIFT: tl.constexpr,
-                       DROP: tl.constexpr, RESCALE: tl.constexpr, NORMALIZE: tl.constexpr, BLEND: tl.constexpr):
-    # one program = PIECES blocks of one tensor; floats: float32 rows (weight, scale, w0, w1, total, method weight)
+                       DROP: tl.constexpr, RESCALE: tl.constexpr, NORMALIZE: tl.constexpr, BLEND: tl.constexpr,
+                       TASK_VECTOR: tl.constexpr, SKIP: tl.constexpr, TASK_VECTORS: tl.constexpr):
+    # one program = PIECES blocks of one tensor; floats: float32 rows (weight, scale, w0, w1, total, method weight).
+    # TASK_VECTORS: this variant merges the rows with the TASK_VECTOR flag (DARE-TIES) and skips the others; else
+    # the others, by `_linear_piece` and their linear mode (a parent's tensor copied, the linear merge), skipping
+    # SKIP rows (a tensor this candidate keeps). Two compiled variants, so the copies and linear tensors do not
+    # run in the registers DARE-TIES needs
     chunk = tl.program_id(0).to(tl.int64)
     t = tl.load(chunks + 2 * chunk).to(tl.int64)
     start = tl.load(chunks + 2 * chunk + 1).to(tl.int64) * (BLOCK * PIECES)
     row = tensors + INT_ROW * t
-    f_ptr = tl.load(row).to(tl.pointer_type(f_witness.dtype.element_ty))
-    m_ptr = tl.load(row + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
-    out_ptr = tl.load(row + 2).to(tl.pointer_type(out_witness.dtype.element_ty))
-    n = tl.load(row + 3)
-    seed_low = tl.load(row + 5).to(tl.uint32)
-    seed_high = tl.load(row + 6).to(tl.uint32)
-    threshold = tl.load(row + 7).to(tl.int32)
     flags = tl.load(row + 8)
     mode = tl.load(row + 9)
-    weight = tl.load(floats + FLOAT_ROW * t)
-    scale = tl.load(floats + FLOAT_ROW * t + 1)
-    w0 = tl.load(floats + FLOAT_ROW * t + 2)
-    w1 = tl.load(floats + FLOAT_ROW * t + 3)
-    total = tl.load(floats + FLOAT_ROW * t + 4)
-    blend = tl.load(floats + FLOAT_ROW * t + 5)
-    factor = tl.load(factors + t)
-    offsets = tl.arange(0, BLOCK).to(tl.int64)
-    for piece in range(PIECES):
-        first = start + piece * BLOCK
-        if first + BLOCK <= n:
-            _merge_block(f_ptr, m_ptr, out_ptr, first + offsets, None, seed_low, seed_high, threshold, flags, mode,
-                         factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE, BLEND)
-        elif first < n:
-            index = first + offsets
-            _merge_block(f_ptr, m_ptr, out_ptr, index, index < n, seed_low, seed_high, threshold, flags, mode,
-                         factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE, BLEND)
+    if TASK_VECTORS:
+        active = (flags & TASK_VECTOR) != 0
+    else:
+        active = ((flags & TASK_VECTOR) == 0) & (mode != SKIP)
+    if active:
+        f_ptr = tl.load(row).to(tl.pointer_type(f_witness.dtype.element_ty))
+        m_ptr = tl.load(row + 1).to(tl.pointer_type(m_witness.dtype.element_ty))
+        out_ptr = tl.load(row + 2).to(tl.pointer_type(out_witness.dtype.element_ty))
+        n = tl.load(row + 3)
+        seed_low = tl.load(row + 5).to(tl.uint32)
+        seed_high = tl.load(row + 6).to(tl.uint32)
+        threshold = tl.load(row + 7).to(tl.int32)
+        weight = tl.load(floats + FLOAT_ROW * t)
+        scale = tl.load(floats + FLOAT_ROW * t + 1)
+        w0 = tl.load(floats + FLOAT_ROW * t + 2)
+        w1 = tl.load(floats + FLOAT_ROW * t + 3)
+        total = tl.load(floats + FLOAT_ROW * t + 4)
+        blend = tl.load(floats + FLOAT_ROW * t + 5)
+        factor = tl.load(factors + t)
+        offsets = tl.arange(0, BLOCK).to(tl.int64)
+        for piece in range(PIECES):
+            first = start + piece * BLOCK
+            if first + BLOCK <= n:
+                if TASK_VECTORS:
+                    _merge_block(f_ptr, m_ptr, out_ptr, first + offsets, None, seed_low, seed_high, threshold, flags,
+                                 mode, factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE,
+                                 BLEND)
+                else:
+                    _linear_piece(f_ptr, m_ptr, out_ptr, first + offsets, None, mode, w0, w1, total)
+            elif first < n:
+                index = first + offsets
+                if TASK_VECTORS:
+                    _merge_block(f_ptr, m_ptr, out_ptr, index, index < n, seed_low, seed_high, threshold, flags, mode,
+                                 factor, weight, scale, w0, w1, total, blend, SHIFT, DROP, RESCALE, NORMALIZE, BLEND)
+                else:
+                    _linear_piece(f_ptr, m_ptr, out_ptr, index, index < n, mode, w0, w1, total)
 
 
 SUMS_BLOCK = 2048  # elements summed per block by the sums kernel (a power of two dividing MULTI_CHUNK)
@@ -212,27 +240,59 @@ def dare_ties_multi_cuda(fathers, mothers, outs, rows) -> list[torch.Tensor]:
     Contiguous, 16-byte aligned CUDA tensors on one device, of one dtype per list (`fused.TensorBatch` groups them)."""
     if not outs:
         return list(outs)
-    buffer, chunk_count, block_count = dare_tables(fathers, mothers, outs, rows, sums_block=SUMS_BLOCK)
+    buffer, chunk_count = dare_tables(fathers, mothers, outs, rows)
     count, device = len(outs), outs[0].device
-    rescale, stride = int(DareFlag.RESCALE), max(block_count, 1)
     with torch.cuda.device(device):
         table = _upload(buffer, device)
-        ints, floats = table[:count * INT_ROW], table[count * INT_ROW:count * (INT_ROW + FLOAT_ROW // 2)]
         chunks = table[count * (INT_ROW + FLOAT_ROW // 2):].view(torch.int32)
-        factors = torch.empty(count, dtype=torch.float32, device=device)
-        partials = torch.empty(2 * stride, dtype=torch.float32, device=device)
-        if chunk_count and any(row.flags & DareFlag.RESCALE for row in rows):
-            _dare_sums_kernel[(chunk_count,)](ints, chunks, partials, stride, fathers[0], mothers[0], INT_ROW=INT_ROW,
-                                              BLOCK=SUMS_BLOCK, PIECES=MULTI_CHUNK // SUMS_BLOCK,
-                                              LEVELS=SUMS_BLOCK.bit_length() - 1, SHIFT=SHIFT, RESCALE=rescale,
-                                              JOINED=SUMS_JOINED, num_warps=SUMS_WARPS, enable_fp_fusion=False)
-        _dare_factor_kernel[(count,)](ints, partials, stride, factors, INT_ROW=INT_ROW, SUMS_BLOCK=SUMS_BLOCK,
+        scratch = torch.empty(scratch_size(count, chunk_count), dtype=torch.float32, device=device)
+        rescales = any(row.flags & DareFlag.RESCALE for row in rows)
+        launch_rows(table, count, chunks, chunk_count, scratch, RowKinds(rescales, True, False),
+                    (fathers[0], mothers[0], outs[0]))
+    return list(outs)
+
+
+def layout_launch(table, group, kinds: RowKinds, chunk_range: tuple[int, int]) -> None:
+    """One candidate's rows for a `fused_layout.LayoutGroup`: its table up in one pinned copy, then the launches
+    over the chunks in `chunk_range` (the tensors the candidate keeps are skipped by their rows)."""
+    device = group.scratch.device
+    low, high = chunk_range
+    with torch.cuda.device(device):
+        launch_rows(_upload(table, device), len(group.names), group.chunks[2 * low:2 * high], high - low,
+                    group.scratch, kinds, group.witnesses)
+
+
+def launch_rows(table: torch.Tensor, count: int, chunks: torch.Tensor, chunk_count: int, scratch: torch.Tensor,
+                kinds: RowKinds, witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """The launches over `count` tensor rows on the current device: `table` holds the int64 rows (INT_ROW) and
+    then the float32 rows (FLOAT_ROW), `chunks` the int32 chunk rows of `chunk_count` programs, `scratch`
+    (float32, `fused_tables.scratch_size` of all the table's chunks) the factors and the partial sums; `kinds`
+    says which launches any row needs (the sums and factors only for rows that rescale)."""
+    pieces = MULTI_CHUNK // SUMS_BLOCK
+    assert pieces <= SCRATCH_PIECES, "the scratch holds SCRATCH_PIECES block sums per chunk"
+    ints, floats = table[:count * INT_ROW], table[count * INT_ROW:count * (INT_ROW + FLOAT_ROW // 2)]
+    all_chunks = (scratch.numel() - count) // (2 * (SCRATCH_PIECES + 1))
+    factors, partials = scratch[:count], scratch[count:count + 2 * all_chunks * SCRATCH_PIECES]
+    chunk_partials = scratch[count + 2 * all_chunks * SCRATCH_PIECES:]
+    stride, chunk_stride = all_chunks * SCRATCH_PIECES, all_chunks
+    rescale = int(DareFlag.RESCALE)
+    f_witness, m_witness, out_witness = witnesses
+    if chunk_count and kinds.rescales:
+        _dare_sums_kernel[(chunk_count,)](ints, chunks, partials, stride, chunk_partials, chunk_stride, f_witness,
+                                          m_witness, INT_ROW=INT_ROW, BLOCK=SUMS_BLOCK, PIECES=pieces,
+                                          LEVELS=SUMS_BLOCK.bit_length() - 1, PIECE_LEVELS=pieces.bit_length() - 1,
+                                          SHIFT=SHIFT, RESCALE=rescale, JOINED=SUMS_JOINED, num_warps=SUMS_WARPS,
+                                          enable_fp_fusion=False)
+    if kinds.rescales:
+        _dare_factor_kernel[(count,)](ints, chunk_partials, chunk_stride, factors, INT_ROW=INT_ROW, CHUNK=MULTI_CHUNK,
                                       GROUP=BLOCK, LEVELS=LEVELS, RESCALE=rescale, EPS=RESCALE_EPS, num_warps=8,
                                       enable_fp_fusion=False)
-        if chunk_count:
-            _dare_merge_kernel[(chunk_count,)](ints, floats.view(torch.float32), chunks, factors, fathers[0],
-                                               mothers[0], outs[0], INT_ROW=INT_ROW, FLOAT_ROW=FLOAT_ROW, BLOCK=BLOCK,
-                                               PIECES=PIECES, SHIFT=SHIFT, DROP=int(DareFlag.DROP), RESCALE=rescale,
-                                               NORMALIZE=int(DareFlag.NORMALIZE), BLEND=int(DareFlag.BLEND),
-                                               num_warps=8, enable_fp_fusion=False)
-    return list(outs)
+    for task_vectors in (True, False):
+        if chunk_count and (kinds.task_vectors if task_vectors else kinds.linear):
+            _dare_merge_kernel[(chunk_count,)](ints, floats.view(torch.float32), chunks, factors, f_witness,
+                                               m_witness, out_witness, INT_ROW=INT_ROW, FLOAT_ROW=FLOAT_ROW,
+                                               BLOCK=BLOCK, PIECES=PIECES, SHIFT=SHIFT, DROP=int(DareFlag.DROP),
+                                               RESCALE=rescale, NORMALIZE=int(DareFlag.NORMALIZE),
+                                               BLEND=int(DareFlag.BLEND), TASK_VECTOR=int(DareFlag.TASK_VECTOR),
+                                               SKIP=SKIP_MODE, TASK_VECTORS=task_vectors, num_warps=8,
+                                               enable_fp_fusion=False)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from darwin_core.merge.methods.apply import _fetch, _names_of, merge_tensors, paired_plan
+from darwin_core.merge.methods.fused_layout import ResidentLayout
 from darwin_core.merge.methods.fused_tables import (MULTI_CHUNK, chunk_table, dare_row, linear_tables,  # noqa: F401
                                                    linear_weights)
 from darwin_core.merge.methods.registry import Method, get_method
@@ -50,7 +51,8 @@ def _triton_kernels():
         from darwin_core.merge.methods import _dare_triton, _fused_triton
     except ImportError:
         return None
-    return _Kernels(_fused_triton.linear_cuda, _fused_triton.linear_multi_cuda, _dare_triton.dare_ties_multi_cuda)
+    return _Kernels(_fused_triton.linear_cuda, _fused_triton.linear_multi_cuda, _dare_triton.dare_ties_multi_cuda,
+                    _dare_triton.layout_launch)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class _Kernels:
     linear_cuda: Callable[..., torch.Tensor]
     linear_multi_cuda: Callable[..., list[torch.Tensor]]
     dare_ties_multi_cuda: Callable[..., list[torch.Tensor]]
+    layout_launch: Callable[..., None]
 
 
 def fusable(recipe: Any, device: torch.device) -> bool:
@@ -77,18 +80,23 @@ def fused_merge_tensors(
     base: Any = None,
     pairing: Mapping[str, str | None] | None = None,
     outputs: Mapping[str, torch.Tensor] | None = None,
+    layout: ResidentLayout | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield what `merge_tensors` yields for the same arguments, through the fused kernels where they apply.
 
     `outputs` (name → a tensor of the child's dtype and shape, e.g. the resident child's own parameter): a fused
     kernel writes the merged values straight into it and yields it, so the caller's copy is not needed (a third
-    of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual."""
+    of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual. `layout`
+    (a `fused_layout.ResidentLayout` of these sources): its tensors are merged into its outputs by one launch per
+    dtype triple with the tables it made once; the rest as without it."""
     device = torch.device(device)
     names = _names_of(father) if names is None else list(names)
     if not fusable(recipe, device):
         yield from merge_tensors(recipe, father, mother, names, device=device, base=base, pairing=pairing)
         return
     kernels = _triton_kernels()
+    if layout is not None and layout.serves(father, mother, pairing, recipe.torch_dtype, device):
+        names = yield from layout.merge(recipe, names, pairing, kernels.layout_launch)
     resident = _resident(father, device) and _resident(mother, device)
     batch = _batch_for(recipe, kernels, outputs, resident)
     copies = None  # tensors taken whole from a parent, written in place by the linear kernel's copy mode

@@ -77,6 +77,27 @@ class DareFlag(enum.IntFlag):
     RESCALE = 2  # dropped and rescaled to the task vector's L1 norm (the sums pass runs for it)
     NORMALIZE = 4  # divided by the agreeing weight
     BLEND = 8  # lerped from the linear merge by the recipe's method weight
+    TASK_VECTOR = 16  # DARE-TIES; a row without it is the linear kernel's by its mode (copy, linear, or SKIP_MODE)
+
+
+SKIP_MODE = 3  # a row's linear mode for a tensor the launch leaves as it is (0/1 copy a parent, 2 linear)
+SCRATCH_PIECES = MULTI_CHUNK // BLOCK  # block sums per chunk the DARE scratch holds (sums blocks of BLOCK or more)
+
+
+@dataclass(frozen=True)
+class RowKinds:
+    """Which of the DARE-TIES launches a table's rows need: the sums and factors (a row rescales), the DARE-TIES
+    merge (a row has TASK_VECTOR), the linear kernel's (a row copies a parent or merges linearly)."""
+
+    rescales: bool
+    task_vectors: bool
+    linear: bool
+
+
+def scratch_size(count: int, chunks: int) -> int:
+    """float32 scratch of a DARE-TIES launch over `count` tensors in `chunks` chunks: a factor per tensor, two
+    block sums per block (SCRATCH_PIECES per chunk), two chunk sums per chunk."""
+    return count + 2 * max(chunks, 1) * (SCRATCH_PIECES + 1)
 
 
 @dataclass(frozen=True)
@@ -96,42 +117,75 @@ class DareRow:
 def dare_row(params: TensorParams, blend: float | None = None) -> DareRow:
     """The row of `delta.task_vector_merge` for the mother's task vector alone (`dare_ties`, base = father):
     weight = sign·ratio in float32, the mother's density and mask seed; `blend` (a method weight < 1) lerps the
-    result from the linear merge at the same ratio, as `merge_tensors` does."""
+    result from the linear merge at the same ratio, as `merge_tensors` does. A row of `dare_columns` (the batch
+    path builds rows one tensor at a time, where numpy per row would cost more; the tests hold the two equal)."""
     method = get_method(Method.DARE_TIES)
     normalize = method.default_normalize if params.normalize is None else params.normalize
     rescale = method.default_rescale if params.rescale is None else params.rescale
     density, seed = params.density_mother, params.mask_seeds[1]
-    flags = DareFlag(0)
+    flags = int(DareFlag.TASK_VECTOR)
     if density < 1:
-        flags |= DareFlag.DROP | (DareFlag.RESCALE if rescale else DareFlag(0))
+        flags |= int(DareFlag.DROP) | (int(DareFlag.RESCALE) if rescale else 0)
     if normalize:
-        flags |= DareFlag.NORMALIZE
+        flags |= int(DareFlag.NORMALIZE)
     if blend is not None:
-        flags |= DareFlag.BLEND
+        flags |= int(DareFlag.BLEND)
     return DareRow(
-        flags=flags, seed_low=seed & _M32, seed_high=(seed >> 32) & _M32,
+        flags=DareFlag(flags), seed_low=seed & _M32, seed_high=(seed >> 32) & _M32,
         threshold=int(density * (1 << _MASK_BITS)) if density < 1 else 1 << _MASK_BITS,
-        weight=float(np.float32(params.weight_signs[1] * params.ratio)), scale=float(params.scale),
-        linear=linear_weights(params.ratio), blend=1.0 if blend is None else float(blend))
+        weight=float(np.float32(params.weight_signs[1] * params.ratio)), scale=float(np.float32(params.scale)),
+        linear=linear_weights(params.ratio), blend=1.0 if blend is None else float(np.float32(blend)))
 
 
-def dare_tables(fathers, mothers, outs, rows: list[DareRow], sums_block: int = BLOCK) -> tuple[np.ndarray, int, int]:
-    """The DARE-TIES kernels' tables in one int64 host buffer, its chunk count and the number of blocks of
-    `sums_block` elements of all tensors (the partial sums' length): per tensor an int64 row (INT_ROW: father,
-    mother, out address, numel, its first block, seed low, seed high, threshold, flags, linear mode), then per
-    tensor a float32 row (FLOAT_ROW: weight, scale, w0, w1, total, method weight, 0, 0), then `chunk_table`'s rows."""
+def dare_columns(params: list[TensorParams], blend: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`dare_row` of many tensors at once (the resident layout's candidates), as the tables hold them: int64 columns (seed low, seed high, threshold,
+    flags, linear mode) and float32 columns (weight, scale, w0, w1, total, method weight), a row per tensor."""
+    method = get_method(Method.DARE_TIES)
+    ratio = np.asarray([p.ratio for p in params], dtype=np.float64)
+    density = np.asarray([p.density_mother for p in params], dtype=np.float64)
+    seeds = np.asarray([p.mask_seeds[1] for p in params], dtype=np.uint64)
+    normalize = np.asarray([method.default_normalize if p.normalize is None else p.normalize for p in params], dtype=bool)
+    rescale = np.asarray([method.default_rescale if p.rescale is None else p.rescale for p in params], dtype=bool)
+    drop = density < 1
+    flags = (int(DareFlag.TASK_VECTOR) + np.where(drop, int(DareFlag.DROP), 0)
+             + np.where(drop & rescale, int(DareFlag.RESCALE), 0) + np.where(normalize, int(DareFlag.NORMALIZE), 0)
+             + (int(DareFlag.BLEND) if blend is not None else 0))
+    modes, w0, w1, total = linear_columns(ratio)
+    ints = np.empty((len(params), 5), dtype=np.int64)
+    ints[:, 0] = (seeds & np.uint64(_M32)).astype(np.int64)
+    ints[:, 1] = ((seeds >> np.uint64(32)) & np.uint64(_M32)).astype(np.int64)
+    ints[:, 2] = np.where(drop, (density * (1 << _MASK_BITS)).astype(np.int64), 1 << _MASK_BITS)  # int(): truncation
+    ints[:, 3], ints[:, 4] = flags, modes
+    values = np.empty((len(params), 6), dtype=np.float32)
+    values[:, 0] = np.asarray([p.weight_signs[1] for p in params], dtype=np.float64) * ratio
+    values[:, 1] = [p.scale for p in params]
+    values[:, 2], values[:, 3], values[:, 4] = w0, w1, total
+    values[:, 5] = 1.0 if blend is None else blend
+    return ints, values
+
+
+def linear_columns(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`linear_weights` of many ratios (float64) at once: the modes and the float32 w0, w1 and total."""
+    w0, w1 = (1.0 - ratios).astype(np.float32), ratios.astype(np.float32)
+    return np.where(ratios == 0.0, 0, np.where(ratios == 1.0, 1, 2)).astype(np.int64), w0, w1, w0 + w1
+
+
+def dare_tables(fathers, mothers, outs, rows: list[DareRow]) -> tuple[np.ndarray, int]:
+    """The DARE-TIES kernels' tables in one int64 host buffer and its chunk count: per tensor an int64 row
+    (INT_ROW: father, mother, out address, numel, its first chunk, seed low, seed high, threshold, flags, linear
+    mode), then per tensor a float32 row (FLOAT_ROW: weight, scale, w0, w1, total, method weight, 0, 0), then
+    `chunk_table`'s rows."""
     count = len(outs)
     numels = [out.numel() for out in outs]
-    blocks = [-(-n // sums_block) for n in numels]
+    chunks = [-(-n // MULTI_CHUNK) for n in numels]
     head = np.zeros(count * (INT_ROW + FLOAT_ROW // 2), dtype=np.int64)
     ints = head[:count * INT_ROW].reshape(count, INT_ROW)
     ints[:, 0] = [f.data_ptr() for f in fathers]
     ints[:, 1] = [m.data_ptr() for m in mothers]
     ints[:, 2] = [out.data_ptr() for out in outs]
     ints[:, 3] = numels
-    ints[:, 4] = np.cumsum(blocks) - blocks if count else []
+    ints[:, 4] = np.cumsum(chunks) - chunks if count else []
     ints[:, 5:10] = [(r.seed_low, r.seed_high, r.threshold, int(r.flags), r.linear[0]) for r in rows] or np.zeros((0, 5))
     floats = head[count * INT_ROW:].view(np.float32).reshape(count, FLOAT_ROW)
     floats[:, :6] = np.asarray([(r.weight, r.scale, *r.linear[1:], r.blend) for r in rows], dtype=np.float32).reshape(count, 6)
-    buffer, chunk_count = _with_chunks(head, numels)
-    return buffer, chunk_count, int(sum(blocks))
+    return _with_chunks(head, numels)
