@@ -277,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="4b")
     parser.add_argument("--candidates", type=int, default=12)
     parser.add_argument("--methods", default="linear,dare_ties")
+    parser.add_argument("--no-rates", action="store_true", help="skip the kernels' element rates over all tensors")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     ceilings = measured_ceilings(device)
     father, mother, targets, layers = _parents(args.shape, device)
     print(f"copy {ceilings['copy_bytes_per_s'] / 1e9:.0f} GB/s; {len(father.names)} tensors")
-    _kernel_rates(father, mother, targets)
+    if not args.no_rates:
+        _kernel_rates(father, mother, targets)
     for method in args.methods.split(","):
         recipes = _recipes(method, layers, args.candidates)
         least = statistics.median(_least_bytes(r, father) for r in recipes)
