@@ -258,7 +258,8 @@ class ResidentChild:
     def write(self, items: Iterable[tuple[str, torch.Tensor]], label: str | None = None, *,
               names: Iterable[str] | None = None) -> int:
         """Overwrite the child's parameters with `items`; every checkpoint tensor (or each of `names`, a partial
-        rewrite whose other tensors already hold the new values, read once the items are consumed) must come exactly once."""
+        rewrite whose other tensors already hold the new values; read once the items are consumed, so the items'
+        producer may fill it as it goes) must come exactly once."""
         seen: set[str] = set()
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
@@ -350,7 +351,9 @@ class ResidentChild:
 
         Only the tensors whose plan changed since the last candidate are merged and written (a frozen layer, a
         transplanted or untouched tensor, a ratio the genome did not move): the others already hold exactly
-        these bytes. On a CUDA device the merge is the fused one (same bytes as `merge_tensors`, one pass)."""
+        these bytes. On a CUDA device the merge is the fused one (same bytes as `merge_tensors`, one pass); with
+        the parents resident beside the child it goes through the child's `fused_layout.ResidentLayout`, planned and
+        launched in `MERGE_SLICES` slices so that the GPU merges one while the host plans the next."""
         from darwin_core.merge.pairing import aligned_sources
 
         pairing = self.pairing_for(getattr(recipe, "layer_map", None), getattr(recipe, "tokenizer_source", None))

@@ -1,13 +1,15 @@
-"""DARE-TIES with the father as base for many tensors at once on a GPU: three launches per batch, whatever its size.
+"""DARE-TIES with the father as base for many tensors at once on a GPU: a few launches per batch, whatever its size.
 
 1. `_dare_sums_kernel`: per block of BLOCK elements of every tensor that rescales, the `pairwise_sum` of |Δ| and of
-   |Δ·keep| (Δ = float(m) − float(f)), written as two float32 partials per block (1/1024 of the parents' bytes);
-2. `_dare_factor_kernel`: per tensor, the same tree over its blocks' partials (a block's tree is a subtree of the
+   |Δ·keep| (Δ = float(m) − float(f)), then per chunk (MULTI_CHUNK elements) the tree over its blocks' sums,
+   written as two float32 partials per chunk;
+2. `_dare_factor_kernel`: per tensor, the same tree over its chunks' partials (a chunk's tree is a subtree of the
    whole one, so the two sums have `delta.fixed_order_l1`'s bits) and the rescale factor before / after (1 where
    either is below RESCALE_EPS, as `delta.rescale_l1`);
 3. `_dare_merge_kernel`: the child, element by element in `delta.task_vector_merge`'s order of float32 operations
    (drop, rescale, weight, sign election, normalize, scale, base + mixed, and `merge_tensors`' lerp from linear
-   when the recipe's method weight is below 1), in the child's dtype.
+   when the recipe's method weight is below 1), in the child's dtype; a second compiled variant of it takes the
+   rows that copy a parent's tensor or merge linearly (the resident layout's candidates: `fused_layout`).
 
 So a candidate reads both parents twice and writes the child once (10 bytes per bf16 element; the rescale is a
 whole-tensor reduction that every element needs before it can be written), instead of the ~26 bytes and three

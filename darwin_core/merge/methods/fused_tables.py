@@ -138,8 +138,9 @@ def dare_row(params: TensorParams, blend: float | None = None) -> DareRow:
 
 
 def dare_columns(params: list[TensorParams], blend: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`dare_row` of many tensors at once (the resident layout's candidates), as the tables hold them: int64 columns (seed low, seed high, threshold,
-    flags, linear mode) and float32 columns (weight, scale, w0, w1, total, method weight), a row per tensor."""
+    """`dare_row` of many tensors at once (the resident layout's candidates), as the tables hold them: int64
+    columns (seed low, seed high, threshold, flags, linear mode) and float32 columns (weight, scale, w0, w1, total,
+    method weight), a row per tensor."""
     method = get_method(Method.DARE_TIES)
     ratio = np.asarray([p.ratio for p in params], dtype=np.float64)
     density = np.asarray([p.density_mother for p in params], dtype=np.float64)
