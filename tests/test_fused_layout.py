@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from darwin_core.merge.methods import fused, fused_tables
-from darwin_core.merge.methods.apply import merge_tensors
 from darwin_core.merge.methods.fused_layout import ResidentLayout
 from darwin_core.merge.methods.fused_tables import FLOAT_ROW, INT_ROW, SKIP_MODE, DareFlag, DareRow
 from tests.test_fused_multi import _fake_kernels, _setup, _torch_dare_ties, _torch_linear

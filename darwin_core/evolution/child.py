@@ -391,7 +391,7 @@ class ResidentChild:
 
     def _layout(self, pairing, out_dtype):
         """The fused kernels' tables for resident parents and this write plan's tensors, made at first use."""
-        from darwin_core.merge.methods.fused import ResidentLayout
+        from darwin_core.merge.methods.fused_layout import ResidentLayout
 
         key = (id(pairing), id(self.plan), out_dtype)
         if key not in self._layouts:

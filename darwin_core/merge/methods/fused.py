@@ -87,8 +87,8 @@ def fused_merge_tensors(
     `outputs` (name → a tensor of the child's dtype and shape, e.g. the resident child's own parameter): a fused
     kernel writes the merged values straight into it and yields it, so the caller's copy is not needed (a third
     of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual. `layout`
-    (a `fused_layout.ResidentLayout` of these sources): its tensors are merged into its outputs by one launch per
-    dtype triple with the tables it made once; the rest as without it."""
+    (a `fused_layout.ResidentLayout` of these sources): its tensors are merged into its outputs by a few launches
+    per dtype triple, with the tables it made once; the rest as without it."""
     device = torch.device(device)
     names = _names_of(father) if names is None else list(names)
     if not fusable(recipe, device):
