@@ -249,7 +249,7 @@ def dare_ties_multi_cuda(fathers, mothers, outs, rows) -> list[torch.Tensor]:
         chunks = table[count * (INT_ROW + FLOAT_ROW // 2):].view(torch.int32)
         scratch = torch.empty(scratch_size(count, chunk_count), dtype=torch.float32, device=device)
         rescales = any(row.flags & DareFlag.RESCALE for row in rows)
-        launch_rows(table, count, chunks, chunk_count, scratch, RowKinds(rescales, True, False),
+        launch_rows(table, count, chunks, chunk_count, chunk_count, scratch, RowKinds(rescales, True, False),
                     (fathers[0], mothers[0], outs[0]))
     return list(outs)
 
@@ -261,19 +261,21 @@ def layout_launch(table, group, kinds: RowKinds, chunk_range: tuple[int, int]) -
     low, high = chunk_range
     with torch.cuda.device(device):
         launch_rows(_upload(table, device), len(group.names), group.chunks[2 * low:2 * high], high - low,
-                    group.scratch, kinds, group.witnesses)
+                    int(group.chunk_starts[-1]), group.scratch, kinds, group.witnesses)
 
 
-def launch_rows(table: torch.Tensor, count: int, chunks: torch.Tensor, chunk_count: int, scratch: torch.Tensor,
-                kinds: RowKinds, witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+def launch_rows(table: torch.Tensor, count: int, chunks: torch.Tensor, chunk_count: int, table_chunks: int,
+                scratch: torch.Tensor, kinds: RowKinds, witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                ) -> None:
     """The launches over `count` tensor rows on the current device: `table` holds the int64 rows (INT_ROW) and
-    then the float32 rows (FLOAT_ROW), `chunks` the int32 chunk rows of `chunk_count` programs, `scratch`
-    (float32, `fused_tables.scratch_size` of all the table's chunks) the factors and the partial sums; `kinds`
-    says which launches any row needs (the sums and factors only for rows that rescale)."""
+    then the float32 rows (FLOAT_ROW), `chunks` the int32 chunk rows of `chunk_count` programs (some or all of the
+    table's `table_chunks`), `scratch` (float32, `fused_tables.scratch_size(count, table_chunks)`) the factors and
+    the partial sums; `kinds` says which launches any row needs (the sums and factors only for rows that rescale)."""
     pieces = MULTI_CHUNK // SUMS_BLOCK
     assert pieces <= SCRATCH_PIECES, "the scratch holds SCRATCH_PIECES block sums per chunk"
     ints, floats = table[:count * INT_ROW], table[count * INT_ROW:count * (INT_ROW + FLOAT_ROW // 2)]
-    all_chunks = (scratch.numel() - count) // (2 * (SCRATCH_PIECES + 1))
+    all_chunks = max(table_chunks, 1)
+    assert scratch.numel() >= scratch_size(count, table_chunks)
     factors, partials = scratch[:count], scratch[count:count + 2 * all_chunks * SCRATCH_PIECES]
     chunk_partials = scratch[count + 2 * all_chunks * SCRATCH_PIECES:]
     stride, chunk_stride = all_chunks * SCRATCH_PIECES, all_chunks

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from darwin_core.merge.methods.apply import paired_plan
-from darwin_core.merge.methods.fused_tables import (FLOAT_ROW, INT_ROW, MULTI_CHUNK, SKIP_MODE, DareFlag, RowKinds,
+from darwin_core.merge.methods.fused_tables import (FLOAT_ROW, INT_ROW, SKIP_MODE, DareFlag, RowKinds, chunk_starts,
                                                    chunk_table, dare_columns, linear_columns, scratch_size)
 from darwin_core.merge.methods.registry import Method, get_method
 
@@ -153,8 +153,7 @@ def candidate_table(template: np.ndarray, count: int, merged: list[tuple[int, An
 def _group(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], device: torch.device) -> LayoutGroup:
     count = len(rows)
     numels = [into.numel() for _, _, _, into in rows]
-    starts = np.zeros(count + 1, dtype=np.int64)
-    starts[1:] = np.cumsum([-(-n // MULTI_CHUNK) for n in numels])
+    starts = chunk_starts(numels)
     template = np.zeros(count * (INT_ROW + FLOAT_ROW // 2), dtype=np.int64)
     ints = template[:count * INT_ROW].reshape(count, INT_ROW)
     ints[:, 0] = [f.data_ptr() for _, f, _, _ in rows]

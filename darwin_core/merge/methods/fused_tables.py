@@ -21,14 +21,20 @@ INT_ROW = 10  # int64 per tensor in a DARE table: father, mother, out, numel, fi
 FLOAT_ROW = 8  # float32 per tensor in a DARE table: weight, scale, w0, w1, total, method weight, 2 unused
 
 
+def chunk_starts(numels: Iterable[int], chunk: int | None = None) -> np.ndarray:
+    """Each tensor's first chunk in `chunk_table`'s numbering, then the chunk count (int64, one more than tensors)."""
+    numels = np.asarray(list(numels), dtype=np.int64).reshape(-1)
+    starts = np.zeros(len(numels) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum(-(-numels // (MULTI_CHUNK if chunk is None else chunk)))
+    return starts
+
+
 def chunk_table(numels: Iterable[int], chunk: int | None = None) -> np.ndarray:
     """int32 rows (tensor index, chunk number): chunk k of tensor i is its elements [k·chunk, (k+1)·chunk), so
     every element of every tensor is in exactly one chunk (`chunk` elements, MULTI_CHUNK), tensors in order, an
     empty tensor in none."""
-    chunk = MULTI_CHUNK if chunk is None else chunk
-    numels = np.asarray(list(numels), dtype=np.int64).reshape(-1)
-    counts = -(-numels // chunk)
-    firsts = np.cumsum(counts) - counts
+    starts = chunk_starts(numels, chunk)
+    firsts, counts = starts[:-1], np.diff(starts)
     owner = np.repeat(np.arange(len(numels), dtype=np.int32), counts)
     table = np.empty((len(owner), 2), dtype=np.int32)
     table[:, 0] = owner
@@ -178,14 +184,13 @@ def dare_tables(fathers, mothers, outs, rows: list[DareRow]) -> tuple[np.ndarray
     `chunk_table`'s rows."""
     count = len(outs)
     numels = [out.numel() for out in outs]
-    chunks = [-(-n // MULTI_CHUNK) for n in numels]
     head = np.zeros(count * (INT_ROW + FLOAT_ROW // 2), dtype=np.int64)
     ints = head[:count * INT_ROW].reshape(count, INT_ROW)
     ints[:, 0] = [f.data_ptr() for f in fathers]
     ints[:, 1] = [m.data_ptr() for m in mothers]
     ints[:, 2] = [out.data_ptr() for out in outs]
     ints[:, 3] = numels
-    ints[:, 4] = np.cumsum(chunks) - chunks if count else []
+    ints[:, 4] = chunk_starts(numels)[:-1]
     ints[:, 5:10] = [(r.seed_low, r.seed_high, r.threshold, int(r.flags), r.linear[0]) for r in rows] or np.zeros((0, 5))
     floats = head[count * INT_ROW:].view(np.float32).reshape(count, FLOAT_ROW)
     floats[:, :6] = np.asarray([(r.weight, r.scale, *r.linear[1:], r.blend) for r in rows], dtype=np.float32).reshape(count, 6)
