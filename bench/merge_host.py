@@ -122,7 +122,7 @@ def _child(father, mother, targets, device, layouts: bool):
     child.placement = types.SimpleNamespace(parents_on=ParentsOn.ACCELERATOR if layouts else ParentsOn.PINNED_HOST)
     pairing = Pairing(PairingMode.NAMES, None)
     child.pairing_for = lambda *_: pairing  # tensors by their own names, one vocabulary
-    child._vocabulary, child._held, child._layouts = None, {}, {}
+    child._vocabulary, child._held, child._layouts, child._indexes = None, [], {}, {}
     child.current, child.model, child.tokenizer = None, None, None
     child._child_model, child._child_tokenizer = None, None
     return child
@@ -133,7 +133,7 @@ def _candidate(recipe, child, device, rewrite_all: bool = True) -> float:
     what it holds, so every tensor is merged and written (the roofline's bytes), else as in a breeding (the
     tensors whose plan did not change since the last candidate are kept)."""
     if rewrite_all:
-        child._held, child.current = {}, None
+        child._held, child.current = [], None
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     child.load_recipe(recipe)
@@ -154,15 +154,17 @@ def _recipes(method: str, layers: int, count: int):
 
 
 def _planning(recipes, names) -> float:
-    from darwin_core.evolution.child import _tensor_key
+    """Seconds of a fresh recipe's plans and change check (`recipe.columns`) for every tensor, against the last's."""
+    from darwin_core.recipe.columns import TensorIndex, plan_columns
 
-    times = []
+    index, times, previous = TensorIndex.of(names), [], None
     for recipe in recipes:
         fresh = dataclasses.replace(recipe)
         t0 = time.perf_counter()
-        for name in names:
-            _tensor_key(fresh, name, None)
+        columns = plan_columns(fresh, index)
+        columns.changed(previous)
         times.append(time.perf_counter() - t0)
+        previous = columns
     return statistics.median(times[1:])
 
 
@@ -199,7 +201,7 @@ def _segments(recipes, child, device) -> dict[str, float]:
         rows["host alone, launches idle"] = [_candidate(dataclasses.replace(r), child, device) for r in recipes]
     finally:
         fused._triton_kernels = real
-    rows["planning (change-check keys)"] = [_planning(recipes, child.names)] * 2
+    rows["planning and change check"] = [_planning(recipes, child.names)] * 2
     rows["GPU busy (profiler, one candidate)"] = [_busy(recipes[-1], child, device)] * 2
     return {label: statistics.median(values[1:]) for label, values in rows.items()}
 

@@ -6,6 +6,7 @@ bytes are checked on a GPU in tests/test_gpu.py, through the resident child)."""
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from darwin_core.merge.methods import fused, fused_tables
 from darwin_core.merge.methods.fused_layout import ResidentLayout
 from darwin_core.merge.methods.fused_tables import FLOAT_ROW, INT_ROW, SKIP_MODE, DareFlag, DareRow
+from darwin_core.merge.methods.registry import get_method
 from tests.test_fused_multi import _fake_kernels, _setup, _torch_dare_ties, _torch_linear
 
 
@@ -62,6 +64,22 @@ def cpu_layout(monkeypatch):
     return install
 
 
+def _through_layout(recipe, father, mother, outputs, layout, names):
+    """One candidate as the resident child runs it: the layout takes what it can of `names` (every tensor planned by
+    `recipe.columns`), `fused_merge_tensors` the rest; (name → tensor) of both."""
+    from darwin_core.recipe.columns import TensorIndex, plan_columns
+
+    index = TensorIndex.of(father.names)
+    columns = plan_columns(recipe, index)
+    wanted = np.asarray([name in names for name in index.names], dtype=bool)
+    done = layout.merge(columns, wanted, recipe.method == "dare_ties", fused.dare_blend(recipe),
+                        fused._triton_kernels().layout_launch)
+    assert not (done & ~wanted).any()  # a tensor the candidate does not name is not touched
+    got = dict(fused.fused_merge_tensors(recipe, father, mother, columns.names(wanted & ~done), device="cpu",
+                                         outputs=outputs))
+    return {**got, **{name: outputs[name] for name in columns.names(done)}}
+
+
 @pytest.mark.parametrize("method", ["linear", "dare_ties"])
 @pytest.mark.parametrize("dtype", ["bfloat16", None])
 def test_a_candidate_through_the_layout_writes_the_reference_child_and_launches_once_per_dtype_triple(
@@ -70,7 +88,7 @@ def test_a_candidate_through_the_layout_writes_the_reference_child_and_launches_
     launches = cpu_layout(father, mother)
     layout = ResidentLayout(father, mother, outputs, None, recipe.torch_dtype, torch.device("cpu"))
     assert layout.entries and len(layout.entries) < len(reference)  # some outputs do not fit: the reference's
-    got = dict(fused.fused_merge_tensors(recipe, father, mother, device="cpu", outputs=outputs, layout=layout))
+    got = _through_layout(recipe, father, mother, outputs, layout, set(reference))
     assert sorted(got) == sorted(reference)
     for name, tensor in got.items():
         assert torch.equal(tensor.view(torch.uint8), reference[name].view(torch.uint8)), name
@@ -85,20 +103,10 @@ def test_a_tensor_the_candidate_does_not_name_is_left_as_it_is(cpu_layout, fixtu
     kept = [name for name in layout.entries][::2]
     before = {name: outputs[name].clone() for name in kept}
     names = [name for name in reference if name not in kept]
-    got = dict(fused.fused_merge_tensors(recipe, father, mother, names, device="cpu", outputs=outputs, layout=layout))
+    got = _through_layout(recipe, father, mother, outputs, layout, set(names))
     assert sorted(got) == sorted(names)
     assert all(torch.equal(outputs[name].view(torch.uint8), before[name].view(torch.uint8)) for name in kept)
     assert all(torch.equal(got[name].view(torch.uint8), reference[name].view(torch.uint8)) for name in names)
-
-
-def test_a_layout_serves_only_the_sources_and_child_dtype_it_was_made_for(cpu_layout, fixture_pair):
-    recipe, father, mother, reference, outputs = _setup(fixture_pair, "bfloat16")
-    layout = ResidentLayout(father, mother, outputs, None, torch.bfloat16, torch.device("cpu"))
-    cpu = torch.device("cpu")
-    assert layout.serves(father, mother, None, torch.bfloat16, cpu)
-    assert not layout.serves(mother, father, None, torch.bfloat16, cpu)
-    assert not layout.serves(father, mother, None, torch.float32, cpu)
-    assert not layout.serves(father, mother, {}, torch.bfloat16, cpu)
 
 
 def test_the_dare_columns_are_the_dare_rows_of_each_tensor():
@@ -110,8 +118,17 @@ def test_the_dare_columns_are_the_dare_rows_of_each_tensor():
               for r, d, s, n, z, c, g in zip(rng.random(40), np.r_[rng.random(30), np.ones(10)],
                                              rng.integers(0, 1 << 62, 40), [None, True, False, True] * 10,
                                              [None, False] * 20, rng.random(40) + 0.5, [1.0, -1.0] * 20)]
+    column = lambda field: np.asarray([getattr(p, field) for p in params])  # noqa: E731
+    defaults = get_method("dare_ties")
     for blend in (None, 0.3):
-        ints, values = fused_tables.dare_columns(params, blend)
+        shared = TensorParams(ratio=0.0, scale=1.7, weight_signs=(1.0, -1.0))  # one value for every row (a recipe's)
+        one = fused_tables.dare_columns(column("ratio"), column("density_mother"), np.asarray(
+            [p.mask_seeds[1] for p in params], dtype=np.uint64), None, None, shared.scale, shared.weight_signs[1], blend)
+        ints, values = fused_tables.dare_columns(
+            column("ratio"), column("density_mother"), np.asarray([p.mask_seeds[1] for p in params], dtype=np.uint64),
+            np.asarray([defaults.default_normalize if p.normalize is None else p.normalize for p in params]),
+            np.asarray([defaults.default_rescale if p.rescale is None else p.rescale for p in params]),
+            column("scale"), np.asarray([p.weight_signs[1] for p in params]), blend)
         for k, p in enumerate(params):
             row = fused_tables.dare_row(p, blend)
             assert ints[k].tolist() == [row.seed_low, row.seed_high, row.threshold, int(row.flags), row.linear[0]]
@@ -120,6 +137,10 @@ def test_the_dare_columns_are_the_dare_rows_of_each_tensor():
             assert (row.seed_low, row.seed_high) == (seed & 0xFFFFFFFF, seed >> 32)
             assert row.threshold == (int(p.density_mother * (1 << 24)) if p.density_mother < 1 else 1 << 24)
             assert row.weight == float(np.float32(p.weight_signs[1] * p.ratio))
+            row = fused_tables.dare_row(replace(p, normalize=None, rescale=None, scale=1.7, weight_signs=(1.0, -1.0)),
+                                        blend)
+            assert one[0][k].tolist() == [row.seed_low, row.seed_high, row.threshold, int(row.flags), row.linear[0]]
+            assert one[1][k].tolist() == [row.weight, row.scale, *row.linear[1:], row.blend]
 
 
 def test_the_linear_columns_are_linear_weights_of_each_ratio():
@@ -133,10 +154,9 @@ def test_the_linear_columns_are_linear_weights_of_each_ratio():
 def test_a_candidate_is_cut_into_growing_slices_that_hold_every_tensor_once_in_order(count):
     from darwin_core.evolution.child import _slices
 
-    names = [f"t{k}" for k in range(count)]
     for slices in (1, 4):
-        parts = _slices(names, slices)
-        assert [name for part in parts for name in part] == names
+        parts = _slices(count, slices)
+        assert [row for start, stop in parts for row in range(start, stop)] == list(range(count))
         assert len(parts) <= max(1, slices)
-        sizes = [len(part) for part in parts]
+        sizes = [stop - start for start, stop in parts]
         assert sizes == sorted(sizes)  # the first is the smallest: the GPU starts early

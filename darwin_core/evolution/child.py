@@ -31,12 +31,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from darwin_core.io.dtypes import dtype_from_name
 from darwin_core.errors import DarwinError
 from darwin_core.evolution.placement import ParentsOn
-from darwin_core.merge.methods.apply import StateDictSource, paired_plan
+from darwin_core.merge.methods.apply import StateDictSource
 from darwin_core.parents.compatibility import PairingMode
 
 # Candidates on a CUDA device merge through the fused one-pass kernels (`merge.methods.fused`: the reference's
@@ -242,9 +243,10 @@ class ResidentChild:
         self._vocabularies = {None: (self.model, self.tokenizer, self.plan)}
         self._vocabulary = None
         self.current: str | None = "father"  # what the child's weights hold now (a recipe hash or a parent)
-        self._held: dict[str, tuple] = {}  # per checkpoint tensor: the plan its values came from (`_tensor_key`)
+        self._held: list = []  # the plans (`recipe.columns.PlanColumns`, per slice) the child's tensors hold now
         self.last_rewritten = 0  # tensors the last `load_recipe` merged and wrote (the rest were unchanged)
         self._layouts: dict[tuple, object] = {}  # fused_layout.ResidentLayout per (pairing, write plan, child dtype)
+        self._indexes: dict[int, object] = {}  # recipe.columns.TensorIndex per pairing (`_index`)
 
     def _placement(self, folders: list[Path], parents: str):
         """Where the parents' tensors live (`evolution.placement`): measured free memory decides under "auto"
@@ -268,7 +270,7 @@ class ResidentChild:
                 yield name, tensor
 
         self.current = None  # a failure half-way leaves a mixed child: say so
-        self._held = {}
+        self._held = []
         self.model, self.tokenizer = self._child_model, self._child_tokenizer
         written = self.plan.write(counted())
         expected = set(self.names) if names is None else set(names)  # read after the items: they may fill it
@@ -303,7 +305,7 @@ class ResidentChild:
             self._vocabularies[key] = (model, plan.tokenizer, WritePlan(model, self.names))
         self._child_model, self._child_tokenizer, self.plan = self._vocabularies[key]
         self.model, self.tokenizer = self._child_model, self._child_tokenizer
-        self._vocabulary, self.current, self._held = key, None, {}
+        self._vocabulary, self.current, self._held = key, None, []
 
     def _mother_vocabulary_differs(self) -> bool:
         """Whether the mother speaks another vocabulary than the father (then she is scored as her own model)."""
@@ -351,10 +353,14 @@ class ResidentChild:
 
         Only the tensors whose plan changed since the last candidate are merged and written (a frozen layer, a
         transplanted or untouched tensor, a ratio the genome did not move): the others already hold exactly
-        these bytes. On a CUDA device the merge is the fused one (same bytes as `merge_tensors`, one pass); with
-        the parents resident beside the child it goes through the child's `fused_layout.ResidentLayout`, planned and
-        launched in `MERGE_SLICES` slices so that the GPU merges one while the host plans the next."""
+        these bytes. Plans and the change check are numpy columns (`recipe.columns`), made slice by slice. On a
+        CUDA device the merge is the fused one (same bytes as `merge_tensors`, one pass); with the parents
+        resident beside the child it goes through the child's `fused_layout.ResidentLayout`, planned and launched
+        in `MERGE_SLICES` slices so that the GPU merges one while the host plans the next."""
+        from darwin_core.merge.methods import fused
+        from darwin_core.merge.methods.registry import Method
         from darwin_core.merge.pairing import aligned_sources
+        from darwin_core.recipe.columns import plan_columns
 
         pairing = self.pairing_for(getattr(recipe, "layer_map", None), getattr(recipe, "tokenizer_source", None))
         self._use_vocabulary(pairing.vocabulary)
@@ -364,30 +370,44 @@ class ResidentChild:
         merge = self._merge_function()
         father, mother = aligned_sources(pairing, self.father, self.mother)  # rows by token under a vocabulary plan
         layout = None
-        if merge is not apply_merge_tensors() and father is self.father and self.placement.parents_on == ParentsOn.ACCELERATOR:
+        if (merge is not apply_merge_tensors() and father is self.father and fused.fusable(recipe, self.device)
+                and self.placement.parents_on == ParentsOn.ACCELERATOR):
             layout = self._layout(pairing, recipe.torch_dtype)
-        held, keys, changed = self._held, {}, []
+        index, held, planned, written = self._index(pairing), self._held, [], []
+        dare, blend = recipe.method == Method.DARE_TIES, fused.dare_blend(recipe)
+        counted = [0]
 
         def merged() -> Iterator[tuple[str, torch.Tensor]]:
-            # slice by slice, so the GPU merges one slice while the host plans the next (`MERGE_SLICES`)
-            for part in _slices(self.names, MERGE_SLICES if layout is not None and not self.plan.groups else 1):
-                part_keys = {name: _tensor_key(recipe, name, pairing.names) for name in part}
-                keys.update(part_keys)
-                part_changed = self._changed_names(part_keys, held, part)
-                changed.extend(part_changed)
+            slices = MERGE_SLICES if layout is not None and not self.plan.groups else 1
+            for part, (start, stop) in enumerate(_slices(len(index), slices)):
+                columns = plan_columns(recipe, index, start, stop)
+                planned.append(columns)
+                changed = self._with_groups(columns, columns.changed(held[part] if part < len(held) else None))
+                counted[0] += int(changed.sum())
+                if layout is not None:
+                    changed &= ~layout.merge(columns, changed, dare, blend, fused._triton_kernels().layout_launch)
+                names = columns.names(changed)
+                written.extend(names)
                 extra = {}
                 if merge is not apply_merge_tensors():
-                    extra["outputs"] = {name: self.plan.targets[self.plan.direct[name]] for name in part_changed
+                    extra["outputs"] = {name: self.plan.targets[self.plan.direct[name]] for name in names
                                         if name in self.plan.direct}
-                if layout is not None:
-                    extra["layout"] = layout
-                yield from merge(recipe, father, mother, part_changed, device=self.device, base=self.base,
+                yield from merge(recipe, father, mother, names, device=self.device, base=self.base,
                                  pairing=pairing.names, **extra)
 
         self.current = None  # from here on the child's weights may be half written
-        self.write(merged(), label=label, names=changed)
-        self._held = keys
-        self.last_rewritten = len(changed)
+        self.write(merged(), label=label, names=written)  # what the layout merged is the child's own tensors already
+        self._held = planned
+        self.last_rewritten = counted[0]
+
+    def _index(self, pairing):
+        """The child's tensor names with their roles and partners (`recipe.columns.TensorIndex`), once per pairing."""
+        from darwin_core.recipe.columns import TensorIndex
+
+        key = id(pairing)
+        if key not in self._indexes:
+            self._indexes[key] = TensorIndex.of(self.names, pairing.names)
+        return self._indexes[key]
 
     def _layout(self, pairing, out_dtype):
         """The fused kernels' tables for resident parents and this write plan's tensors, made at first use."""
@@ -399,16 +419,15 @@ class ResidentChild:
             self._layouts[key] = ResidentLayout(self.father, self.mother, outputs, pairing.names, out_dtype, self.device)
         return self._layouts[key]
 
-    def _changed_names(self, keys: dict[str, tuple], held: dict[str, tuple], names: list[str]) -> list[str]:
-        """Those of `names` whose plan (`keys`) differs from what the child holds (`held`), in storage order; a
-        tensor written through a converter group (MoE experts fused on load) brings its whole group, which is
-        written as one (`names` then holds every tensor: groups are not sliced)."""
-        changed = {name for name in names if held.get(name) != keys[name]}
-        for name in list(changed):
-            group = self.plan.group_of.get(name)
-            if group is not None:
-                changed.update(member for member, _ in self.plan.groups[group].members)
-        return [name for name in names if name in changed]
+    def _with_groups(self, columns, changed: np.ndarray) -> np.ndarray:
+        """`changed` with every tensor of a converter group (MoE experts fused on load) one of whose tensors changed:
+        a group is written as one (such a child is not sliced, so its columns hold every tensor)."""
+        if not self.plan.groups or not changed.any():
+            return changed
+        groups = {self.plan.group_of.get(name) for name in columns.names(changed)} - {None}
+        members = {member for group in groups for member, _ in self.plan.groups[group].members}
+        names = columns.index.names[columns.start:columns.start + len(columns)]
+        return changed | np.fromiter((name in members for name in names), dtype=bool, count=len(names))
 
     def _merge_function(self):
         """`fused_merge_tensors` on a CUDA device (it hands what it cannot fuse to `merge_tensors`), else the
@@ -422,14 +441,13 @@ class ResidentChild:
         return apply.merge_tensors
 
 
-def _slices(names: list[str], count: int) -> list[list[str]]:
-    """`names` cut into `count` runs in order, each twice the one before: the first is small, so the GPU starts
-    soon, and each next one is planned while the GPU merges the one before (about as long, as planning a tensor
-    takes about half as long as the GPU's merge of it at the seeds' sizes: bench/merge_host.py)."""
-    count = max(1, min(count, len(names)))
+def _slices(total: int, count: int) -> list[tuple[int, int]]:
+    """Rows 0 … `total` cut into `count` runs (start, stop) in order, each twice the one before: the first is small,
+    so the GPU starts soon, and each next one is planned while the GPU merges the one before."""
+    count = max(1, min(count, total))
     weights = [1 << k for k in range(count)]
-    ends = [round(len(names) * sum(weights[:k + 1]) / sum(weights)) for k in range(count)]
-    return [names[start:end] for start, end in zip([0] + ends[:-1], ends)] if names else [[]]
+    ends = [round(total * sum(weights[:k + 1]) / sum(weights)) for k in range(count)]
+    return list(zip([0] + ends[:-1], ends))
 
 
 def apply_merge_tensors():
@@ -437,14 +455,3 @@ def apply_merge_tensors():
     from darwin_core.merge.methods import apply
 
     return apply.merge_tensors
-
-
-def _tensor_key(recipe, name: str, pairing) -> tuple:
-    """Everything one tensor's merged bytes depend on besides the parents: equal keys, equal bytes."""
-    plan, mother_name = paired_plan(recipe, name, pairing)
-    dtype = recipe.torch_dtype
-    if plan.source == "father":
-        return ("father", plan.keep_dtype, dtype)
-    if plan.source == "mother":
-        return ("mother", mother_name, dtype)
-    return (recipe.method, str(recipe.base), recipe.method_weight, dtype, mother_name, plan.params)

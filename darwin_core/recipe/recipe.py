@@ -47,6 +47,7 @@ from darwin_core.merge.methods.registry import DEFAULT_METHOD, TensorParams, get
 from darwin_core.io.dtypes import CHILD_DTYPES as DTYPES
 from darwin_core.parents.anatomy import classify
 from darwin_core.parents.tokenizers import TokenizerSource
+from darwin_core.recipe.columns import seed_message, seed_of
 from darwin_core.recipe.refs import ParentRef
 from darwin_core.recipe.tables import ParamTable, _unit, density_table, ratio_table
 
@@ -345,8 +346,7 @@ class Recipe:
 
     def mask_seed(self, name: str, parent: str) -> int:
         """The DARE mask seed of one parent's task vector of one tensor: stable, order-independent."""
-        digest = hashlib.sha256(f"{self.recipe_hash}\n{name}\n{parent}".encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+        return seed_of(hashlib.sha256(seed_message(self.recipe_hash, name, parent)).digest())
 
     def plan_for(self, name: str) -> TensorPlan:
         """Everything `merge_tensors` needs for one tensor: copy a parent, or merge with these parameters.
@@ -364,18 +364,22 @@ class Recipe:
 
     def _plan_for(self, name: str) -> TensorPlan:
         role = classify(name)
-        ratio = self._ratio(name, role)
-        source = self._source(role, ratio)
-        densities = self.densities.lookup(name, role.layer, role.role)
+        source, ratio, densities = self.resolve(name, role)
         # the masks' seeds only where a kernel reads them: a copied tensor has none (its bytes are a parent's), and
         # the father's task vector is zero when he is the base (`delta.task_vector_merge` masks only the mother's)
         seeds = {}
-        if source is None and self._reads_mask_seeds:
+        if source is None and self.reads_mask_seeds:
             father_seed = self.mask_seed(name, "father") if self.base != "father" else 0
             seeds = {"mask_seeds": (father_seed, self.mask_seed(name, "mother"))}
         params = TensorParams(ratio=0.0 if role.tower != "language" else ratio, density_father=densities[0],
                               density_mother=densities[1], **seeds, **self._param_constants)
         return TensorPlan(source, params, keep_dtype=role.tower != "language")
+
+    def resolve(self, name: str, role) -> tuple[str | None, float, tuple[float, float]]:
+        """(source, ratio, densities) of one tensor of this `role` (`classify(name)`): the fields of its plan that
+        differ between tensors besides the seeds, shared by `plan_for` and `recipe.columns.plan_columns`."""
+        ratio = self._ratio(name, role)
+        return self._source(role, ratio), ratio, self.densities.lookup(name, role.layer, role.role)
 
     def _source(self, role, ratio: float) -> str | None:
         """Which parent's tensor is taken whole (None: merged): non-language towers and frozen layers the
@@ -391,6 +395,12 @@ class Recipe:
         return None
 
     @cached_property
+    def shared_params(self) -> TensorParams:
+        """The TensorParams of a merged tensor with the fields every tensor of this recipe shares (ratio 0,
+        densities 1, default seeds): what `recipe.columns.PlanColumns` carries beside its per-tensor columns."""
+        return TensorParams(ratio=0.0, **self._param_constants)
+
+    @cached_property
     def _param_constants(self) -> dict[str, Any]:
         """The TensorParams fields every tensor of this recipe shares (made once, not once per tensor)."""
         return {"normalize": self.normalize, "rescale": self.rescale, "scale": self.scale,
@@ -398,7 +408,7 @@ class Recipe:
                 **{option: getattr(self, option) for option in METHOD_OPTIONS if getattr(self, option) is not None}}
 
     @cached_property
-    def _reads_mask_seeds(self) -> bool:
+    def reads_mask_seeds(self) -> bool:
         """Whether the method draws random masks (DARE, DELLA): only then are the per-tensor seeds (two sha256s
         per tensor, a third of a plan's cost) worth computing; a method that does not read them keeps the
         default, which never changes its output (`Method.parameters`)."""

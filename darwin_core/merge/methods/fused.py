@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from darwin_core.merge.methods.apply import _fetch, _names_of, merge_tensors, paired_plan
-from darwin_core.merge.methods.fused_layout import ResidentLayout
 from darwin_core.merge.methods.fused_tables import (MULTI_CHUNK, chunk_table, dare_row, linear_tables,  # noqa: F401
                                                    linear_weights)
 from darwin_core.merge.methods.registry import Method, get_method
@@ -80,23 +79,20 @@ def fused_merge_tensors(
     base: Any = None,
     pairing: Mapping[str, str | None] | None = None,
     outputs: Mapping[str, torch.Tensor] | None = None,
-    layout: ResidentLayout | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield what `merge_tensors` yields for the same arguments, through the fused kernels where they apply.
 
     `outputs` (name → a tensor of the child's dtype and shape, e.g. the resident child's own parameter): a fused
     kernel writes the merged values straight into it and yields it, so the caller's copy is not needed (a third
-    of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual. `layout`
-    (a `fused_layout.ResidentLayout` of these sources): its tensors are merged into its outputs by a few launches
-    per dtype triple, with the tables it made once; the rest as without it."""
+    of a linear merge's traffic); a tensor that does not match, or is not fused, is yielded as usual. (A resident
+    child's candidates go through its `fused_layout.ResidentLayout` first, tables made once; this path gets the
+    tensors the layout does not take.)"""
     device = torch.device(device)
     names = _names_of(father) if names is None else list(names)
     if not fusable(recipe, device):
         yield from merge_tensors(recipe, father, mother, names, device=device, base=base, pairing=pairing)
         return
     kernels = _triton_kernels()
-    if layout is not None and layout.serves(father, mother, pairing, recipe.torch_dtype, device):
-        names = yield from layout.merge(recipe, names, pairing, kernels.layout_launch)
     resident = _resident(father, device) and _resident(mother, device)
     batch = _batch_for(recipe, kernels, outputs, resident)
     copies = None  # tensors taken whole from a parent, written in place by the linear kernel's copy mode
@@ -122,6 +118,12 @@ def fused_merge_tensors(
         yield from open_batch.flush()
 
 
+def dare_blend(recipe: Any) -> float | None:
+    """The method weight a DARE-TIES row lerps its result from the linear merge by (None: the method's result)."""
+    blends = recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear
+    return recipe.method_weight if blends else None
+
+
 def _merge_one(kernels, recipe, plan, batch: TensorBatch | None, father, mother, name: str, mother_name: str,
                device: torch.device, into: torch.Tensor | None) -> tuple[TensorBatch | None, torch.Tensor | None]:
     """A merged tensor: added to `batch` (returned) when the kernels take it, else merged by the per-tensor
@@ -132,9 +134,7 @@ def _merge_one(kernels, recipe, plan, batch: TensorBatch | None, father, mother,
     batched = batch is not None and _fits(f, m, target) and _aligned(f, m)
     in_place = _fits_into(into, f, target) and _aligned(into)
     if batched and recipe.method == Method.DARE_TIES:
-        blends = recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear
-        blend = recipe.method_weight if blends else None
-        batch.add(name, f, m, into if in_place else None, dare_row(plan.params, blend), target)
+        batch.add(name, f, m, into if in_place else None, dare_row(plan.params, dare_blend(recipe)), target)
         return batch, None
     if recipe.method != Method.LINEAR:
         return None, None

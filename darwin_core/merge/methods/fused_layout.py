@@ -12,17 +12,16 @@ kernels are the batch path's, so the bytes are the reference's (tests/test_gpu.p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from darwin_core.merge.methods.apply import paired_plan
 from darwin_core.merge.methods.fused_tables import (FLOAT_ROW, INT_ROW, SKIP_MODE, DareFlag, RowKinds, chunk_starts,
                                                    chunk_table, dare_columns, linear_columns, scratch_size)
-from darwin_core.merge.methods.registry import Method, get_method
+from darwin_core.merge.methods.registry import PlanSource
 
 
 @dataclass(frozen=True)
@@ -78,76 +77,83 @@ class ResidentLayout:
             members.setdefault(key, []).append((name, f, m, into))
             self.entries[name] = _Entry(group, len(members[key]) - 1, *entry)
         self.groups = [_group(rows, device) for rows in members.values()]
+        self._index_rows: tuple[Any, _IndexRows] | None = None
 
-    def serves(self, father: Any, mother: Any, pairing: Any, out_dtype: torch.dtype | None,
-               device: torch.device) -> bool:
-        """Whether this layout was built for these sources, pairing, child dtype and device."""
-        return (self.sources[0] is father and self.sources[1] is mother and self.pairing is pairing
-                and self.out_dtype == out_dtype and self.device == device)
-
-    def merge(self, recipe: Any, names: Sequence[str], pairing: Mapping[str, str | None] | None,
-              launch: Callable[[np.ndarray, LayoutGroup, RowKinds, tuple[int, int]], None]
-              ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Merge the `names` the kernels can carry out (one `launch(table, group, kinds, chunk range)` per dtype
-        triple, over the chunks from its first merged tensor to its last), yield them as (name, the child's own
-        tensor); returns the names left for the reference path."""
-        dare = recipe.method == Method.DARE_TIES
-        blend = recipe.method_weight if recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear else None
-        merged: list[list[tuple[int, Any]]] = [[] for _ in self.groups]
-        copied: list[list[tuple[int, int]]] = [[] for _ in self.groups]
-        done, left = [], []
-        for name in names:
-            entry = self.entries.get(name)
-            if entry is None:
-                left.append(name)
+    def merge(self, columns: Any, rows: np.ndarray, dare: bool, blend: float | None,
+              launch: Callable[[np.ndarray, LayoutGroup, RowKinds, tuple[int, int]], None]) -> np.ndarray:
+        """Merge the `rows` (a bool mask over `columns`, a `recipe.columns.PlanColumns` of this layout's index) that
+        the kernels can carry out into the child's own tensors, by one `launch(table, group, kinds, chunk range)`
+        per dtype triple over the chunks from its first such tensor to its last; returns the mask of those done
+        (the others are the reference path's)."""
+        where = self._rows(columns.index)
+        span = slice(columns.start, columns.start + len(columns))
+        merged = rows & (columns.source == PlanSource.MERGED) & where.mergeable[span]
+        copied = rows & (((columns.source == PlanSource.FATHER) & where.copies_father[span])
+                         | ((columns.source == PlanSource.MOTHER) & where.copies_mother[span]))
+        groups, positions = where.group[span], where.position[span]
+        for number, group in enumerate(self.groups):
+            ours = groups == number
+            merged_here, copied_here = np.flatnonzero(merged & ours), np.flatnonzero(copied & ours)
+            if not (len(merged_here) or len(copied_here)):
                 continue
-            plan, mother_name = paired_plan(recipe, name, pairing)
-            if plan.source is None and mother_name is not None and entry.mergeable:
-                merged[entry.group].append((entry.position, plan.params))
-            elif plan.source == "father" and entry.copies_father[plan.keep_dtype]:
-                copied[entry.group].append((entry.position, 0))
-            elif plan.source == "mother" and mother_name is not None and entry.copies_mother:
-                copied[entry.group].append((entry.position, 1))
-            else:
-                left.append(name)
-                continue
-            done.append(name)
-        for group, rows, copies in zip(self.groups, merged, copied):
-            if rows or copies:
-                table, kinds = candidate_table(group.template, len(group.names), rows, copies, dare, blend)
-                positions = [position for position, _ in rows] + [position for position, _ in copies]
-                launch(table, group, kinds, (int(group.chunk_starts[min(positions)]),
-                                             int(group.chunk_starts[max(positions) + 1])))
-        for name in done:
-            entry = self.entries[name]
-            yield name, self.groups[entry.group].outputs[entry.position]
-        return left
+            table, kinds = candidate_table(group.template, len(group.names), columns, merged_here, copied_here,
+                                           positions, dare, blend)
+            touched = positions[np.concatenate([merged_here, copied_here])]
+            launch(table, group, kinds, (int(group.chunk_starts[touched.min()]),
+                                         int(group.chunk_starts[touched.max() + 1])))
+        return merged | copied
+
+    def _rows(self, index: Any) -> _IndexRows:
+        """Per row of `index` (names in the child's order): its group and position, what the kernels can do."""
+        if self._index_rows is None or self._index_rows[0] is not index:
+            entries = [self.entries.get(name) for name in index.names]
+            self._index_rows = (index, _IndexRows(
+                group=np.asarray([-1 if e is None else e.group for e in entries], dtype=np.int64),
+                position=np.asarray([0 if e is None else e.position for e in entries], dtype=np.int64),
+                mergeable=np.asarray([e is not None and e.mergeable for e in entries], dtype=bool),
+                copies_father=np.asarray([e is not None and e.copies_father[not language]
+                                          for e, language in zip(entries, index.language)], dtype=bool),
+                copies_mother=np.asarray([e is not None and e.copies_mother for e in entries], dtype=bool)))
+        return self._index_rows[1]
 
 
-def candidate_table(template: np.ndarray, count: int, merged: list[tuple[int, Any]], copied: list[tuple[int, int]],
-                    dare: bool, blend: float | None) -> tuple[np.ndarray, RowKinds]:
-    """A group's table for one candidate: `template` with the rows of the merged tensors (position, params) and
-    of the copied ones (position, linear mode 0/1) filled; the launches its rows need."""
+@dataclass(frozen=True)
+class _IndexRows:
+    """`ResidentLayout._rows`: one entry per row of a tensor index (group -1: a tensor the layout does not hold)."""
+
+    group: np.ndarray
+    position: np.ndarray
+    mergeable: np.ndarray
+    copies_father: np.ndarray  # the father's tensor copied as it is, in the dtype the row's plan keeps
+    copies_mother: np.ndarray
+
+
+def candidate_table(template: np.ndarray, count: int, columns: Any, merged: np.ndarray, copied: np.ndarray,
+                    positions: np.ndarray, dare: bool, blend: float | None) -> tuple[np.ndarray, RowKinds]:
+    """A group's table for one candidate: `template` with the rows of the `merged` and `copied` rows of `columns`
+    (indices into them; `positions` their rows in the group) filled; the launches its rows need."""
     table = template.copy()
     ints = table[:count * INT_ROW].reshape(count, INT_ROW)
     floats = table[count * INT_ROW:].view(np.float32).reshape(count, FLOAT_ROW)
-    if copied:
-        positions, modes = zip(*copied)
-        ints[list(positions), 9] = modes
+    if len(copied):
+        ints[positions[copied], 9] = (columns.source[copied] == PlanSource.MOTHER).astype(np.int64)
     rescales = False
-    if merged:
-        positions = [position for position, _ in merged]
-        params = [p for _, p in merged]
+    if len(merged):
+        at, ratio = positions[merged], columns.ratio[merged]
         if dare:
-            columns, values = dare_columns(params, blend)
-            ints[positions, 5:10] = columns
-            floats[positions, :6] = values
-            rescales = bool(np.any(columns[:, 3] & int(DareFlag.RESCALE)))
+            shared = columns.shared
+            kernel_ints, values = dare_columns(ratio, columns.density_mother[merged], columns.seed_mother[merged],
+                                               shared.normalize, shared.rescale, shared.scale, shared.weight_signs[1],
+                                               blend)
+            ints[at, 5:10] = kernel_ints
+            floats[at, :6] = values
+            rescales = bool(np.any(kernel_ints[:, 3] & int(DareFlag.RESCALE)))
         else:
-            modes, w0, w1, total = linear_columns(np.asarray([p.ratio for p in params], dtype=np.float64))
-            ints[positions, 9] = modes
-            floats[positions, 2], floats[positions, 3], floats[positions, 4] = w0, w1, total
-    return table, RowKinds(rescales, bool(merged) and dare, bool(copied) or (bool(merged) and not dare))
+            modes, w0, w1, total = linear_columns(ratio)
+            ints[at, 9] = modes
+            floats[at, 2], floats[at, 3], floats[at, 4] = w0, w1, total
+    has_merged = bool(len(merged))
+    return table, RowKinds(rescales, has_merged and dare, bool(len(copied)) or (has_merged and not dare))
 
 
 def _group(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], device: torch.device) -> LayoutGroup:

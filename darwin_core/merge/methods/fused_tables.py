@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -143,29 +144,29 @@ def dare_row(params: TensorParams, blend: float | None = None) -> DareRow:
         linear=linear_weights(params.ratio), blend=1.0 if blend is None else float(np.float32(blend)))
 
 
-def dare_columns(params: list[TensorParams], blend: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def dare_columns(ratio: np.ndarray, density: np.ndarray, seeds: np.ndarray, normalize: Any, rescale: Any,
+                 scale: Any, sign: Any, blend: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`dare_row` of many tensors at once (the resident layout's candidates), as the tables hold them: int64
     columns (seed low, seed high, threshold, flags, linear mode) and float32 columns (weight, scale, w0, w1, total,
-    method weight), a row per tensor."""
+    method weight), a row per tensor. `ratio`, the mother's `density` (float64) and her mask `seeds` (uint64) are
+    columns; `normalize` / `rescale` (None: the method's default), `scale` and the mother's weight `sign` are
+    columns or one value for every row."""
     method = get_method(Method.DARE_TIES)
-    ratio = np.asarray([p.ratio for p in params], dtype=np.float64)
-    density = np.asarray([p.density_mother for p in params], dtype=np.float64)
-    seeds = np.asarray([p.mask_seeds[1] for p in params], dtype=np.uint64)
-    normalize = np.asarray([method.default_normalize if p.normalize is None else p.normalize for p in params], dtype=bool)
-    rescale = np.asarray([method.default_rescale if p.rescale is None else p.rescale for p in params], dtype=bool)
+    normalize = method.default_normalize if normalize is None else normalize
+    rescale = method.default_rescale if rescale is None else rescale
     drop = density < 1
     flags = (int(DareFlag.TASK_VECTOR) + np.where(drop, int(DareFlag.DROP), 0)
              + np.where(drop & rescale, int(DareFlag.RESCALE), 0) + np.where(normalize, int(DareFlag.NORMALIZE), 0)
              + (int(DareFlag.BLEND) if blend is not None else 0))
     modes, w0, w1, total = linear_columns(ratio)
-    ints = np.empty((len(params), 5), dtype=np.int64)
+    ints = np.empty((len(ratio), 5), dtype=np.int64)
     ints[:, 0] = (seeds & np.uint64(_M32)).astype(np.int64)
     ints[:, 1] = ((seeds >> np.uint64(32)) & np.uint64(_M32)).astype(np.int64)
     ints[:, 2] = np.where(drop, (density * (1 << _MASK_BITS)).astype(np.int64), 1 << _MASK_BITS)  # int(): truncation
     ints[:, 3], ints[:, 4] = flags, modes
-    values = np.empty((len(params), 6), dtype=np.float32)
-    values[:, 0] = np.asarray([p.weight_signs[1] for p in params], dtype=np.float64) * ratio
-    values[:, 1] = [p.scale for p in params]
+    values = np.empty((len(ratio), 6), dtype=np.float32)
+    values[:, 0] = np.asarray(sign, dtype=np.float64) * ratio
+    values[:, 1] = scale
     values[:, 2], values[:, 3], values[:, 4] = w0, w1, total
     values[:, 5] = 1.0 if blend is None else blend
     return ints, values

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import torch
@@ -28,6 +28,15 @@ from darwin_core.errors import DarwinError
 
 _FATHER = "father"
 _MOTHER = "mother"
+
+
+class PlanSource(IntEnum):
+    """A tensor plan's source as a number, for plans held in arrays (`recipe.columns`): merged, or one parent's
+    tensor taken as it is (`TensorPlan.source` None / "father" / "mother")."""
+
+    MERGED = 0
+    FATHER = 1
+    MOTHER = 2
 
 
 @dataclass(frozen=True)
