@@ -218,6 +218,41 @@ def _busy(recipe, child, device) -> float:
                if str(getattr(e, "device_type", "")).endswith("CUDA")) / 1e6
 
 
+def _timeline(recipe, child, device) -> None:
+    """One fresh candidate's launches through the layout: when the host issued each (ms after the start) and when
+    the GPU ran it (CUDA events around it, on the same origin), so a gap shows whether the GPU waited for the host."""
+    from darwin_core.merge.methods import _dare_triton
+
+    real, marks = _dare_triton.layout_launch, []
+
+    def marked(table, group, kinds, chunk_range):
+        issued = time.perf_counter()
+        events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        events[0].record()
+        real(table, group, kinds, chunk_range)
+        events[1].record()
+        marks.append((issued, time.perf_counter(), *events, chunk_range))
+
+    _dare_triton.layout_launch = marked
+    try:
+        child._held, child.current = [], None
+        torch.cuda.synchronize(device)
+        origin = torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        origin.record()
+        child.load_recipe(dataclasses.replace(recipe))
+        returned = time.perf_counter()
+        torch.cuda.synchronize(device)
+        ended = time.perf_counter()
+    finally:
+        _dare_triton.layout_launch = real
+    print("| launch | chunks | host issued, ms | host done | GPU start | GPU end |")
+    for k, (issued, done, start, end, chunks) in enumerate(marks):
+        print(f"| {k} | {chunks[1] - chunks[0]} | {1e3 * (issued - t0):.2f} | {1e3 * (done - t0):.2f} | "
+              f"{origin.elapsed_time(start):.2f} | {origin.elapsed_time(end):.2f} |")
+    print(f"load_recipe returned at {1e3 * (returned - t0):.2f} ms, the GPU done at {1e3 * (ended - t0):.2f} ms")
+
+
 def _elements(recipe, father) -> str:
     """Millions of elements per kind of work in `recipe`: copied whole, merged (DARE: dropped and rescaled or not)."""
     kinds: dict[str, int] = defaultdict(int)
@@ -280,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=12)
     parser.add_argument("--methods", default="linear,dare_ties")
     parser.add_argument("--no-rates", action="store_true", help="skip the kernels' element rates over all tensors")
+    parser.add_argument("--timeline", action="store_true", help="one candidate's launches, host and GPU times")
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     ceilings = measured_ceilings(device)
@@ -296,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             for child in children:
                 _candidate(dataclasses.replace(recipe), child, device)
         columns = [_segments(recipes, child, device) for child in children]
+        if args.timeline:
+            _timeline(recipes[-1], children[1], device)
         print(f"| {method} | batches ms | resident layout, sliced ms | layout: of the copy by {full / 1e9:.2f} GB "
               f"| by the recipe's {least / 1e9:.2f} GB |")
         for label in columns[0]:
