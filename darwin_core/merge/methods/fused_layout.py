@@ -5,8 +5,9 @@ anew. On an H200 that host work — each of ~400 tensors fetched and checked, ~1
 long as the GPU's merge, and the GPU waited for it (bench/merge_host.py). For a resident child none of it changes
 between candidates except each tensor's parameters: the parents' and the child's tensors stay where they are.
 `ResidentLayout` checks every tensor once and keeps, per dtype triple, the address rows (host) and the chunk
-table and scratch (GPU); a candidate then fills one row per tensor — DARE-TIES, linear, a parent's tensor copied,
-or SKIP_MODE for a tensor it keeps — and `_dare_triton.launch_rows` runs it over every chunk of the triple. The
+table and scratch (GPU); a candidate then fills one row per tensor from its plans' columns
+(`recipe.columns.PlanColumns`, no object per tensor) — DARE-TIES, linear, a parent's tensor copied, or SKIP_MODE
+for a tensor it keeps — and `_dare_triton.launch_rows` runs it over the chunks of the tensors it merges. The
 kernels are the batch path's, so the bytes are the reference's (tests/test_gpu.py, the resident child's test).
 """
 
