@@ -56,17 +56,20 @@ def _tree_pair(a, b, LEVELS: tl.constexpr):
 
 @triton.jit
 def _sum_block(f_ptr, m_ptr, partials, stride, block, index, inside, seed_low, seed_high, threshold,
-               LEVELS: tl.constexpr, SHIFT: tl.constexpr, TAIL: tl.constexpr, JOINED: tl.constexpr):
-    # one block's two partials (|Δ| at partials[block], |Δ·keep| at partials[stride + block]); inside: the tail's
-    # mask (outside it Δ = 0, as the reference's zero padding), None for a whole block, whose 16-byte aligned
-    # accesses stay vectorised
+               LEVELS: tl.constexpr, SHIFT: tl.constexpr, TAIL: tl.constexpr, JOINED: tl.constexpr,
+               BEFORE: tl.constexpr):
+    # one block's two partials (|Δ| at partials[block], |Δ·keep| at partials[stride + block]; BEFORE False: only
+    # the second); inside: the tail's mask (outside it Δ = 0, as the reference's zero padding), None for a whole
+    # block, whose 16-byte aligned accesses stay vectorised
     f = tl.load(tl.multiple_of(f_ptr + index, 16), mask=inside).to(tl.float32)
     m = tl.load(tl.multiple_of(m_ptr + index, 16), mask=inside).to(tl.float32)
     delta = m - f
     if TAIL:
         delta = tl.where(inside, delta, 0.0)
     kept = tl.abs(delta * _keep(index, seed_low, seed_high, threshold, SHIFT))
-    if JOINED:
+    if not BEFORE:
+        tl.store(partials + stride + block + tl.arange(0, 1), _tree(kept, LEVELS))
+    elif JOINED:
         at = tl.arange(0, 2)[:, None] * stride + tl.arange(0, 1)[None, :]
         tl.store(partials + block + at, _tree_pair(tl.abs(delta), kept, LEVELS))
     else:
@@ -78,7 +81,9 @@ def _sum_block(f_ptr, m_ptr, partials, stride, block, index, inside, seed_low, s
 @triton.jit(do_not_specialize=["stride", "chunk_stride"])
 def _dare_sums_kernel(tensors, chunks, partials, stride, chunk_partials, chunk_stride, f_witness, m_witness,
                       INT_ROW: tl.constexpr, BLOCK: tl.constexpr, PIECES: tl.constexpr, LEVELS: tl.constexpr,
-                      PIECE_LEVELS: tl.constexpr, SHIFT: tl.constexpr, RESCALE: tl.constexpr, JOINED: tl.constexpr):
+                      PIECE_LEVELS: tl.constexpr, SHIFT: tl.constexpr, RESCALE: tl.constexpr, JOINED: tl.constexpr,
+                      BEFORE: tl.constexpr):
+    # BEFORE False: only the |Δ·keep| sums (a resident layout keeps each chunk's |Δ| sum, which no recipe changes).
     # one program = one chunk of PIECES blocks of BLOCK elements of one tensor (chunks: int32 rows (tensor row,
     # chunk number)); tensors: int64 rows (father, mother, out address, numel, its first chunk, seed low, seed high,
     # threshold, flags, linear mode). Each block's two sums go to partials (PIECES slots per chunk, zeros past the
@@ -103,18 +108,22 @@ def _dare_sums_kernel(tensors, chunks, partials, stride, chunk_partials, chunk_s
             at = slot * PIECES + piece
             if start + BLOCK <= n:
                 _sum_block(f_ptr, m_ptr, partials, stride, at, start + offsets, None, seed_low, seed_high, threshold,
-                           LEVELS, SHIFT, False, JOINED)
+                           LEVELS, SHIFT, False, JOINED, BEFORE)
             elif start < n:
                 index = start + offsets
                 _sum_block(f_ptr, m_ptr, partials, stride, at, index, index < n, seed_low, seed_high, threshold,
-                           LEVELS, SHIFT, True, JOINED)
+                           LEVELS, SHIFT, True, JOINED, BEFORE)
             else:
                 tl.store(partials + at + tl.arange(0, 1), zero)
                 tl.store(partials + stride + at + tl.arange(0, 1), zero)
         tl.debug_barrier()  # the blocks' sums, stored by this program's threads, read back by all of them
         leaves = slot * PIECES + tl.arange(0, PIECES)
-        both = _tree_pair(tl.load(partials + leaves), tl.load(partials + stride + leaves), PIECE_LEVELS)
-        tl.store(chunk_partials + slot + tl.arange(0, 2)[:, None] * chunk_stride + tl.arange(0, 1)[None, :], both)
+        if BEFORE:
+            both = _tree_pair(tl.load(partials + leaves), tl.load(partials + stride + leaves), PIECE_LEVELS)
+            tl.store(chunk_partials + slot + tl.arange(0, 2)[:, None] * chunk_stride + tl.arange(0, 1)[None, :], both)
+        else:
+            kept = _tree(tl.load(partials + stride + leaves), PIECE_LEVELS)
+            tl.store(chunk_partials + chunk_stride + slot + tl.arange(0, 1), kept)
 
 
 @triton.jit
@@ -256,38 +265,68 @@ def dare_ties_multi_cuda(fathers, mothers, outs, rows) -> list[torch.Tensor]:
 
 def layout_launch(table, group, kinds: RowKinds, chunk_range: tuple[int, int]) -> None:
     """One candidate's rows for a `fused_layout.LayoutGroup`: its table up in one pinned copy, then the launches
-    over the chunks in `chunk_range` (the tensors the candidate keeps are skipped by their rows)."""
+    over the chunks in `chunk_range` (the tensors the candidate keeps are skipped by their rows). The chunks' |Δ|
+    sums depend on the parents alone: made once per group (`_before_sums`), then only the kept sums are summed."""
     device = group.scratch.device
     low, high = chunk_range
     with torch.cuda.device(device):
+        if kinds.rescales and group.befores is None:
+            group.befores = _before_sums(group, device)
         launch_rows(_upload(table, device), len(group.names), group.chunks[2 * low:2 * high], high - low,
-                    int(group.chunk_starts[-1]), group.scratch, kinds, group.witnesses)
+                    int(group.chunk_starts[-1]), group.scratch, kinds, group.witnesses, group.befores, low)
+
+
+def _before_sums(group, device: torch.device) -> torch.Tensor:
+    """Each chunk's |Δ| sum over every tensor of `group` (the first half of the sums kernel's chunk partials)."""
+    count, chunk_count = len(group.names), int(group.chunk_starts[-1])
+    table = group.template.copy()
+    table[:count * INT_ROW].reshape(count, INT_ROW)[:, 8] = int(DareFlag.RESCALE)
+    ints = _upload(table, device)[:count * INT_ROW]
+    chunk_partials = _launch_sums(ints, group.chunks, chunk_count, count, chunk_count, group.scratch,
+                                  group.witnesses, before=True)
+    return chunk_partials[:chunk_count].clone()
+
+
+def _launch_sums(ints: torch.Tensor, chunks: torch.Tensor, chunk_count: int, count: int, table_chunks: int,
+                 scratch: torch.Tensor, witnesses, *, before: bool) -> torch.Tensor:
+    """The sums kernel over `chunk_count` chunk rows (both sums, or `before` False the kept ones only); returns the
+    scratch's chunk partials (|Δ| sums first, |Δ·keep| sums `table_chunks` further on)."""
+    pieces = MULTI_CHUNK // SUMS_BLOCK
+    assert pieces <= SCRATCH_PIECES, "the scratch holds SCRATCH_PIECES block sums per chunk"
+    all_chunks = max(table_chunks, 1)
+    partials = scratch[count:count + 2 * all_chunks * SCRATCH_PIECES]
+    chunk_partials = scratch[count + 2 * all_chunks * SCRATCH_PIECES:]
+    if chunk_count:
+        _dare_sums_kernel[(chunk_count,)](ints, chunks, partials, all_chunks * SCRATCH_PIECES, chunk_partials,
+                                          all_chunks, witnesses[0], witnesses[1], INT_ROW=INT_ROW, BLOCK=SUMS_BLOCK,
+                                          PIECES=pieces, LEVELS=SUMS_BLOCK.bit_length() - 1,
+                                          PIECE_LEVELS=pieces.bit_length() - 1, SHIFT=SHIFT,
+                                          RESCALE=int(DareFlag.RESCALE), JOINED=SUMS_JOINED, BEFORE=before,
+                                          num_warps=SUMS_WARPS, enable_fp_fusion=False)
+    return chunk_partials
 
 
 def launch_rows(table: torch.Tensor, count: int, chunks: torch.Tensor, chunk_count: int, table_chunks: int,
-                scratch: torch.Tensor, kinds: RowKinds, witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                ) -> None:
+                scratch: torch.Tensor, kinds: RowKinds, witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                befores: torch.Tensor | None = None, first_chunk: int = 0) -> None:
     """The launches over `count` tensor rows on the current device: `table` holds the int64 rows (INT_ROW) and
     then the float32 rows (FLOAT_ROW), `chunks` the int32 chunk rows of `chunk_count` programs (some or all of the
-    table's `table_chunks`), `scratch` (float32, `fused_tables.scratch_size(count, table_chunks)`) the factors and
-    the partial sums; `kinds` says which launches any row needs (the sums and factors only for rows that rescale)."""
-    pieces = MULTI_CHUNK // SUMS_BLOCK
-    assert pieces <= SCRATCH_PIECES, "the scratch holds SCRATCH_PIECES block sums per chunk"
+    table's `table_chunks`, from chunk `first_chunk` on), `scratch` (float32, `fused_tables.scratch_size(count,
+    table_chunks)`) the factors and the partial sums; `kinds` says which launches any row needs (the sums and
+    factors only for rows that rescale). `befores`: every chunk's |Δ| sum, known (`_before_sums`): copied in
+    instead of summed again (the same bits: the same kernel over the same parents)."""
     ints, floats = table[:count * INT_ROW], table[count * INT_ROW:count * (INT_ROW + FLOAT_ROW // 2)]
-    all_chunks = max(table_chunks, 1)
     assert scratch.numel() >= scratch_size(count, table_chunks)
-    factors, partials = scratch[:count], scratch[count:count + 2 * all_chunks * SCRATCH_PIECES]
-    chunk_partials = scratch[count + 2 * all_chunks * SCRATCH_PIECES:]
-    stride, chunk_stride = all_chunks * SCRATCH_PIECES, all_chunks
+    factors = scratch[:count]
+    chunk_stride = max(table_chunks, 1)
     rescale = int(DareFlag.RESCALE)
     f_witness, m_witness, out_witness = witnesses
-    if chunk_count and kinds.rescales:
-        _dare_sums_kernel[(chunk_count,)](ints, chunks, partials, stride, chunk_partials, chunk_stride, f_witness,
-                                          m_witness, INT_ROW=INT_ROW, BLOCK=SUMS_BLOCK, PIECES=pieces,
-                                          LEVELS=SUMS_BLOCK.bit_length() - 1, PIECE_LEVELS=pieces.bit_length() - 1,
-                                          SHIFT=SHIFT, RESCALE=rescale, JOINED=SUMS_JOINED, num_warps=SUMS_WARPS,
-                                          enable_fp_fusion=False)
     if kinds.rescales:
+        chunk_partials = _launch_sums(ints, chunks, chunk_count, count, table_chunks, scratch, witnesses,
+                                      before=befores is None)
+        if befores is not None:
+            span = slice(first_chunk, first_chunk + chunk_count)
+            chunk_partials[span].copy_(befores[span])
         _dare_factor_kernel[(count,)](ints, chunk_partials, chunk_stride, factors, INT_ROW=INT_ROW, CHUNK=MULTI_CHUNK,
                                       GROUP=BLOCK, LEVELS=LEVELS, RESCALE=rescale, EPS=RESCALE_EPS, num_warps=8,
                                       enable_fp_fusion=False)

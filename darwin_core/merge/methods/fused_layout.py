@@ -48,6 +48,7 @@ class LayoutGroup:
     chunks: torch.Tensor
     scratch: torch.Tensor
     witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    befores: torch.Tensor | None = None  # each chunk's |Δ| sum (DARE's rescale), made by the first launch needing it
 
 
 class ResidentLayout:
