@@ -9,7 +9,9 @@ columns: the batches of `fused_merge_tensors` (parents treated as streamed: no l
 layout with its slices (what a resident child runs). Rows, medians per candidate after the first: the wall with
 every tensor rewritten (the roofline's bytes), its table building, uploads and Triton launch calls, the wall as in
 a breeding (unchanged tensors kept), the host alone (launches idle), the change check's planning alone, and the
-GPU's busy time in one candidate (torch.profiler). First, each kernel's element rate over all tensors at once.
+GPU's busy time in one candidate (torch.profiler). First, each kernel's element rate over all tensors at once
+(`--no-rates` skips it); `--timeline` adds one fresh candidate's launches through the layout, when the host issued
+each and when the GPU ran it (CUDA events), to show whether the GPU waited for the host.
 """
 
 from __future__ import annotations

@@ -58,7 +58,6 @@ class ResidentLayout:
                  pairing: Mapping[str, str | None] | None, out_dtype: torch.dtype | None, device: torch.device):
         from darwin_core.merge.methods.fused import _aligned, _fits, _fits_into
 
-        self.sources, self.pairing, self.out_dtype, self.device = (father, mother), pairing, out_dtype, device
         self.entries: dict[str, _Entry] = {}
         members: dict[tuple, list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         for name, into in outputs.items():
