@@ -375,15 +375,16 @@ class ResidentChild:
             layout = self._layout(pairing, recipe.torch_dtype)
         index, held, planned, written = self._index(pairing), self._held, [], []
         dare, blend = recipe.method == Method.DARE_TIES, fused.dare_blend(recipe)
-        counted = [0]
+        rewritten = 0
 
         def merged() -> Iterator[tuple[str, torch.Tensor]]:
+            nonlocal rewritten
             slices = MERGE_SLICES if layout is not None and not self.plan.groups else 1
             for part, (start, stop) in enumerate(_slices(len(index), slices)):
                 columns = plan_columns(recipe, index, start, stop)
                 planned.append(columns)
                 changed = self._with_groups(columns, columns.changed(held[part] if part < len(held) else None))
-                counted[0] += int(changed.sum())
+                rewritten += int(changed.sum())
                 if layout is not None:
                     changed &= ~layout.merge(columns, changed, dare, blend, fused._triton_kernels().layout_launch)
                 names = columns.names(changed)
@@ -400,7 +401,7 @@ class ResidentChild:
         self.current = None  # from here on the child's weights may be half written
         self.write(merged(), label=label, names=written)  # what the layout merged is the child's own tensors already
         self._held = planned
-        self.last_rewritten = counted[0]
+        self.last_rewritten = rewritten
 
     def _index(self, pairing):
         """The child's tensor names with their roles and partners (`recipe.columns.TensorIndex`), once per pairing."""
