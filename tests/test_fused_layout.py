@@ -31,6 +31,7 @@ def _layout_kernels(father, mother, launches):
         assert kinds.rescales == bool(np.any(ints[:, 8] & int(DareFlag.RESCALE)))
         assert kinds.task_vectors == bool(tasks.any())
         assert kinds.linear == bool(np.any(~tasks & (ints[:, 9] != SKIP_MODE)))
+        assert kinds.keep_bits == fused_tables.keep_bits(ints[:, 8])
         assert ints[:, 4].tolist() == group.chunk_starts[:-1].tolist()  # each tensor's first chunk
         low, high = chunk_range
         for position, name in enumerate(group.names):
@@ -141,6 +142,13 @@ def test_the_dare_columns_are_the_dare_rows_of_each_tensor():
                                         blend)
             assert one[0][k].tolist() == [row.seed_low, row.seed_high, row.threshold, int(row.flags), row.linear[0]]
             assert one[1][k].tolist() == [row.weight, row.scale, *row.linear[1:], row.blend]
+
+
+def test_the_merge_reads_the_sums_kernels_keep_masks_only_when_every_dropping_row_rescales():
+    task, drop, rescale = int(DareFlag.TASK_VECTOR), int(DareFlag.DROP), int(DareFlag.RESCALE)
+    assert fused_tables.keep_bits(np.asarray([task | drop | rescale, task, task | drop | rescale]))
+    assert not fused_tables.keep_bits(np.asarray([task | drop | rescale, task | drop]))  # one row's mask is hashed
+    assert not fused_tables.keep_bits(np.asarray([task, task]))  # nothing dropped, no mask to read
 
 
 def test_the_linear_columns_are_linear_weights_of_each_ratio():

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from darwin_core.merge.methods.fused_tables import (FLOAT_ROW, INT_ROW, SKIP_MODE, DareFlag, RowKinds, chunk_starts,
-                                                   chunk_table, dare_columns, linear_columns, scratch_size)
+                                                   chunk_table, dare_columns, keep_bits, linear_columns,
+                                                   scratch_size)
 from darwin_core.merge.methods.registry import PlanSource
 
 
@@ -49,6 +50,7 @@ class LayoutGroup:
     scratch: torch.Tensor
     witnesses: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     befores: torch.Tensor | None = None  # each chunk's |Δ| sum (DARE's rescale), made by the first launch needing it
+    keeps: torch.Tensor | None = None  # the keep masks the sums kernel leaves the merge (`_dare_triton.keep_buffer`)
 
 
 class ResidentLayout:
@@ -138,7 +140,7 @@ def candidate_table(template: np.ndarray, count: int, columns: Any, merged: np.n
     floats = table[count * INT_ROW:].view(np.float32).reshape(count, FLOAT_ROW)
     if len(copied):
         ints[positions[copied], 9] = (columns.source[copied] == PlanSource.MOTHER).astype(np.int64)
-    rescales = False
+    rescales = bits = False
     if len(merged):
         at, ratio = positions[merged], columns.ratio[merged]
         if dare:
@@ -149,12 +151,13 @@ def candidate_table(template: np.ndarray, count: int, columns: Any, merged: np.n
             ints[at, 5:10] = kernel_ints
             floats[at, :6] = values
             rescales = bool(np.any(kernel_ints[:, 3] & int(DareFlag.RESCALE)))
+            bits = keep_bits(kernel_ints[:, 3])
         else:
             modes, w0, w1, total = linear_columns(ratio)
             ints[at, 9] = modes
             floats[at, 2], floats[at, 3], floats[at, 4] = w0, w1, total
     has_merged = bool(len(merged))
-    return table, RowKinds(rescales, has_merged and dare, bool(len(copied)) or (has_merged and not dare))
+    return table, RowKinds(rescales, has_merged and dare, bool(len(copied)) or (has_merged and not dare), bits)
 
 
 def _group(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], device: torch.device) -> LayoutGroup:

@@ -99,6 +99,14 @@ class RowKinds:
     rescales: bool
     task_vectors: bool
     linear: bool
+    keep_bits: bool = False  # every dropping row rescales: the merge reads the sums kernel's keep masks
+
+
+def keep_bits(flags: np.ndarray) -> bool:
+    """Whether a DARE-TIES merge may read every dropping row's keep mask from the sums kernel: all of them rescale
+    (a recipe's rescale is all or nothing, so a launch's rows are all one way or the other)."""
+    drops = (flags & DareFlag.DROP) != 0
+    return bool(drops.any()) and bool(np.all((flags[drops] & DareFlag.RESCALE) != 0))
 
 
 def scratch_size(count: int, chunks: int) -> int:
