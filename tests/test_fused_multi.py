@@ -213,6 +213,40 @@ def test_dare_ties_tensors_are_batched_in_place_or_into_fresh_tensors_and_every_
     assert copied and sum(len(launch) for launch in cpu_fused) == len(merged) + len(copied)  # fresh outputs batched too
 
 
+class _CountedFetches:
+    """A parent's source that counts each tensor's fetches (what a host-streamed parent pays per fetch)."""
+
+    def __init__(self, source):
+        self.source, self.fetches = source, {}
+
+    def get(self, name, device=None):
+        self.fetches[name] = self.fetches.get(name, 0) + 1
+        return self.source.get(name, device)
+
+    def __getattr__(self, attribute):
+        return getattr(self.source, attribute)
+
+
+@pytest.mark.parametrize("method", ["linear", "dare_ties"])
+def test_a_tensor_the_kernels_refuse_is_fetched_once_from_each_parent_and_merged_by_the_reference(cpu_fused,
+                                                                                                  fixture_pair,
+                                                                                                  monkeypatch, method):
+    recipe, father, mother, reference, outputs = _setup(fixture_pair, None, method=method)
+    merged = [name for name in reference if recipe.plan_for(name).source is None]
+    copied = [name for name in reference if recipe.plan_for(name).source is not None and name in outputs]
+    refused = {source.get(name).data_ptr() for name in (merged[0], merged[-1], copied[0]) for source in (father, mother)}
+    fits = fused._fits
+    monkeypatch.setattr(fused, "_fits", lambda f, m, target: not {f.data_ptr(), m.data_ptr()} & refused
+                        and fits(f, m, target))
+    counted_father, counted_mother = _CountedFetches(father), _CountedFetches(mother)
+    got = dict(fused.fused_merge_tensors(recipe, counted_father, counted_mother, device="cpu", outputs=outputs))
+    assert sorted(got) == sorted(reference)
+    assert all(torch.equal(got[name].view(torch.uint8), reference[name].view(torch.uint8)) for name in reference)
+    assert all(got[name] is not outputs[name] for name in (merged[0], merged[-1], copied[0]))  # the reference's
+    assert counted_father.fetches and max(counted_father.fetches.values()) == 1
+    assert counted_mother.fetches and max(counted_mother.fetches.values()) == 1
+
+
 def test_a_dare_row_carries_density_seed_weight_and_options_and_the_tables_hold_them():
     from darwin_core.merge.methods.registry import TensorParams
 

@@ -101,18 +101,19 @@ def fused_merge_tensors(
     for name in names:
         plan, mother_name = paired_plan(recipe, name, pairing)
         into = None if outputs is None else outputs.get(name)
+        sources = _Fetched(father, name), _Fetched(mother, mother_name)
         if plan.source is None and mother_name is not None:
-            added, merged = _merge_one(kernels, recipe, plan, batch, father, mother, name, mother_name, device, into)
+            added, merged = _merge_one(kernels, recipe, plan, batch, *sources, name, mother_name, device, into)
         elif copies is not None and into is not None and plan.source in ("father", "mother") and mother_name is not None:
-            added, merged = _copy_one(copies, recipe, plan, father, mother, name, mother_name, device, into), None
+            added, merged = _copy_one(copies, recipe, plan, *sources, name, mother_name, device, into), None
         else:
             added, merged = None, None
         if added is not None:
             if added.full():
                 yield from added.flush()
             continue
-        if merged is None:
-            merged = next(iter(merge_tensors(recipe, father, mother, [name], device=device, base=base, pairing=pairing)))[1]
+        if merged is None:  # the reference's, from the tensors already fetched (a streamed parent crosses once)
+            merged = next(iter(merge_tensors(recipe, *sources, [name], device=device, base=base, pairing=pairing)))[1]
         yield name, merged
     for open_batch in {id(b): b for b in (batch, copies) if b is not None}.values():
         yield from open_batch.flush()
@@ -122,6 +123,25 @@ def dare_blend(recipe: Any) -> float | None:
     """The method weight a DARE-TIES row lerps its result from the linear merge by (None: the method's result)."""
     blends = recipe.method_weight < 1.0 and get_method(recipe.method).blends_with_linear
     return recipe.method_weight if blends else None
+
+
+class _Fetched:
+    """A parent's source that keeps the one tensor `name` once fetched: the kernels may refuse a tensor after
+    fetching it (an odd dtype, a layout they do not take), and the reference then reads it from here, so a
+    host-streamed parent's tensor crosses the host link once. Everything else is the source's own."""
+
+    def __init__(self, source: Any, name: str | None):
+        self.source, self.name, self.tensor = source, name, None
+
+    def get(self, name: str, device: Any = None) -> torch.Tensor:
+        if name != self.name:
+            return self.source.get(name, device)
+        if self.tensor is None:
+            self.tensor = self.source.get(name, device)
+        return self.tensor
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.source, attribute)
 
 
 def _merge_one(kernels, recipe, plan, batch: TensorBatch | None, father, mother, name: str, mother_name: str,
