@@ -179,6 +179,26 @@ def test_an_evolution_of_the_cross_arch_pair_with_the_per_layer_ffn_genome_compl
     assert report["pairing"]["kept_layers"] == [{"father_layer": 1, "why": "frozen: the recipe keeps this layer the father's"}]
 
 
+def test_a_candidate_of_an_ffn_only_run_under_the_default_genome_is_rebuilt_in_the_genome_it_was_bred_in(
+        cross_pair, tmp_path, one_thread):
+    # config.yaml keeps the genome as submitted (the default, darwin-v6); the search ran per-layer-ffn
+    from darwin_core.chat.models import candidate_recipe, candidates
+    from darwin_core.evolution.pipeline import EvolutionConfig
+    from darwin_core.runs import queue as jobs
+
+    config = EvolutionConfig(father=str(cross_pair[0]), mother=str(cross_pair[1]),
+                             tasks=({"file": str(_choice_task(tmp_path / "mc.jsonl")), "name": "mc"},),
+                             population=2, generations=1, proxy_items=4, topk_full=1, seed=1, device="cpu", mri=None,
+                             batch_size=8)
+    folder = jobs.prepare_foreground(config, tmp_path / "runs", run_id="default-genome")
+    assert jobs.execute(folder.path) == "finished", folder.read_status().get("error")
+    measured = candidates(folder.path)
+    assert measured and config.genome == "darwin-v6"
+    for name, record in measured.items():
+        recipe = candidate_recipe(folder.path, name)
+        assert recipe.genome.space == "per-layer-ffn" and recipe.recipe_hash == record["recipe_hash"]
+
+
 def test_the_parents_tab_shows_the_ffn_only_verdict_and_the_layer_map_picture(cross_pair):
     from ui.tabs.parents import inspect_parents, parents_layer_map
 

@@ -99,11 +99,13 @@ def candidate_recipe(run_dir: str | Path, name: str):
     from darwin_core.genome.spaces import default_method, get_space
     from darwin_core.parents import anatomy
 
+    from darwin_core.evolution.pipeline import fit_to_pairing
+
     run_dir = Path(run_dir)
     record = candidates(run_dir).get(name)
     if record is None:
         raise DarwinError(f"Run {run_dir.name} has no candidate {name[:60]!r}.")
-    config = run_config(run_dir)
+    config, _ = fit_to_pairing(run_config(run_dir), runs_dir=run_dir.parent)  # the genome the search ran (FFN-only)
     father_ref, father_dir = _parent(config.father, config, run_dir.parent)
     mother_ref, _ = _parent(config.mother, config, run_dir.parent)
     base_ref = _parent(config.base, config, run_dir.parent)[0] if config.base else "father"
