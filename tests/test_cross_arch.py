@@ -197,6 +197,10 @@ def test_a_candidate_of_an_ffn_only_run_under_the_default_genome_is_rebuilt_in_t
     for name, record in measured.items():
         recipe = candidate_recipe(folder.path, name)
         assert recipe.genome.space == "per-layer-ffn" and recipe.recipe_hash == record["recipe_hash"]
+    from ui import session, views  # the Evolve tab names the best genome's dimensions after that genome too
+
+    view = views.render_run("default-genome", runs_dir=tmp_path / "runs", who=session.visitor(None), local_mode=True)
+    assert list(view["genome"].data[0].x) == ["layer_0", "layer_1", "layer_2", "layer_3"]
 
 
 def test_the_parents_tab_shows_the_ffn_only_verdict_and_the_layer_map_picture(cross_pair):

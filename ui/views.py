@@ -214,7 +214,8 @@ def render_run(run_id: str, *, runs_dir: Path, who: session.Visitor, local_mode:
     facts = progress_facts(run, folder.events(), config)
     memory = _rss_bytes(status.get("pid")) if run["state"] == "running" else None
     best = run.get("best")
-    genome = run_plots.genome_figure(genome_names(config.get("genome"), len(best["genome"])), best["genome"],
+    space = status.get("genome_space") or config.get("genome")  # the one the search runs (an FFN-only pair's differs)
+    genome = run_plots.genome_figure(genome_names(space, len(best["genome"])), best["genome"],
                                      title=f"Best genome so far ({best['name']}, fitness {best['fitness']:.4f})") if best and best.get("genome") else None
     return {
         "run": run,

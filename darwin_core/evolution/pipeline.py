@@ -81,6 +81,7 @@ def run_evolution(
     folder.append_event("loading", father=parent_label(config.father), mother=parent_label(config.mother))
     folder.update_status(phase="loading")
     config, pairing = fit_to_pairing(config, runs_dir=folder.path.parent, log=log, token=token)
+    folder.update_status(genome_space=config.genome)  # config.yaml keeps the submitted one (an FFN-only pair's differs)
     problem = ModelProblem(config, log=log, runs_dir=folder.path.parent, token=token)
     searched: Problem = wrap_problem(problem) if wrap_problem is not None else problem
     if problem.scan is not None:
