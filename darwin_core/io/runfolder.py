@@ -4,7 +4,7 @@ Layout of `runs/<run_id>/`:
 
     config.yaml          the EvolutionConfig as submitted (never rewritten by the run)
     status.json          {"state": queued|starting|running|finished|failed|cancelled, timestamps, error,
-                         phase, generation, generations, best_fitness, device_memory_bytes, cwd}
+                         phase, generation, generations, best_fitness, device_memory_bytes, cwd, genome_space}
     events.jsonl         append-only log with wall-clock times (started, generation done, resumed, ...)
     evaluations.jsonl    one JSON line per measurement, deterministic content only (no times), so an
                          interrupted-and-resumed run ends with a byte-identical file
