@@ -175,10 +175,12 @@ def follow_hf_job(run_id: str, who: Any, *, runs_dir: str | Path, token: str | N
     return hfjobs.follow_job(run_dir, token=token)
 
 
-def follow_hf_jobs(who: Any, *, runs_dir: str | Path, token: str | None, local_mode: bool) -> int:
+def follow_hf_jobs(who: Any, *, runs_dir: str | Path, token: str | None, local_mode: bool,
+                   runs: list[dict[str, Any]] | None = None) -> int:
     """For the Runs tab's list: `follow_hf_job` for this visitor's newest Job runs that still read as starting or
     running, at most `hfjobs.JOBS_ASKED_PER_LISTING` Hub calls, so a Job that died shows as failed in the list too
-    and not only on its owner's Evolve tab. Signed out, the Hub is not asked. Returns how many runs were settled."""
+    and not only on its owner's Evolve tab. Signed out, the Hub is not asked. `runs`: the listing already read
+    (`list_runs`), else it is read here. Returns how many runs were settled."""
     from darwin_core.io.runfolder import RUNNING, STARTING, RunFolder
     from darwin_core.runs import hfjobs, owners, queue
 
@@ -186,7 +188,7 @@ def follow_hf_jobs(who: Any, *, runs_dir: str | Path, token: str | None, local_m
         return 0
     runs_dir, asked, settled = Path(runs_dir), 0, 0
     secret = owners.app_secret(runs_dir)
-    for run in queue.list_runs(runs_dir):  # newest first; a run listed as ended needs no second read
+    for run in queue.list_runs(runs_dir) if runs is None else runs:  # newest first; an ended run needs no second read
         run_dir = runs_dir / run["run_id"]
         if asked >= hfjobs.JOBS_ASKED_PER_LISTING:
             break

@@ -396,6 +396,26 @@ def test_the_runs_list_settles_its_visitors_dead_job_with_their_token_and_asks_n
     assert all(space_page.space_token not in json.dumps(r["headers"]) for r in hub.record.requests)
 
 
+def test_the_runs_list_reads_the_runs_folder_once_when_its_job_check_settles_nothing(space_env, space_page, monkeypatch):
+    from darwin_core import api
+
+    listing, reads = space_page.handler("runs_list"), []
+    read = queue.list_runs
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return read(*args, **kwargs)
+
+    with space_page.launched_job(monkeypatch, "w") as (hub, state, _, job_id):
+        hub.set_job_stage(job_id, "RUNNING")
+        monkeypatch.setattr(queue, "list_runs", counted)
+        monkeypatch.setattr(api, "list_runs", counted)
+        asked = len(hub.record.requests)
+        table, _, error, checked = listing(state, 0.0, space_page.profile, space_page.oauth)  # a check is due
+    assert error == "" and checked > 0 and len(hub.record.requests) == asked + 1  # the Hub was asked
+    assert state["run_id"] in set(table["run"]) and len(reads) == 1
+
+
 # --------------------------------------------------------------------------------------------- a gated parent
 
 

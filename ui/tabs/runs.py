@@ -27,9 +27,8 @@ RUN_HEADERS = ["run", "state", "father", "mother", "generation", "best fitness",
 
 
 
-def runs_table(runs_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """(the table of every run, newest first, the run ids for the picker)."""
-    runs = api.list_runs(runs_dir)
+def runs_table(runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    """(the table of these runs (`api.list_runs`: newest first), the run ids for the picker)."""
     rows = []
     for run in runs:
         best = run.get("best_fitness")
@@ -84,15 +83,17 @@ def build_runs_tab(demo: gr.Blocks, session_state: gr.BrowserState, *, runs_dir:
     jobs_checked = gr.State(0.0)
 
     def list_runs(state, checked, token, user):
-        if time.time() - (checked or 0.0) >= JOB_CHECK_SECONDS:
+        runs, message = guarded(lambda: api.list_runs(runs_dir), "listing runs")
+        if runs is not None and time.time() - (checked or 0.0) >= JOB_CHECK_SECONDS:
             who = session.visitor(state, user)
-            guarded(lambda: api.follow_hf_jobs(who, runs_dir=runs_dir, token=token, local_mode=local_mode),
-                    "asking the Hub about your runs' Jobs")
+            settled, _ = guarded(lambda: api.follow_hf_jobs(who, runs_dir=runs_dir, token=token, local_mode=local_mode,
+                                                             runs=runs), "asking the Hub about your runs' Jobs")
             checked = time.time()
-        found, message = guarded(lambda: runs_table(runs_dir), "listing runs")
-        if found is None:
+            if settled:  # a Job found dead is listed as failed: read again (else the one read serves)
+                runs, message = guarded(lambda: api.list_runs(runs_dir), "listing runs")
+        if runs is None:
             return gr.skip(), gr.skip(), message, checked
-        frame, ids = found
+        frame, ids = runs_table(runs)
         current, _ = guarded(lambda: session.current_run(state), "reading the page's run")
         return frame, gr.Dropdown(choices=ids, value=current if current in ids else (ids[0] if ids else None)), "", checked
 
