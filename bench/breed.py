@@ -3,6 +3,7 @@
     python bench/breed.py --shape 4b --candidates 500 --items 400      # one GPU: 200 search + 200 held-out items
     python bench/breed.py --shape tiny --device cpu --candidates 8     # the script itself, in seconds
     python bench/breed.py --shape 4b --vram-cap-gb 28 --candidates 240 --no-heldout  # parents "too big": host-streamed
+    python bench/breed.py --shape 4b --vram-cap-gb 28 --host-cap-gb 10 --candidates 40 --no-heldout  # and the host: disk
 
 Two random-weight parents of the named shape (a father and a mother = father + 1% noise) are written in the
 parents' dtype to --workdir, with a multiple-choice task file (ARC-like: ~200-character contexts, 4 choices of
@@ -20,7 +21,9 @@ both parents, write the child) against the device-copy bandwidth measured here a
 
 --vram-cap-gb X caps this process's CUDA memory (`torch.cuda.set_per_process_memory_fraction`) and makes
 `torch.cuda.mem_get_info` report the capped free memory, so the child's automatic choice sees a GPU of X GB and
-streams the parents from pinned host memory when they do not fit beside the child.
+streams the parents from pinned host memory when they do not fit beside the child. --host-cap-gb Y makes the
+placement see Y GB of available host memory (nothing is limited), so parents that do not fit in its share stay
+on disk and are read per candidate, as on a host too small for them (`evolution.placement`).
 Candidates merge through the fused kernels on a GPU (`ResidentChild.load_recipe`); --reference-merge makes them
 the reference `merge_tensors` (same bytes, the comparison run). Scoring is reported twice: by the positions the
 model actually ran (a forward pre-hook on the child: shared contexts run once per item) and by lm-eval's
@@ -44,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from darwin_core.evolution.placement import available_host_bytes, measure_disk_read  # noqa: E402
 from bench.breed_parts import (  # noqa: E402
     BF16_DATASHEET_FLOPS, HBM_DATASHEET_BYTES, FedPositions, TritonCompiles, measured_ceilings, merge_spread, phases_of,
     projection, write_pair, write_task,
@@ -96,6 +100,15 @@ def cap_vram(gigabytes: float, device: torch.device) -> None:
         return min(free, max(cap - torch.cuda.memory_reserved(dev), 0)), cap
 
     torch.cuda.mem_get_info = capped
+
+
+def cap_host(gigabytes: float) -> None:
+    """The placement sees at most `gigabytes` of available host memory (nothing is allocated or limited): parents
+    that do not fit in its share are read from disk per candidate, as on a host too small for them."""
+    from darwin_core.evolution import placement
+
+    real = placement.available_host_bytes
+    placement.available_host_bytes = lambda: min(real(), int(gigabytes * 1e9))
 
 
 def use_reference_merge() -> None:
@@ -198,10 +211,14 @@ def print_summary(s: dict) -> None:
     if s.get("projection"):
         link = s["ceilings"]["host_link_bytes_per_s"]
         print(f"projection, host-streamed parents (pinned host -> GPU measured here: {link / 1e9:.1f} GB/s):")
-        print("| parents | child GB | parents GB | parents fit 128 GiB host | merge s | scoring s | s per candidate |")
+        disk = s["ceilings"].get("disk_bytes_per_s")
+        print(f"(disk, cold read measured here: {disk / 1e9 if disk else float('nan'):.2f} GB/s; host memory available: "
+              f"{s['ceilings'].get('host_bytes', 0) / 1e9:.0f} GB)")
+        print("| parents | child GB | parents GB | parents on | merge s | scoring s | s per candidate |")
         for r in s["projection"]:
-            print(f"| {r['model']} | {r['model_gb']:.0f} | {r['parents_gb']:.0f} | {r['parents_fit_host']} | {r['merge_s']:.1f} | "
-                  f"{r.get('scoring_s', float('nan')):.2f} | {r.get('total_s', float('nan')):.1f} |")
+            merge, total = (float("nan") if r.get(k) is None else r[k] for k in ("merge_s", "total_s"))
+            print(f"| {r['model']} | {r['model_gb']:.0f} | {r['parents_gb']:.0f} | {r['parents_on']} | {merge:.1f} | "
+                  f"{r.get('scoring_s', float('nan')):.2f} | {total:.1f} |")
     if "scoring" in s:
         c = s["scoring"]
         print(f"scoring, lm-eval positions (contexts counted per choice): {c['positions_per_s']:,.0f} positions/s = {c['tflops']:.0f} TFLOP/s = "
@@ -226,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mri", dest="mri", action="store_false")
     parser.add_argument("--no-heldout", dest="heldout", action="store_false")
     parser.add_argument("--vram-cap-gb", type=float, default=None)
+    parser.add_argument("--host-cap-gb", type=float, default=None, help="host memory the placement sees (disk mode)")
     parser.add_argument("--reference-merge", action="store_true", help="candidates by the unfused merge_tensors")
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--json", default=None, help="also write the summary here")
@@ -239,19 +257,24 @@ def main(argv: list[str] | None = None) -> int:
 
         ceilings["host_link_bytes_per_s"] = measure_host_link(device, 1 << 30)
     father, mother, params, model_bytes = write_pair(args.shape, work, device)
+    ceilings["disk_bytes_per_s"], ceilings["host_bytes"] = measure_disk_read(father), available_host_bytes()
     task = write_task(work / f"mc-{args.items}-{args.prompt_chars}.jsonl", args.items, args.prompt_chars)
     if args.vram_cap_gb:
         cap_vram(args.vram_cap_gb, device)
+    if args.host_cap_gb:
+        cap_host(args.host_cap_gb)
     if args.reference_merge:
         use_reference_merge()
     meter = FedPositions().install()
     compiles = TritonCompiles().install()
-    run_id = args.run_id or f"breed-{args.shape}-{args.candidates}" + ("-capped" if args.vram_cap_gb else "")
+    run_id = args.run_id or f"breed-{args.shape}-{args.candidates}" + ("-capped" if args.vram_cap_gb else "") + (
+        "-disk" if args.host_cap_gb else "")
     run = run_breeding(args, father, mother, task, run_id)
     summary = summarize(args, run, params, model_bytes, ceilings, meter, compiles)
     shutil.rmtree(run["folder"] / "child", ignore_errors=True)  # the disk is small; the timing is recorded
     if "host_link_bytes_per_s" in ceilings:
-        summary["projection"] = projection(summary, ceilings["host_link_bytes_per_s"])
+        summary["projection"] = projection(summary, ceilings["host_link_bytes_per_s"], ceilings["disk_bytes_per_s"],
+                                           ceilings["host_bytes"], torch.cuda.get_device_properties(device).total_memory)
     print_summary(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")

@@ -273,23 +273,29 @@ def merge_spread(seconds: list[float]) -> dict:
 PROJECTED = (("27B dense", 27e9, 27e9), ("35B-A3B MoE", 35e9, 3e9))
 
 
-def projection(summary: dict, link_bytes_per_s: float, host_memory_bytes: float = 128 * 2**30,
-               gpu_memory_bytes: float = 139 * 2**30) -> list[dict]:
-    """Seconds per candidate evaluation for the seeds' big parents, host-streamed, from this run's measurements:
-    merge = both parents' bytes (bf16) over the measured pinned host link (every tensor changes: the upper
-    bound); scoring = the same positions per evaluation at this run's measured FLOP rate (2·active parameters
-    per position: a MoE's experts run at lower efficiency than this dense rate, so its row is a lower bound)."""
+def projection(summary: dict, link_bytes_per_s: float, disk_bytes_per_s: float | None, host_bytes: int,
+               gpu_memory_bytes: int) -> list[dict]:
+    """Seconds per candidate evaluation for the seeds' big parents, from this run's measurements, placed by the
+    breeding's own rule (`placement.choose`, given this machine's GPU memory less the child, its available host
+    memory and the measured host link and disk rates): merge = both parents' bytes (bf16) over the link, or from
+    disk and then over the link (every tensor changes: the upper bound); scoring = the same positions per
+    evaluation at this run's measured FLOP rate (2·active parameters per position: a MoE's experts run at lower
+    efficiency than this dense rate, so its row is a lower bound)."""
+    from darwin_core.evolution.placement import ParentsOn, choose
+
     computed = (summary.get("computed") or {}).get("candidates")
     rows = []
     for label, params, active in PROJECTED:
-        model_bytes = 2 * params
+        model_bytes = int(2 * params)
+        placement = choose(2 * model_bytes, model_bytes, torch.device("cuda"),
+                           free_bytes=max(gpu_memory_bytes - model_bytes, 0), host_bytes=host_bytes,
+                           link_bytes_per_s=link_bytes_per_s, disk_bytes_per_s=disk_bytes_per_s)
         row = {"model": label, "model_gb": model_bytes / 1e9, "parents_gb": 2 * model_bytes / 1e9,
-               "parents_fit_host": 2 * model_bytes + 8e9 <= host_memory_bytes,
-               "child_fits_gpu": model_bytes * 1.15 <= gpu_memory_bytes,
-               "merge_s": 2 * model_bytes / link_bytes_per_s}
+               "parents_on": str(placement.parents_on), "parents_fit_host": placement.parents_on != ParentsOn.DISK,
+               "child_fits_gpu": model_bytes * 1.15 <= gpu_memory_bytes, "merge_s": placement.merge_seconds}
         if computed:
             row["scoring_s"] = 2 * active * computed["fed_per_evaluation"] / (computed["tflops"] * 1e12)
-            row["total_s"] = row["merge_s"] + row["scoring_s"]
+            row["total_s"] = None if row["merge_s"] is None else row["merge_s"] + row["scoring_s"]
         rows.append(row)
     return rows
 

@@ -1,5 +1,6 @@
 """The resident child rewrites only the tensors a candidate changed, and holds exactly what a full rewrite holds;
-the parents' placement (resident or host-streamed) follows free memory and says so in one sentence."""
+the parents' placement (resident, host-streamed or read from disk) follows free memory and says so in one
+sentence."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from darwin_core.evolution.child import ResidentChild
-from darwin_core.evolution.placement import ParentsOn, choose
+from darwin_core.evolution.placement import ParentsOn, available_host_bytes, choose, measure_disk_read, plan_for_pair
+from darwin_core.io.tensors import TensorReader
 from darwin_core.genome.spaces import get_space
 
 
@@ -45,15 +47,62 @@ def test_a_candidate_rewrites_only_changed_tensors_and_equals_a_full_rewrite(met
 def test_the_parents_stay_on_the_gpu_when_they_fit_and_stream_from_pinned_memory_when_not():
     gb = 10**9
     cuda = torch.device("cuda")  # no CUDA call is made: free memory and the host link are given
-    resident = choose(16 * gb, 8 * gb, cuda, free_bytes=100 * gb, link_bytes_per_s=25e9)
+    host = {"host_bytes": 200 * gb}
+    resident = choose(16 * gb, 8 * gb, cuda, free_bytes=100 * gb, link_bytes_per_s=25e9, **host)
     assert resident.parents_on == ParentsOn.ACCELERATOR and not resident.pinned
     assert resident.sentence().startswith("Parents resident on the GPU (16.0 GB, 100.0 GB free beside the 8.0 GB child)")
-    streamed = choose(108 * gb, 54 * gb, cuda, free_bytes=80 * gb, link_bytes_per_s=25e9)
+    streamed = choose(108 * gb, 54 * gb, cuda, free_bytes=80 * gb, link_bytes_per_s=25e9, **host)
     assert streamed.parents_on == ParentsOn.PINNED_HOST and streamed.pinned
     assert streamed.merge_seconds == pytest.approx(108 / 25)
     assert "streamed from pinned host memory (108.0 GB do not fit in 75% of the 80.0 GB free" in streamed.sentence()
     assert "about 4.3 s" in streamed.sentence()
-    forced = choose(16 * gb, 8 * gb, cuda, free_bytes=100 * gb, link_bytes_per_s=25e9, force=ParentsOn.PINNED_HOST)
+    forced = choose(16 * gb, 8 * gb, cuda, free_bytes=100 * gb, link_bytes_per_s=25e9, force=ParentsOn.PINNED_HOST, **host)
     assert forced.parents_on == ParentsOn.PINNED_HOST
-    on_cpu = choose(16 * gb, 8 * gb, torch.device("cpu"))
+    on_cpu = choose(16 * gb, 8 * gb, torch.device("cpu"), **host)
     assert on_cpu.parents_on == ParentsOn.HOST and "host memory" in on_cpu.sentence()
+
+
+def test_parents_the_host_cannot_hold_are_read_from_disk_and_the_sentence_says_how_long_a_merge_takes():
+    gb = 10**9
+    cuda = torch.device("cuda")  # no CUDA call is made: free memory, host memory and both rates are given
+    moe = choose(140 * gb, 70 * gb, cuda, free_bytes=60 * gb, host_bytes=125 * gb, link_bytes_per_s=50e9,
+                 disk_bytes_per_s=2e9)
+    assert moe.parents_on == ParentsOn.DISK and not moe.pinned
+    assert moe.merge_seconds == pytest.approx(140 / 2 + 140 / 50)
+    assert moe.sentence() == ("Parents read from disk for every candidate (140.0 GB do not fit in 90% of the 125.0 GB "
+                              "of host memory available nor beside the child on the GPU) at 2.0 GB/s; a candidate's "
+                              "merge takes at least about 72.8 s (its bytes from disk).")
+    dense = choose(108 * gb, 54 * gb, cuda, free_bytes=60 * gb, host_bytes=125 * gb, link_bytes_per_s=50e9)
+    assert dense.parents_on == ParentsOn.PINNED_HOST  # 108 GB fit in 90% of 125 GB: the host link, not the disk
+    on_cpu = choose(30 * gb, 15 * gb, torch.device("cpu"), host_bytes=20 * gb, disk_bytes_per_s=1e9)
+    assert on_cpu.parents_on == ParentsOn.DISK and on_cpu.merge_seconds == pytest.approx(30)
+    assert "nor beside" not in on_cpu.sentence() and "20.0 GB of host memory available" in on_cpu.sentence()
+
+
+def test_the_disk_read_rate_and_host_memory_are_measured_and_the_preflight_names_the_mode(fixture_pair):
+    father, mother = fixture_pair("qwen3", related=True)
+    rate = measure_disk_read(father)
+    assert rate is not None and rate > 0
+    assert 0 < available_host_bytes()
+    placement = plan_for_pair([father, mother], "cpu")  # two tiny parents: host memory, not the disk
+    assert placement.parents_on == ParentsOn.HOST and placement.host_bytes is not None
+
+
+@pytest.mark.parametrize("method", ["linear", "dare_ties"])
+def test_a_child_whose_parents_stay_on_disk_holds_what_the_resident_child_holds(method, fixture_pair):
+    father, mother = fixture_pair("qwen3", related=True)
+    space = get_space("darwin-v6")
+    low, high = space.bounds
+    rng = np.random.default_rng(5)
+    recipes = [space.to_recipe([float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)], father=father,
+                               mother=mother, layer_count=4, method=method) for _ in range(3)]
+    on_disk, resident = ResidentChild(father, mother, parents="disk"), ResidentChild(father, mother)
+    assert on_disk.parents_on == ParentsOn.DISK and isinstance(on_disk.father, TensorReader)
+    assert resident.parents_on == ParentsOn.HOST
+    for k, recipe in enumerate(recipes):
+        on_disk.load_recipe(recipe)
+        resident.load_recipe(recipe)
+        got, expected = _state(on_disk), _state(resident)
+        assert all(torch.equal(got[name], expected[name]) for name in expected), k
+    with pytest.raises(Exception, match="auto, device, host or disk"):
+        ResidentChild(father, mother, parents="ssd")

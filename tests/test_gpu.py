@@ -236,8 +236,8 @@ def _state_bytes(child) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
 def test_the_fused_resident_child_holds_and_scores_what_the_unfused_one_does(arch, method, fixture_pair, monkeypatch):
     """ResidentChild.load_recipe on CUDA (fused kernels, unchanged tensors skipped) against the reference path
-    (`merge_tensors`, every tensor rewritten from the father) and the host-streamed parents: the same child bytes
-    after every candidate of a sequence, and the same fitness per candidate."""
+    (`merge_tensors`, every tensor rewritten from the father), the host-streamed parents and the parents read from
+    disk: the same child bytes after every candidate of a sequence, and the same fitness per candidate."""
     from transformers import AutoTokenizer
 
     from darwin_core.evolution import child as child_module
@@ -255,18 +255,21 @@ def test_the_fused_resident_child_holds_and_scores_what_the_unfused_one_does(arc
     fused = child_module.ResidentChild(father, mother, device="cuda")
     reference = child_module.ResidentChild(father, mother, device="cuda")
     streamed = child_module.ResidentChild(father, mother, device="cuda", parents="host")
+    on_disk = child_module.ResidentChild(father, mother, device="cuda", parents="disk")
     assert fused.parents_on == "accelerator" and streamed.parents_on == "pinned host memory"
+    assert on_disk.parents_on == "disk"
     rewritten = []
     for recipe in recipes:
         monkeypatch.setattr(child_module, "FUSED_MERGE", True)
         fused.load_recipe(recipe)
         streamed.load_recipe(recipe)
+        on_disk.load_recipe(recipe)
         rewritten.append(fused.last_rewritten)
         monkeypatch.setattr(child_module, "FUSED_MERGE", False)
         reference.load_parent("father")  # forget what it holds: every tensor is merged again
         reference.load_recipe(recipe)
         expected = _state_bytes(reference)
-        for other in (fused, streamed):
+        for other in (fused, streamed, on_disk):
             got = _state_bytes(other)
             assert list(got) == list(expected)
             assert all(torch.equal(got[name], expected[name]) for name in expected), recipe.recipe_hash
