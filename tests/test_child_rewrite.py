@@ -18,14 +18,18 @@ def _state(child) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in child.model.state_dict().items()}
 
 
+def _random_genomes(space, seed: int, count: int) -> list[list[float]]:
+    low, high = space.bounds
+    rng = np.random.default_rng(seed)
+    return [[float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)] for _ in range(count)]
+
+
 @pytest.mark.parametrize("method", ["linear", "dare_ties"])
 def test_a_candidate_rewrites_only_changed_tensors_and_equals_a_full_rewrite(method, fixture_pair):
     father, mother = fixture_pair("qwen3", related=True)
     space = get_space("darwin-v6")
-    low, high = space.bounds
-    rng = np.random.default_rng(3)
-    first = [float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)]
-    genomes = [first, [*first[:-1], (first[-1] + low[-1]) / 2], [float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)]]
+    first, last = _random_genomes(space, 3, 2)
+    genomes = [first, [*first[:-1], (first[-1] + space.bounds[0][-1]) / 2], last]
     recipes = [space.to_recipe(g, father=father, mother=mother, layer_count=4, method=method, frozen_layers=(0, 2))
                for g in genomes]
     child, fresh = ResidentChild(father, mother, device="cpu"), ResidentChild(father, mother, device="cpu")
@@ -92,10 +96,8 @@ def test_the_disk_read_rate_and_host_memory_are_measured_and_the_preflight_names
 def test_a_child_whose_parents_stay_on_disk_holds_what_the_resident_child_holds(method, fixture_pair):
     father, mother = fixture_pair("qwen3", related=True)
     space = get_space("darwin-v6")
-    low, high = space.bounds
-    rng = np.random.default_rng(5)
-    recipes = [space.to_recipe([float(rng.uniform(lo, hi)) for lo, hi in zip(low, high)], father=father,
-                               mother=mother, layer_count=4, method=method) for _ in range(3)]
+    recipes = [space.to_recipe(genome, father=father, mother=mother, layer_count=4, method=method)
+               for genome in _random_genomes(space, 5, 3)]
     on_disk, resident = ResidentChild(father, mother, parents="disk"), ResidentChild(father, mother)
     assert on_disk.parents_on == ParentsOn.DISK and isinstance(on_disk.father, TensorReader)
     assert resident.parents_on == ParentsOn.HOST

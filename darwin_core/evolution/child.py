@@ -37,11 +37,11 @@ import torch
 from darwin_core.io.dtypes import dtype_from_name
 from darwin_core.errors import DarwinError
 from darwin_core.evolution.placement import ParentsOn
+from darwin_core.merge.methods.apply import StateDictSource
+from darwin_core.parents.compatibility import PairingMode
 
 # A ResidentChild's explicit `parents=` (the bench's and tests' way to try a mode the measured memory would not pick)
 PARENTS_FORCED = {"device": ParentsOn.ACCELERATOR, "host": ParentsOn.PINNED_HOST, "disk": ParentsOn.DISK}
-from darwin_core.merge.methods.apply import StateDictSource
-from darwin_core.parents.compatibility import PairingMode
 
 # Candidates on a CUDA device merge through the fused one-pass kernels (`merge.methods.fused`: the reference's
 # bytes, a third of its traffic); False makes every merge the reference `merge_tensors` (bench/breed.py's

@@ -12,8 +12,8 @@ memory half-way through loading.
 
 This module decides which, from measured free memory, and says it in one sentence with the time a candidate's
 merge will take (from the host link's bandwidth and the disk's cold read rate, measured here when those modes
-are chosen, and the HBM rate measured on an H200: docs/benchmarks.md). `ResidentChild` follows the decision; the pre-flight shows the sentence
-before a run starts (`plan_for_pair`, called before anything is loaded).
+are chosen, and the HBM rate measured on an H200: docs/benchmarks.md). `ResidentChild` follows the decision;
+the pre-flight shows the sentence before a run starts (`plan_for_pair`, called before anything is loaded).
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ class Placement:
         return (f"Parents streamed from pinned host memory ({self.parent_bytes / gb:.1f} GB do not fit in "
                 f"{PARENTS_SHARE_OF_FREE:.0%} of the {free}){link}{cost}.")
 
-
     def _disk_sentence(self) -> str:
         gb = 1e9
         where = "" if self.free_bytes is None else " nor beside the child on the GPU"
-        host = "" if self.host_bytes is None else (
+        too_big = self.host_bytes is not None and self.parent_bytes > PARENTS_SHARE_OF_HOST * self.host_bytes
+        host = "" if not too_big else (
             f" ({self.parent_bytes / gb:.1f} GB do not fit in {PARENTS_SHARE_OF_HOST:.0%} of the "
             f"{self.host_bytes / gb:.1f} GB of host memory available{where})")
         rate = "" if self.disk_bytes_per_s is None else f" at {self.disk_bytes_per_s / gb:.1f} GB/s"
