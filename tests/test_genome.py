@@ -219,3 +219,27 @@ def test_genome_table_documents_every_dimension():
         assert f"`{name}`" in GENOME_TABLE_MD
     for name in SPACE_NAMES:
         assert f"`{name}`" in GENOME_TABLE_MD
+
+
+def test_darwin_v6_recipes_keep_the_bytes_they_had_before_the_ratios_were_memoised():
+    """Recipe hashes recorded at 782f582 (before `_tables` computed each block and role group's ratio once): random
+    genomes without and with an MRI prescription and a frozen layer still give the same recipes."""
+    import numpy as np
+
+    from darwin_core.recipe import ParentRef
+
+    space = get_space("darwin-v6")
+    low, high = space.bounds
+    rng = np.random.default_rng(11)
+    roles = ["self_attn.q_proj", "self_attn.k_norm", "mlp.gate_proj", "mlp.experts.3.down_proj", "input_layernorm"]
+    names = [f"model.layers.{layer}.{role}.weight" for layer in range(L) for role in roles] + [EMBED, "model.norm.weight", HEAD]
+    mri = {name: float(rng.uniform(0.1, 0.9)) for name in names}
+    hashes = []
+    for k in range(3):
+        genome = [float(rng.uniform(a, b)) for a, b in zip(low, high)]
+        recipe = space.to_recipe(genome, father=ParentRef("f"), mother=ParentRef("m"), layer_count=L, method="dare_ties",
+                                 mri_ratios=mri if k else None, frozen_layers=(2,) if k == 2 else (), seed=0)
+        hashes.append(recipe.recipe_hash)
+    assert hashes == ["6e5a7e4da4869e260d718b69ace486e87d6616e90f37b76d39605e71e6744bf8",
+                      "b101b1ad3972e62bf87920c2941f900ecdcbad2867ddfe4026e18f799f35e24c",
+                      "b703b17b6fd563d737bcb2b963a970197407b68fbdbaee299aefa0c2f2aaa988"]

@@ -41,6 +41,9 @@ from darwin_core.recipe import DEFAULT_TRANSPLANT, GenomeRecord, Recipe, density
 ATTN_ROLES = ("attn", "linear_attn")
 FFN_ROLES = ("ffn", "experts", "shared_expert", "router")
 EMBED_ROLES = ("embed", "lm_head")
+# the genome dimension a role's tensors follow beside global_ratio and their block (`genome_ratio`)
+_ROLE_GROUP = {**dict.fromkeys(ATTN_ROLES, "attn_ratio"), **dict.fromkeys(FFN_ROLES, "ffn_ratio"),
+               **dict.fromkeys(EMBED_ROLES, "embed_ratio")}
 V6_BLOCKS = 6
 _EPS = 1e-6
 
@@ -198,12 +201,28 @@ class DarwinV6Space(GenomeSpace):
         from darwin_core.parents.anatomy import classify
 
         values = dict(zip(self.names, vector))
-        roles = {role: self.genome_ratio(values, None, role, layer_count) for role in EMBED_ROLES}
+        by_group: dict[tuple, float] = {}
+        by_role: dict[tuple, float] = {}
+
+        def ratio(layer: int | None, role: str) -> float:
+            """`genome_ratio`, computed once per block and role group and looked up once per layer and role: a
+            candidate asks it for every layer and tensor (a 4B recipe ~650 times, a measurable share of a
+            breeding's host time per candidate), and it depends on no more than the block and the group."""
+            value = by_role.get((layer, role))
+            if value is None:
+                group = (None if layer is None else block_of(layer, layer_count, V6_BLOCKS), _ROLE_GROUP.get(role))
+                value = by_group.get(group)
+                if value is None:
+                    value = by_group[group] = self.genome_ratio(values, layer, role, layer_count)
+                by_role[(layer, role)] = value
+            return value
+
+        roles = {role: ratio(None, role) for role in EMBED_ROLES}
         layers = {}
         for layer in range(layer_count):
-            row = {"*": self.genome_ratio(values, layer, "norm", layer_count)}
+            row = {"*": ratio(layer, "norm")}
             for role in ATTN_ROLES + FFN_ROLES:
-                row[role] = self.genome_ratio(values, layer, role, layer_count)
+                row[role] = ratio(layer, role)
             layers[layer] = row
         tensors = {}
         trust = values["mri_trust"]
@@ -211,7 +230,7 @@ class DarwinV6Space(GenomeSpace):
             role = classify(name)
             if role.tower != "language" or (role.layer is not None and role.layer in frozen):
                 continue
-            genome = self.genome_ratio(values, role.layer, role.role, layer_count)
+            genome = ratio(role.layer, role.role)
             tensors[name] = min(max(float(mri) * trust + genome * (1.0 - trust), 0.0), 1.0)
         ratios = ratio_table(odds_combine(values["global_ratio"]), roles=roles, layers=layers, tensors=tensors)
         densities = density_table((values["density_a"], values["density_b"]))
