@@ -155,7 +155,8 @@ def available_host_bytes() -> int:
 def measure_disk_read(folder: Path | str, nbytes: int = 256 << 20) -> float | None:
     """The cold read rate, bytes per second, of a parent's largest weight file: its first `nbytes` are written
     back and dropped from the page cache (fsync, posix_fadvise DONTNEED), then read with pread — the rate a
-    candidate reads parents that the page cache cannot hold. None where the cache cannot be told (not Linux)."""
+    candidate reads parents that the page cache cannot hold. None where the cache cannot be told (not Linux, a
+    file system that refuses the advice): the estimate is then left out, not guessed."""
     files = sorted(Path(folder).glob("*.safetensors"), key=lambda path: path.stat().st_size)
     if not files or not hasattr(os, "posix_fadvise"):
         return None
@@ -163,8 +164,14 @@ def measure_disk_read(folder: Path | str, nbytes: int = 256 << 20) -> float | No
     buffer = memoryview(bytearray(min(size, 16 << 20) or 1))
     fd = os.open(files[-1], os.O_RDONLY)
     try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped; a read-only mount has none and may refuse the call
+        except OSError:
+            pass
+        try:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            return None
         done, started = 0, time.perf_counter()
         while done < size:
             got = os.preadv(fd, [buffer[:size - done]], done)

@@ -42,7 +42,7 @@ ATTN_ROLES = ("attn", "linear_attn")
 FFN_ROLES = ("ffn", "experts", "shared_expert", "router")
 EMBED_ROLES = ("embed", "lm_head")
 # the genome dimension a role's tensors follow beside global_ratio and their block (`genome_ratio`)
-_ROLE_GROUP = {**dict.fromkeys(ATTN_ROLES, "attn_ratio"), **dict.fromkeys(FFN_ROLES, "ffn_ratio"),
+_ROLE_DIMENSION = {**dict.fromkeys(ATTN_ROLES, "attn_ratio"), **dict.fromkeys(FFN_ROLES, "ffn_ratio"),
                **dict.fromkeys(EMBED_ROLES, "embed_ratio")}
 V6_BLOCKS = 6
 _EPS = 1e-6
@@ -187,12 +187,8 @@ class DarwinV6Space(GenomeSpace):
     def genome_ratio(self, values: Mapping[str, float], layer: int | None, role: str, layer_count: int) -> float:
         """The genome's ratio for a tensor of this layer and role (before MRI blending and thresholds)."""
         shares = [values["global_ratio"]]
-        if role in ATTN_ROLES:
-            shares.append(values["attn_ratio"])
-        elif role in FFN_ROLES:
-            shares.append(values["ffn_ratio"])
-        elif role in EMBED_ROLES:
-            shares.append(values["embed_ratio"])
+        if role in _ROLE_DIMENSION:
+            shares.append(values[_ROLE_DIMENSION[role]])
         if layer is not None:
             shares.append(values[f"block_{block_of(layer, layer_count, V6_BLOCKS)}"])
         return odds_combine(*shares)
@@ -201,21 +197,15 @@ class DarwinV6Space(GenomeSpace):
         from darwin_core.parents.anatomy import classify
 
         values = dict(zip(self.names, vector))
-        by_group: dict[tuple, float] = {}
-        by_role: dict[tuple, float] = {}
+        known: dict[tuple, float] = {}
 
         def ratio(layer: int | None, role: str) -> float:
-            """`genome_ratio`, computed once per block and role group and looked up once per layer and role: a
-            candidate asks it for every layer and tensor (a 4B recipe ~650 times, a measurable share of a
-            breeding's host time per candidate), and it depends on no more than the block and the group."""
-            value = by_role.get((layer, role))
-            if value is None:
-                group = (None if layer is None else block_of(layer, layer_count, V6_BLOCKS), _ROLE_GROUP.get(role))
-                value = by_group.get(group)
-                if value is None:
-                    value = by_group[group] = self.genome_ratio(values, layer, role, layer_count)
-                by_role[(layer, role)] = value
-            return value
+            """`genome_ratio`, once per block and role group: a candidate asks it for every layer and tensor (a
+            4B recipe ~650 times, a measurable share of a breeding's host time), and it depends on no more."""
+            key = (None if layer is None else block_of(layer, layer_count, V6_BLOCKS), _ROLE_DIMENSION.get(role))
+            if key not in known:
+                known[key] = self.genome_ratio(values, layer, role, layer_count)
+            return known[key]
 
         roles = {role: ratio(None, role) for role in EMBED_ROLES}
         layers = {}
